@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
 from .errors import SupertinyError, UserError
+
+if TYPE_CHECKING:
+    from .evaluate import EvalReport
 
 
 class _Group(click.Group):
@@ -80,13 +83,11 @@ def inspect(model: str, as_json: bool) -> None:
 
 
 @contextmanager
-def _progress(label: str, enabled: bool):
+def _progress(label: str):
     """A progress callback for the library that draws a bar on stderr."""
     state: dict[str, Any] = {}
 
     def update(done: int, total: int) -> None:
-        if not enabled:
-            return
         if "bar" not in state:
             state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
             state["bar"].__enter__()
@@ -130,30 +131,31 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
         resolve(teacher)
     lm = load_model(model, dtype=dtype)
     ids = ev.tokenize_text(lm.tokenizer, text, max_tokens)
-    report = ev.EvalReport(model=lm.info.to_dict(), text=text_file, score=None)  # type: ignore[arg-type]
+    teacher_info, agreement = None, None
     if teacher is None:
-        with _progress("perplexity", True) as bar:
-            report.score = ev.perplexity(ev.torch_logits(lm.model), ids, window, stride, bar)
+        with _progress("perplexity") as bar:
+            score = ev.perplexity(ev.torch_logits(lm.model), ids, window, stride, bar)
     else:
         tm = load_model(teacher, dtype=dtype)
         if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             raise UserError("the teacher's tokenizer differs from the student's; agreement needs a shared vocabulary")
-        report.teacher = tm.info.to_dict()
-        with _progress("teacher vs student", True) as bar:
-            report.agreement = ev.agreement(
-                ev.torch_logits(tm.model), ev.torch_logits(lm.model), ids, window, stride, bar
-            )
-        report.score = report.agreement.student
-        del tm
-    if not no_generate:
-        report.generations = ev.generate(lm.model, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens)
+        teacher_info = tm.info.to_dict()
+        with _progress("teacher vs student") as bar:
+            agreement = ev.agreement(ev.torch_logits(tm.model), ev.torch_logits(lm.model), ids, window, stride, bar)
+        score = agreement.student
+        del tm  # free the teacher before generating with the student
+    generations = [] if no_generate else ev.generate(
+        lm.model, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens
+    )
+    report = ev.EvalReport(model=lm.info.to_dict(), text=text_file, score=score, teacher=teacher_info,
+                           agreement=agreement, generations=generations)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         _print_report(report)
 
 
-def _print_report(r: Any) -> None:
+def _print_report(r: EvalReport) -> None:
     m, s = r.model, r.score
     click.echo(f"model       {m['source']} ({m['architecture']}, {_human(m['parameters'])} params, {m['dtype']})")
     click.echo(f"text        {r.text}: {s.tokens:,} tokens, window {s.window}, stride {s.stride}")

@@ -137,13 +137,13 @@ def _set_special_tokens(
         raise InvalidGGUFError(f"GGUF file {gf.path} asks to add an eos token but names none")
     tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token = bos, eos, pad, unk
 
-    single = (["$bos"] if add_bos else []) + ["$A"] + (["$eos"] if add_eos else [])
-    pair = single + (["$bos"] if add_bos else []) + ["$B:1"] + (["$eos:1"] if add_eos else [])
-    specials = [(t, tok.convert_tokens_to_ids(t)) for t, on in ((bos, add_bos), (eos, add_eos)) if on]
-    template = " ".join(single).replace("$bos", bos or "").replace("$eos", eos or "")
-    pair_t = " ".join(pair).replace("$bos", bos or "").replace("$eos", eos or "")
+    # Lists, not template strings: a token's text may contain spaces.
+    bos_piece, eos_piece = ([bos] if add_bos else []), ([eos] if add_eos else [])
+    specials = [(t, tok.convert_tokens_to_ids(t)) for t in dict.fromkeys((*bos_piece, *eos_piece))]
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=template, pair=pair_t, special_tokens=specials
+        single=[*bos_piece, "$A", *eos_piece],
+        pair=[*bos_piece, "$A", *eos_piece, *bos_piece, "$B:1", *eos_piece],
+        special_tokens=specials,
     )
     # LlamaTokenizerFast (the SentencePiece path) keeps these flags and rebuilds its
     # post-processor from them when reloaded after save_pretrained: keep them in step.

@@ -43,6 +43,7 @@ def write_gguf(
     eos: int | None = 2,
     pad: int | None = None,
     add_bos: bool | None = False,
+    add_eos: bool | None = None,
     scores: list[float] | None = None,
     chat_template: str | None = None,
     arch: str = "llama",
@@ -78,6 +79,8 @@ def write_gguf(
             add(value)
     if add_bos is not None:
         w.add_add_bos_token(add_bos)
+    if add_eos is not None:
+        w.add_add_eos_token(add_eos)
     if chat_template:
         w.add_chat_template(chat_template)
 

@@ -87,6 +87,19 @@ def test_bpe_tokenizer_matches_llama_cpp(write_bpe_gguf, pre, add_bos):
     assert tok(corpus)["input_ids"] == llm.tokenize(corpus.encode(), add_bos=expect_bos, special=True)
 
 
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_add_eos_matches_llama_cpp(write_bpe_gguf, add_bos):
+    path = write_bpe_gguf(pre="gpt-2", add_bos=add_bos, add_eos=True)
+    tok, _ = tokenizer_from_gguf(GGUFFile(path))
+    llm = llama_vocab(path)
+    for text in TRICKY:
+        # llama-cpp-python's add_bos=True means "add the special tokens the vocabulary asks for"
+        ours = tok(text)["input_ids"]
+        assert ours == llm.tokenize(text.encode(), add_bos=True, special=True), text
+        assert ours[-1] == tok.eos_token_id
+    assert (tok("x")["input_ids"][0] == tok.bos_token_id) is add_bos
+
+
 def test_bpe_special_tokens_come_from_the_metadata(write_bpe_gguf):
     path = write_bpe_gguf(pre="smollm", bos=1, eos=2, pad=0, add_bos=False)
     tok, _ = tokenizer_from_gguf(GGUFFile(path))
