@@ -49,6 +49,19 @@ for _spec in ARCHITECTURES.values():
     _BY_GGUF_ARCH.setdefault(_spec.gguf_arch, _spec)
 
 
+def tensor_name_map(spec: ArchSpec, n_layers: int):  # -> gguf.TensorNameMap
+    """gguf-py's table of HF -> GGUF tensor names for an architecture (``{bid}`` expanded).
+
+    Example:
+        >>> m = tensor_name_map(ARCHITECTURES["llama"], 2)
+        >>> m.get_name("model.layers.1.self_attn.q_proj.weight", try_suffixes=(".weight", ".bias"))
+        'blk.1.attn_q.weight'
+    """
+    import gguf
+
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH[spec.gguf_arch.upper()], n_layers)
+
+
 def supported() -> list[str]:
     """Names of the supported Hugging Face model types, sorted."""
     return sorted(ARCHITECTURES)

@@ -112,15 +112,19 @@ def _progress(label: str):
 @click.option("--prompt", "prompts", multiple=True, help="Prompt for greedy generation (repeatable).")
 @click.option("--max-new-tokens", default=48, show_default=True, help="Tokens generated per prompt.")
 @click.option("--no-generate", is_flag=True, help="Skip the generation samples.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp"]), default="auto", show_default=True,
+              help="auto: llama.cpp for .gguf files (what you deploy), torch for Hugging Face directories.")
+@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: all cores).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Dtype the model runs in.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int, stride: int,
              max_tokens: int | None, prompts: tuple[str, ...], max_new_tokens: int,
-             no_generate: bool, dtype: str, as_json: bool) -> None:
+             no_generate: bool, backend: str, threads: int | None, dtype: str, as_json: bool) -> None:
     """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations."""
     from . import evaluate as ev
-    from .models import load_model, resolve
+    from .models import resolve
+    from .runtime.backends import open_backend
 
     _quiet_transformers()
     text_file = text_path or str(ev.default_corpus_path())
@@ -129,25 +133,25 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
     resolve(model)
     if teacher is not None:
         resolve(teacher)
-    lm = load_model(model, dtype=dtype)
+    lm = open_backend(model, backend, dtype=dtype, n_ctx=window, threads=threads)
     ids = ev.tokenize_text(lm.tokenizer, text, max_tokens)
     teacher_info, agreement = None, None
     if teacher is None:
         with _progress("perplexity") as bar:
-            score = ev.perplexity(ev.torch_logits(lm.model), ids, window, stride, bar)
+            score = ev.perplexity(lm.logits, ids, window, stride, bar)
     else:
-        tm = load_model(teacher, dtype=dtype)
+        tm = open_backend(teacher, backend, dtype=dtype, n_ctx=window, threads=threads)
         if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             raise UserError("the teacher's tokenizer differs from the student's; agreement needs a shared vocabulary")
-        teacher_info = tm.info.to_dict()
+        teacher_info = tm.info
         with _progress("teacher vs student") as bar:
-            agreement = ev.agreement(ev.torch_logits(tm.model), ev.torch_logits(lm.model), ids, window, stride, bar)
+            agreement = ev.agreement(tm.logits, lm.logits, ids, window, stride, bar)
         score = agreement.student
         del tm  # free the teacher before generating with the student
     generations = [] if no_generate else ev.generate(
-        lm.model, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens
+        lm.generate, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens
     )
-    report = ev.EvalReport(model=lm.info.to_dict(), text=text_file, score=score, teacher=teacher_info,
+    report = ev.EvalReport(model=lm.info, text=text_file, score=score, teacher=teacher_info,
                            agreement=agreement, generations=generations)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -155,9 +159,58 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
         _print_report(report)
 
 
+@main.group("export")
+def export_group() -> None:
+    """Write a model as a deployment artifact, checked against PyTorch."""
+
+
+@export_group.command("gguf")
+@click.argument("model")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True,
+              help="Float type written before any quantization.")
+@click.option("--quant", default=None, metavar="TYPE",
+              help="llama.cpp quantization: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, ...")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch (recorded in the report).")
+@click.option("--verify-tokens", default=512, show_default=True, help="Tokens of text the parity check scores.")
+@click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
+              help="Text for the parity check (default: the bundled corpus).")
+@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: all cores).")
+@click.option("--pre", default=None, help="Force tokenizer.ggml.pre instead of matching the tokenizer's regexes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_verify: bool, verify_tokens: int,
+                    text_path: str | None, threads: int | None, pre: str | None, as_json: bool) -> None:
+    """Export MODEL to OUT (.gguf) for llama.cpp; the report goes to OUT.json."""
+    from .export.gguf import GGUFExportConfig, export_gguf
+
+    _quiet_transformers()
+    config = GGUFExportConfig(dtype=dtype, quant=quant, verify=not no_verify, verify_tokens=verify_tokens,
+                              text=text_path, threads=threads, pre=pre)
+    with _progress("writing tensors") as bar:
+        report = export_gguf(model, out, config, log=lambda m: click.echo(m, err=True), progress=bar)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    art, parity = report["artifact"], report["parity"]
+    click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  {art['bits_per_weight']} bits/weight  "
+               f"sha256 {art['sha256'][:16]}...")
+    click.echo(f"tensors     {', '.join(f'{k} x{v}' for k, v in art['tensor_types'].items())}")
+    if "skipped" in parity:
+        click.echo(f"parity      skipped: {parity['skipped']}")
+    else:
+        click.echo(f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
+                   f"KL {parity['kl_mean']:.2e} nats, perplexity {parity['perplexity_artifact']:.3f} "
+                   f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
+                   f"{parity['greedy_tokens']} tokens equal, tokenization "
+                   f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
+    for note in report["notes"]:
+        click.echo(f"note        {note}")
+
+
 def _print_report(r: EvalReport) -> None:
     m, s = r.model, r.score
-    click.echo(f"model       {m['source']} ({m['architecture']}, {_human(m['parameters'])} params, {m['dtype']})")
+    click.echo(f"model       {m['source']} ({m['architecture']}, {_human(m['parameters'])} params, {m['dtype']}, "
+               f"{m['backend']})")
     click.echo(f"text        {r.text}: {s.tokens:,} tokens, window {s.window}, stride {s.stride}")
     click.echo(f"perplexity  {s.perplexity:.3f}  ({s.nll_mean:.4f} nats/token over {s.tokens_scored:,} tokens, "
                f"{s.seconds:.1f} s)")

@@ -278,40 +278,59 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
+GenerateFn = Callable[[Sequence[int], int], Sequence[int]]  # (prompt ids, max new) -> new ids
+
+
+def torch_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerateFn:
+    """A greedy generation function for a PyTorch causal LM (stops at the tokenizer's eos)."""
+    import torch
+
+    eos_token_id, pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def fn(prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        with torch.inference_mode():
+            seq = model.generate(
+                torch.tensor([list(prompt_ids)]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_token_id,
+                eos_token_id=eos_token_id,
+            )[0, len(prompt_ids) :].tolist()
+        if seq and seq[-1] == eos_token_id:
+            seq = seq[:-1]
+        return seq
+
+    return fn
+
+
 def generate(
-    model: PreTrainedModel,
+    generate_fn: GenerateFn,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int = 48,
 ) -> list[Generation]:
-    """Greedy continuations of prompts (chat template applied when present).
+    """Greedy continuations of prompts (chat template applied when present), timed.
+
+    Args:
+        generate_fn: prompt ids and a token budget in, new ids out (eos excluded):
+            :func:`torch_generate` or an engine's ``generate``.
 
     Example::
 
         lm = load_model("default")
-        generate(lm.model, lm.tokenizer, ["What is the capital of France?"])[0].completion
+        fn = torch_generate(lm.model, lm.tokenizer)
+        generate(fn, lm.tokenizer, ["What is the capital of France?"])[0].completion
         # 'The capital of France is Paris.'
     """
-    import torch
-
     if max_new_tokens < 1:
         raise InvalidInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     out = []
     for prompt in prompts:
         ids = build_prompt(tokenizer, prompt)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            seq = model.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )[0, len(ids) :].tolist()
+        seq = list(generate_fn(ids, max_new_tokens))
         secs = time.perf_counter() - t0
-        if seq and seq[-1] == tokenizer.eos_token_id:
-            seq = seq[:-1]
         out.append(Generation(prompt, tokenizer.decode(seq, skip_special_tokens=True), len(seq), secs))
     return out
 

@@ -67,6 +67,9 @@ def tokenizer_from_gguf(gf: GGUFFile) -> tuple[PreTrainedTokenizerFast, str]:
             "special tokens set from GGUF metadata"
         )
     _set_special_tokens(tok, gf, tokens, default_add_bos=row.add_bos if row else model == "llama")
+    # Saved with the tokenizer (tokenizer_config.json), so a student exported back to
+    # GGUF keeps the file's pre-tokenizer name.
+    tok.init_kwargs["gguf_pre"] = pre
     return tok, how
 
 

@@ -98,11 +98,42 @@ def test_click_usage_errors_exit_2():
     assert result.exit_code == 2 and "Missing argument" in result.output
 
 
+def test_export_gguf_then_eval_it_in_llama_cpp(make_tiny_dir, tmp_path):
+    src = make_tiny_dir()
+    out = tmp_path / "m.gguf"
+    result = run("export", "gguf", src, out, "--dtype", "f32", "--verify-tokens", 128)
+    assert result.exit_code == 0, result.output
+    assert "parity      PASS" in result.output and out.is_file() and (tmp_path / "m.gguf.json").is_file()
+    on_cpp = run("eval", out, "--max-tokens", 200, "--no-generate", "--json")
+    on_torch = run("eval", src, "--max-tokens", 200, "--no-generate", "--json")
+    cpp = json.loads(on_cpp.output[on_cpp.output.index("{"):])
+    ref = json.loads(on_torch.output[on_torch.output.index("{"):])
+    assert cpp["model"]["backend"] == "llama.cpp" and ref["model"]["backend"] == "torch"
+    assert cpp["score"]["perplexity"] == pytest.approx(ref["score"]["perplexity"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["export", "gguf", "{model}", "{tmp}/m.txt"], "must end in .gguf"),
+        (["export", "gguf", "{model}", "{tmp}/m.gguf", "--quant", "Q9"], "unknown quantization"),
+        (["export", "gguf", "/no/model", "{tmp}/m.gguf"], "no such file or directory"),
+        (["eval", "{model}", "--backend", "llama.cpp"], "runs GGUF files"),
+    ],
+)
+def test_export_mistakes_are_one_line(make_tiny_dir, tmp_path, args, pattern):
+    paths = dict(model=make_tiny_dir(), tmp=tmp_path)
+    assert_one_line_error(run(*[a.format(**paths) for a in args]), pattern)
+
+
 @pytest.mark.slow
 def test_inspect_and_eval_default_teacher():
     data = json.loads(run("inspect", "default", "--json").output)
     assert data["parameters"] == 134_515_008 and data["dtype"] == "MOSTLY_Q4_1"
-    result = run("eval", "default", "--max-tokens", 300, "--prompt", "What is the capital of France?",
-                 "--max-new-tokens", 12)
+    result = run("eval", "default", "--backend", "torch", "--max-tokens", 300, "--prompt",
+                 "What is the capital of France?", "--max-new-tokens", 12)
     assert result.exit_code == 0, result.output
-    assert "perplexity" in result.output and "Paris" in result.output
+    assert "perplexity" in result.output and "Paris" in result.output and "torch" in result.output
+    on_cpp = run("eval", "default", "--max-tokens", 300, "--no-generate", "--json")
+    data = json.loads(on_cpp.output[on_cpp.output.index("{"):])
+    assert data["model"]["backend"] == "llama.cpp" and 10 < data["score"]["perplexity"] < 40

@@ -151,10 +151,11 @@ def test_generate_applies_the_chat_template(tiny_tokenizer):
     ids = ev.build_prompt(tiny_tokenizer, "Hi")
     assert tiny_tokenizer.decode(ids) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     model = build_tiny_model()
-    out = ev.generate(model, tiny_tokenizer, ["Hi", "Who are you?"], max_new_tokens=5)
+    greedy = ev.torch_generate(model, tiny_tokenizer)
+    out = ev.generate(greedy, tiny_tokenizer, ["Hi", "Who are you?"], max_new_tokens=5)
     assert [g.prompt for g in out] == ["Hi", "Who are you?"]
     for g in out:
         assert 0 <= g.new_tokens <= 5 and g.seconds > 0 and isinstance(g.completion, str)
     # Greedy is deterministic.
-    again = ev.generate(model, tiny_tokenizer, ["Hi"], max_new_tokens=5)
+    again = ev.generate(greedy, tiny_tokenizer, ["Hi"], max_new_tokens=5)
     assert again[0].completion == out[0].completion

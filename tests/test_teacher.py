@@ -90,7 +90,8 @@ def test_logits_agree_with_llama_cpp(teacher, teacher_path):
 
 
 def test_teacher_answers_a_chat_question(teacher):
-    (g,) = ev.generate(teacher.model, teacher.tokenizer, ["What is the capital of France?"], max_new_tokens=16)
+    (g,) = ev.generate(ev.torch_generate(teacher.model, teacher.tokenizer), teacher.tokenizer,
+                        ["What is the capital of France?"], max_new_tokens=16)
     assert "Paris" in g.completion
     assert "<|im_end|>" not in g.completion
 

@@ -1,0 +1,425 @@
+"""Export a Hugging Face causal LM (or a GGUF teacher) to a GGUF file for llama.cpp.
+
+Tensors stream from the source to the file one at a time (peak memory stays near
+the largest tensor, not the model), through gguf-py's writer and tensor-name table.
+Quantization is llama.cpp's own (``llama_model_quantize``). The file is then run in
+llama.cpp against the PyTorch model (:mod:`supertiny.export.parity`), and only a file
+that passes is moved into place, with its report next to it as ``OUT.gguf.json``.
+
+Example::
+
+    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+    report = export_gguf("default", "smollm2-q4km.gguf", GGUFExportConfig(quant="Q4_K_M"))
+    report["parity"]["kl_mean"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..archs import ArchSpec, arch_for_model_type, tensor_name_map
+from ..errors import InvalidInputError, SupertinyError, UnsupportedArchitectureError
+from ..gguf_file import GGUFFile
+from ..models import LoadedModel, describe, load_model, resolve
+from .gguf_vocab import vocab_from_tokenizer, write_vocab
+from .parity import check_export, describe_failure
+
+DTYPES = ("f32", "f16", "bf16")
+# llama.cpp quantization types that need no importance matrix (the IQ1/IQ2 ones do).
+QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
+               "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS")
+K_QUANT_BLOCK = 256  # K-quants pack rows in super-blocks of 256 weights
+
+Log = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+class ExportVerificationError(SupertinyError):
+    """The exported file does not compute what the source model computes."""
+
+
+@dataclass(frozen=True)
+class GGUFExportConfig:
+    """Settings of one GGUF export; unknown values fail with the list of known ones.
+
+    Attributes:
+        dtype: float type of the written file (``f32``, ``f16``, ``bf16``); 1-D tensors
+            (norms, biases) stay f32 as llama.cpp expects.
+        quant: a llama.cpp quantization type applied after writing (``Q4_K_M``...).
+        verify: run the parity check (skipping it is recorded in the report).
+        verify_tokens: tokens of evaluation text scored by the check.
+        text: evaluation text file (default: the bundled corpus).
+        threads: llama.cpp threads for quantization and the check.
+        pre: force ``tokenizer.ggml.pre`` instead of matching the tokenizer's regexes.
+    """
+
+    dtype: str = "f16"
+    quant: str | None = None
+    verify: bool = True
+    verify_tokens: int = 512
+    text: str | None = None
+    threads: int | None = None
+    pre: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InvalidInputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.quant is not None and self.quant.upper() not in QUANT_TYPES:
+            raise InvalidInputError(f"unknown quantization {self.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+        if self.verify_tokens < 16:
+            raise InvalidInputError(f"verify_tokens must be at least 16, got {self.verify_tokens}")
+
+
+def _numpy_f32(t: Any) -> np.ndarray:
+    return t.detach().to("cpu").float().numpy()
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotary layout (two halves per head) -> llama.cpp's interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+class _Source:
+    """Tensors of the source model, by name, read one at a time.
+
+    Safetensors are read with plain file reads at the offsets in their header, not
+    through a memory map: mapped pages count toward the process's RSS as they are
+    touched, which made a streamed export look as large as the whole checkpoint.
+    """
+
+    def __init__(self, kind: str, path: Path, lm: LoadedModel | None):
+        self.kind, self.path, self.lm = kind, path, lm
+        self._index: dict[str, tuple[Path, int, dict[str, Any]]] = {}
+        if kind == "hf":
+            from ..models import _safetensors_files, _safetensors_header
+
+            for f in _safetensors_files(path):
+                header = _safetensors_header(f)
+                base = 8 + int.from_bytes(f.open("rb").read(8), "little")
+                for name, meta in header.items():
+                    if name != "__metadata__":
+                        if meta["dtype"] not in _SAFETENSORS_DTYPES:
+                            raise UnsupportedArchitectureError(
+                                f"tensor {name} in {f.name} has dtype {meta['dtype']}; supported: "
+                                + ", ".join(_SAFETENSORS_DTYPES)
+                            )
+                        self._index[name] = (f, base, meta)
+        else:
+            assert lm is not None
+            self._state = lm.model.state_dict()
+
+    def names(self) -> list[str]:
+        return list(self._index) if self.kind == "hf" else list(self._state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self.kind == "hf":
+            return tuple(self._index[name][2]["shape"])
+        return tuple(self._state[name].shape)
+
+    def get(self, name: str) -> np.ndarray:
+        if self.kind != "hf":
+            return _numpy_f32(self._state[name])
+        f, base, meta = self._index[name]
+        start, end = meta["data_offsets"]
+        with open(f, "rb") as fh:
+            fh.seek(base + start)
+            raw = np.frombuffer(fh.read(end - start), dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
+        if meta["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.reshape(meta["shape"]).astype(np.float32, copy=False)
+
+
+def _plan(source: _Source, cfg: Any, spec: ArchSpec, dtype: str) -> list[tuple[str, str, tuple[int, ...], str]]:
+    """(hf name, gguf name, shape, gguf type) for every tensor to write, in order."""
+    names = tensor_name_map(spec, cfg.num_hidden_layers)
+    plan, unknown = [], []
+    for hf_name in source.names():
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed by llama.cpp from rope.freq_base
+        if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # tied: llama.cpp reuses token_embd
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            unknown.append(hf_name)
+            continue
+        shape = source.shape(hf_name)
+        kind = "F32" if len(shape) == 1 else dtype.upper()
+        plan.append((hf_name, gguf_name, shape, kind))
+    if unknown:
+        raise UnsupportedArchitectureError(
+            f"{len(unknown)} tensor(s) have no GGUF name for {spec.model_type}: {', '.join(unknown[:5])}"
+        )
+    return plan
+
+
+def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str]) -> None:
+    import gguf
+
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    w.add_name(name)
+    w.add_type("model")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(heads)
+    w.add_head_count_kv(cfg.num_key_value_heads or heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg.hidden_size // heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "bf16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif kind != "default":
+        raise UnsupportedArchitectureError(f"rope scaling {kind!r} is not supported by the GGUF exporter yet")
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and window < cfg.max_position_embeddings:
+        notes.append(f"sliding window {window} is not represented: llama.cpp attends over the full context")
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _write(path: Path, source: _Source, cfg: Any, spec: ArchSpec, tokenizer: Any, config: GGUFExportConfig,
+           notes: list[str], progress: Progress | None) -> int:
+    """Stream the source into an unquantized GGUF file; returns the tensor count."""
+    import gguf
+
+    plan = _plan(source, cfg, spec, config.dtype)
+    w = gguf.GGUFWriter(str(path), spec.gguf_arch)
+    _add_hparams(w, cfg, source.path.stem if source.kind == "gguf" else source.path.name, config.dtype, notes)
+    write_vocab(w, vocab_from_tokenizer(tokenizer, cfg.vocab_size, pre=config.pre))
+    np_types = {"F32": np.float32, "F16": np.float16}
+    for _, gguf_name, shape, kind in plan:
+        n = int(np.prod(shape))
+        if kind == "BF16":
+            w.add_tensor_info(gguf_name, (*shape[:-1], shape[-1] * 2), np.dtype(np.uint8), n * 2,
+                              raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            w.add_tensor_info(gguf_name, shape, np.dtype(np_types[kind]), n * np.dtype(np_types[kind]).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    for i, (hf_name, _, _, kind) in enumerate(plan):
+        data = source.get(hf_name)
+        if spec.permute_qk_for_gguf and hf_name.endswith("q_proj.weight"):
+            data = permute_qk(data, heads)
+        elif spec.permute_qk_for_gguf and hf_name.endswith("k_proj.weight"):
+            data = permute_qk(data, kv_heads)
+        if kind == "BF16":
+            data = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
+        else:
+            data = data.astype(np_types[kind], copy=False)
+        w.write_tensor_data(np.ascontiguousarray(data))
+        if progress:
+            progress(i + 1, len(plan))
+    w.close()
+    return len(plan)
+
+
+def _quantize(src: Path, dst: Path, quant: str, threads: int | None) -> None:
+    from ..runtime.llamacpp import _llama_cpp, captured_native_stderr
+
+    llama_cpp = _llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.nthread = threads or os.cpu_count() or 1
+    with captured_native_stderr() as native_log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        lines = [ln for ln in native_log().splitlines() if ln.strip()]
+    if rc != 0 or not dst.is_file():
+        last = lines[-1] if lines else "no message"
+        raise SupertinyError(f"llama.cpp failed to quantize to {quant} (return code {rc}): {last}")
+
+
+def quant_summary(path: Path, quant: str | None) -> dict[str, Any]:
+    """Tensor types in a GGUF file and, for K-quants, which tensors fell back and why."""
+    gf = GGUFFile(path)
+    types = Counter(t.tensor_type.name for t in gf.tensors)
+    params = gf.n_parameters()
+    summary: dict[str, Any] = {"tensor_types": dict(types.most_common()),
+                               "bits_per_weight": round(gf.size * 8 / params, 3)}
+    if quant and "_K" in quant:
+        fell_back = [
+            {"tensor": t.name, "type": t.tensor_type.name, "row_width": int(t.shape[0])}
+            for t in gf.tensors
+            if len(t.shape) > 1 and not t.tensor_type.name.endswith("_K")
+            and t.tensor_type.name not in ("F32", "F16", "BF16")
+        ]
+        quantizable = sum(1 for t in gf.tensors if len(t.shape) > 1)
+        summary["k_quant_fallbacks"] = {
+            "count": len(fell_back),
+            "of_matrices": quantizable,
+            "types": dict(Counter(f["type"] for f in fell_back)),
+            "row_widths": sorted({f["row_width"] for f in fell_back}),
+            "reason": f"K-quants need row widths divisible by {K_QUANT_BLOCK}",
+            "tensors": fell_back,
+        }
+    return summary
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix != ".gguf":
+        raise InvalidInputError(f"the output must end in .gguf, got {out}")
+    if out.is_dir():
+        raise InvalidInputError(f"the output {out} is a directory")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"the output folder {out.parent} does not exist")
+
+
+def _temp_paths(out: Path) -> Iterator[Path]:
+    for i in range(3):
+        yield out.with_name(f".{out.name}.{os.getpid()}.{i}.partial")
+
+
+def export_gguf(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: GGUFExportConfig | None = None,
+    log: Log | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Export MODEL to a verified GGUF file.
+
+    Args:
+        model: a Hugging Face directory, a ``.gguf`` file or ``"default"``.
+        out: the ``.gguf`` file to write (replaced only once the new one passed).
+        config: :class:`GGUFExportConfig`.
+        log: receives one line per stage.
+        progress: called with (tensors written, tensors in all).
+
+    Returns:
+        The report, also written to ``OUT.gguf.json``.
+
+    Raises:
+        UserError: bad input (path, options, unsupported architecture or tokenizer).
+        ExportVerificationError: the written file does not match the source model.
+    """
+    config = config or GGUFExportConfig()
+    quant = config.quant.upper() if config.quant else None
+    out = Path(out)
+    _check_out(out)
+    say = log or (lambda _msg: None)
+    kind, src = resolve(model)
+    source_info = describe(model).to_dict()
+    arch_for_model_type(source_info["architecture"])
+    text = None
+    if config.verify:  # read the text before the slow part, so a wrong path fails fast
+        from ..evaluate import default_corpus_path, read_text
+
+        text = read_text(config.text or default_corpus_path())
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    # A GGUF source is read through the dequantized torch model; a HF directory streams
+    # from its safetensors, and its torch model is loaded only to verify, after writing.
+    lm = load_model(model) if kind == "gguf" else None
+    if lm is not None:
+        cfg, tokenizer = lm.model.config, lm.tokenizer
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+
+        cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+    spec = arch_for_model_type(cfg.model_type)
+    seconds["load"] = time.perf_counter() - t0
+
+    raw, quantized, report_tmp = _temp_paths(out)
+    final = quantized if quant else raw
+    try:
+        say(f"writing {config.dtype} GGUF ({spec.gguf_arch} graph)")
+        t0 = time.perf_counter()
+        n_tensors = _write(raw, _Source(kind, src, lm), cfg, spec, tokenizer, config, notes, progress)
+        seconds["write"] = time.perf_counter() - t0
+        if quant:
+            say(f"quantizing to {quant} with llama.cpp")
+            t0 = time.perf_counter()
+            _quantize(raw, quantized, quant, config.threads)
+            seconds["quantize"] = time.perf_counter() - t0
+            raw.unlink()
+        summary = quant_summary(final, quant)
+        fallbacks = summary.get("k_quant_fallbacks")
+        if fallbacks and fallbacks["count"]:
+            notes.append(
+                f"{fallbacks['count']} of {fallbacks['of_matrices']} matrices fell back from {quant} to "
+                f"{', '.join(f'{k} x{v}' for k, v in fallbacks['types'].items())}: row widths "
+                f"{fallbacks['row_widths']} are not multiples of {K_QUANT_BLOCK}"
+            )
+        parity: dict[str, Any] = {"skipped": "verification turned off (--no-verify)"}
+        if config.verify:
+            say(f"checking the export against PyTorch on {config.verify_tokens} tokens")
+            t0 = time.perf_counter()
+            parity = _verify(final, lm or load_model(model), text, config,
+                             strict=quant is None and config.dtype != "bf16")
+            seconds["verify"] = time.perf_counter() - t0
+            if not parity["passed"]:
+                raise ExportVerificationError(f"the GGUF export does not match the source: {describe_failure(parity)}")
+        report = {
+            "supertiny_version": __version__,
+            "artifact": {"path": str(out), "format": "gguf", "bytes": final.stat().st_size,
+                         "sha256": _sha256(final), "tensors": n_tensors, **summary},
+            "source": source_info,
+            "settings": {**asdict(config), "quant": quant},
+            "parity": parity,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "notes": notes,
+        }
+        report_tmp.write_text(json.dumps(report, indent=2))
+        os.replace(report_tmp, out.with_name(out.name + ".json"))
+        os.replace(final, out)
+        say(f"wrote {out} ({report['artifact']['bytes']:,} bytes) and {out.name}.json")
+        return report
+    finally:
+        for p in (raw, quantized, report_tmp):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _verify(path: Path, lm: LoadedModel, text: str | None, config: GGUFExportConfig,
+            strict: bool) -> dict[str, Any]:
+    from ..runtime.llamacpp import LlamaCppEngine
+
+    assert text is not None
+    engine = LlamaCppEngine(path, n_ctx=max(config.verify_tokens, 128), n_threads=config.threads,
+                            logits_all=True)
+    return check_export(
+        lm.model, lm.tokenizer, engine.logits, lambda s: engine.tokenize(s, add_special=True),
+        engine.generate, text, tokens=config.verify_tokens, strict=strict,
+    )

@@ -1,0 +1,106 @@
+"""Every export is checked against the PyTorch model it came from.
+
+The exported artifact and the source model read the same evaluation text; the
+report gives tokenization equality, top-1 agreement, KL(torch‖export) and how far
+their greedy continuations agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import evaluate as ev
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Strings that have broken converters before: spaces, digits, contractions, control
+# tokens in text, non-Latin scripts, emoji, code.
+TRICKY_STRINGS = (
+    "Hello world",
+    " Hello  world ",
+    "It's 2026: 12,345.67 apples! I'LL see.",
+    "tab\tnew\nline\r\n\n\n  x",
+    "café naïve 你好 🙂 ✓ ß",
+    "def f(x):\n    return x**2  # square",
+    "   leading and trailing   ",
+)
+
+# An unquantized export computes what PyTorch computes up to float rounding.
+STRICT_TOP1 = 0.995
+STRICT_KL = 1e-3
+
+
+def check_export(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    artifact_logits: ev.LogitsFn,
+    artifact_tokenize: Callable[[str], list[int]],
+    artifact_generate: ev.GenerateFn,
+    text: str,
+    tokens: int = 512,
+    greedy_tokens: int = 32,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Compare an exported artifact with its source model.
+
+    Args:
+        model, tokenizer: the PyTorch source.
+        artifact_logits / artifact_tokenize / artifact_generate: the artifact's engine.
+        text: evaluation text; its first ``tokens`` tokens are scored in one window.
+        greedy_tokens: length of the greedy continuation compared token by token.
+        strict: require top-1 >= 99.5% and KL <= 1e-3 (unquantized exports).
+
+    Returns:
+        A JSON-ready dict with ``passed`` and the figures.
+    """
+    import torch
+
+    mismatched = [s for s in (*TRICKY_STRINGS, text) if tokenizer(s)["input_ids"] != artifact_tokenize(s)]
+    ids = ev.tokenize_text(tokenizer, text, max_tokens=tokens)
+    a = ev.agreement(ev.torch_logits(model), artifact_logits, ids, window=len(ids), stride=len(ids))
+    if getattr(tokenizer, "chat_template", None):
+        prompt = ev.build_prompt(tokenizer, "What is the capital of France?")
+    else:
+        prompt = ids[:16]
+    with torch.inference_mode():
+        reference = list(ev.torch_generate(model, tokenizer)(prompt, greedy_tokens))
+    produced = list(artifact_generate(prompt, greedy_tokens))
+    same = common_prefix(reference, produced)
+    tokenization_ok = not mismatched
+    numerics_ok = a.top1_agreement >= STRICT_TOP1 and a.kl_mean <= STRICT_KL
+    return {
+        "passed": tokenization_ok and (numerics_ok or not strict),
+        "strict": strict,
+        "thresholds": {"top1_min": STRICT_TOP1, "kl_max": STRICT_KL} if strict else None,
+        "tokenization_equal": tokenization_ok,
+        "tokenization_mismatches": [s if len(s) < 60 else s[:57] + "..." for s in mismatched],
+        "tokens_scored": a.student.tokens_scored,
+        "top1_agreement": a.top1_agreement,
+        "kl_mean": a.kl_mean,
+        "kl_p95": a.kl_p95,
+        "perplexity_torch": a.teacher.perplexity,
+        "perplexity_artifact": a.student.perplexity,
+        "greedy_prefix_match": same,
+        "greedy_tokens": len(reference),
+        "greedy_torch": tokenizer.decode(reference, skip_special_tokens=True),
+        "greedy_artifact": tokenizer.decode(produced, skip_special_tokens=True),
+    }
+
+
+def describe_failure(report: dict[str, Any]) -> str:
+    """One line on why a parity check failed."""
+    if not report["tokenization_equal"]:
+        return f"tokenization differs from the source tokenizer on {report['tokenization_mismatches']}"
+    return (f"top-1 agreement {report['top1_agreement']:.4f} (need >= {STRICT_TOP1}), "
+            f"KL {report['kl_mean']:.2e} (need <= {STRICT_KL})")
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

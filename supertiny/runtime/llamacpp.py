@@ -1,0 +1,121 @@
+"""The llama.cpp engine (llama-cpp-python): load a GGUF file, score, generate, stream.
+
+Thin on purpose: it exposes the logits function :mod:`supertiny.evaluate` measures
+with, and greedy/sampled generation token by token. The runtime issue grows it into
+the common engine API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingExtraError
+from ..gguf_file import GGUFFile
+
+
+@contextlib.contextmanager
+def captured_native_stderr() -> Iterator[Callable[[], str]]:
+    """Route what native code writes to fd 2 into a temporary file.
+
+    llama.cpp prints one warning line per tensor while quantizing; the report
+    carries that information in a structured form, so the lines are kept out of the
+    user's terminal and handed back on request (e.g. for an error message).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingExtraError(
+            "the llama.cpp backend needs llama-cpp-python: pip install 'supertiny[llama]' "
+            "(build it with CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" for a portable binary)"
+        ) from None
+    return llama_cpp
+
+
+class LlamaCppEngine:
+    """A GGUF model running in llama.cpp.
+
+    Args:
+        path: the ``.gguf`` file (validated with gguf-py before llama.cpp opens it).
+        n_ctx: context length, the longest window :meth:`logits` can score.
+        n_threads: CPU threads (default: all cores).
+        n_gpu_layers: layers to offload to a GPU build of llama.cpp (0 on CPU).
+        logits_all: keep logits for every position (needed by :meth:`logits`).
+
+    Example::
+
+        engine = LlamaCppEngine("model.gguf", logits_all=True)
+        engine.logits([1, 2, 3]).shape  # (3, vocab)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], n_ctx: int = 2048, n_threads: int | None = None,
+                 n_gpu_layers: int = 0, logits_all: bool = False):
+        self.path = Path(path)
+        GGUFFile(self.path)  # nothing malformed reaches native code
+        llama_cpp = _llama_cpp()
+        self.llm = llama_cpp.Llama(
+            model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+            n_threads_batch=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers,
+            logits_all=logits_all, verbose=False,
+        )
+        self.n_ctx = n_ctx
+        self.logits_all = logits_all
+
+    @property
+    def n_vocab(self) -> int:
+        return self.llm.n_vocab()
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.llm.token_eos()
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids as llama.cpp makes them; control tokens in the text are parsed."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
+        if not self.logits_all:
+            raise ValueError("LlamaCppEngine.logits needs logits_all=True")
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"window of {len(ids)} tokens exceeds n_ctx={self.n_ctx}")
+        self.llm.reset()
+        self.llm.eval(list(ids))
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+        """Generate token ids one at a time (greedy when ``temperature`` is 0)."""
+        stop = set(stop_ids if stop_ids is not None else [self.eos_token_id])
+        self.llm.reset()
+        kwargs = {"temp": temperature, "top_k": 1 if temperature == 0 else 40, "top_p": 1.0,
+                  "repeat_penalty": 1.0, "reset": True}
+        for n, token in enumerate(self.llm.generate(list(prompt_ids), **kwargs)):
+            if token in stop or n >= max_new_tokens:
+                return
+            yield token
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kw: Any) -> list[int]:
+        return list(self.stream(prompt_ids, max_new_tokens, **kw))
