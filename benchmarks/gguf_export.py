@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+IMATRIX = 4096  # calibration tokens for the +imx rows
+
 EXPORT = """
 import sys
 from supertiny.export.gguf import GGUFExportConfig, export_gguf
-src, out, dtype, quant = sys.argv[1:5]
-export_gguf(src, out, GGUFExportConfig(dtype=dtype, quant=quant or None, verify=False))
+src, out, dtype, quant, imatrix = sys.argv[1:6]
+export_gguf(src, out, GGUFExportConfig(dtype=dtype, quant=quant or None, verify=False, imatrix_tokens=int(imatrix)))
 # VmHWM is this process's own peak (ru_maxrss would include the parent's RSS at fork).
 print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
 """
@@ -67,19 +69,26 @@ def main() -> None:
     hf_bytes = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
     teacher = default_teacher_path()
 
-    runs = [("default", "f16", ""), ("default", "f16", "Q8_0"), ("default", "f16", "Q4_K_M"),
-            ("default", "f16", "Q4_0"), (str(hf_dir), "f16", ""), (str(hf_dir), "f16", "Q4_K_M")]
+    # Importance matrices calibrate on the first IMATRIX tokens of the corpus; quality is
+    # scored on its last --tokens tokens, so no artifact is graded on its calibration text.
+    imx = str(IMATRIX)
+    runs = [("default", "f16", "", "0"), ("default", "f16", "Q8_0", "0"), ("default", "f16", "Q4_K_M", "0"),
+            ("default", "f16", "Q4_K_M", imx), ("default", "f16", "Q4_0", "0"), ("default", "f16", "Q4_0", imx),
+            (str(hf_dir), "f16", "", "0"), (str(hf_dir), "f16", "Q4_K_M", "0")]
     rows = []
-    for src, dtype, quant in runs:
-        label = f"{'gguf' if src == 'default' else 'hf'}->{quant or dtype.upper()}"
+    for src, dtype, quant, imatrix in runs:
+        label = f"{'gguf' if src == 'default' else 'hf'}->{quant or dtype.upper()}" + ("+imx" if imatrix != "0" else "")
         out = work / f"{label.replace('->', '-')}.gguf"
         print(f"exporting {label} ...", file=sys.stderr, flush=True)
-        seconds, rss = run_child([src, str(out), dtype, quant])
+        seconds, rss = run_child([src, str(out), dtype, quant, imatrix])
         rows.append({"label": label, "src": src, "path": out, "seconds": seconds, "rss": rss,
                      "bytes": out.stat().st_size, "bpw": out.stat().st_size * 8 / GGUFFile(out).n_parameters()})
 
     tokenizer, _ = tokenizer_from_gguf(GGUFFile(teacher))
-    ids = ev.tokenize_text(tokenizer, ev.read_text(ev.default_corpus_path()), max_tokens=args.tokens)
+    ids = ev.tokenize_text(tokenizer, ev.read_text(ev.default_corpus_path()))
+    if len(ids) - args.tokens < IMATRIX:
+        raise SystemExit(f"--tokens {args.tokens} would overlap the {IMATRIX} calibration tokens")
+    ids = ids[-args.tokens:]
     reference = LlamaCppEngine(rows[0]["path"], n_ctx=512, logits_all=True)
     for row in rows:
         if row["src"] != "default":
@@ -91,15 +100,16 @@ def main() -> None:
         del engine
 
     print(f"\nDefault teacher ({teacher.name}, {teacher.stat().st_size / 1e6:.0f} MB; float32 HF copy "
-          f"{hf_bytes / 1e6:.0f} MB), {os.cpu_count()} CPUs, quality on {len(ids)} corpus tokens vs the F16 export\n")
-    head = f"{'export':<14} {'seconds':>8} {'peak RSS MB':>12} {'RSS / HF ckpt':>14} {'size MB':>8} {'bits/w':>7} " \
+          f"{hf_bytes / 1e6:.0f} MB), {os.cpu_count()} CPUs; quality on the last {len(ids)} corpus tokens vs the "
+          f"F16 export; +imx: importance matrix from the first {IMATRIX} tokens\n")
+    head = f"{'export':<18} {'seconds':>8} {'peak RSS MB':>12} {'RSS / HF ckpt':>14} {'size MB':>8} {'bits/w':>7} " \
            f"{'ppl':>8} {'KL vs F16':>10} {'top-1':>7}"
     print(head)
     print("-" * len(head))
     for r in rows:
         quality = (f"{r['ppl']:>8.3f} {r['kl']:>10.4f} {r['top1']:>7.2%}" if "ppl" in r
                    else f"{'':>8} {'':>10} {'':>7}")
-        print(f"{r['label']:<14} {r['seconds']:>8.1f} {r['rss'] / 1e6:>12.0f} {r['rss'] / hf_bytes:>14.2f} "
+        print(f"{r['label']:<18} {r['seconds']:>8.1f} {r['rss'] / 1e6:>12.0f} {r['rss'] / hf_bytes:>14.2f} "
               f"{r['bytes'] / 1e6:>8.1f} {r['bpw']:>7.2f} {quality}")
     print(f"\nartifacts in {work}")
 

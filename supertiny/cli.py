@@ -177,15 +177,18 @@ def export_group() -> None:
               help="Text for the parity check (default: the bundled corpus).")
 @click.option("--threads", type=int, default=None, help="llama.cpp threads (default: all cores).")
 @click.option("--pre", default=None, help="Force tokenizer.ggml.pre instead of matching the tokenizer's regexes.")
+@click.option("--imatrix-tokens", default=0, show_default=True,
+              help="With --quant: calibrate an importance matrix on this many tokens of --text (0: off).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_verify: bool, verify_tokens: int,
-                    text_path: str | None, threads: int | None, pre: str | None, as_json: bool) -> None:
+                    text_path: str | None, threads: int | None, pre: str | None, imatrix_tokens: int,
+                    as_json: bool) -> None:
     """Export MODEL to OUT (.gguf) for llama.cpp; the report goes to OUT.json."""
     from .export.gguf import GGUFExportConfig, export_gguf
 
     _quiet_transformers()
     config = GGUFExportConfig(dtype=dtype, quant=quant, verify=not no_verify, verify_tokens=verify_tokens,
-                              text=text_path, threads=threads, pre=pre)
+                              text=text_path, threads=threads, pre=pre, imatrix_tokens=imatrix_tokens)
     with _progress("writing tensors") as bar:
         report = export_gguf(model, out, config, log=lambda m: click.echo(m, err=True), progress=bar)
     if as_json:

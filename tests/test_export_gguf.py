@@ -250,3 +250,26 @@ def test_bfloat16_checkpoint_is_read_exactly(tmp_path, tiny_tokenizer):
     report = export_gguf(src, tmp_path / "m.gguf", GGUFExportConfig(dtype="f32"))
     assert report["source"]["dtype"] == "BF16" and report["parity"]["passed"]
     assert report["parity"]["kl_mean"] <= 1e-6
+
+
+def test_importance_matrix_statistic_and_its_use(make_tiny_dir, tmp_path):
+    from supertiny.archs import ARCHITECTURES
+    from supertiny.export.imatrix import collect_imatrix
+
+    model = build_tiny_model("llama", tied=False)
+    ids = list(range(5, 305))
+    data = collect_imatrix(model, ARCHITECTURES["llama"], ids, window=100)
+    assert len(data) == 2 * 7 + 1  # q k v o gate up down per layer, and the untied output
+    assert data["blk.0.ffn_down.weight"].shape == (128,) and data["blk.1.attn_q.weight"].shape == (64,)
+    # the output matrix reads the final normed hidden states: check against a direct computation
+    with torch.no_grad():
+        hidden = torch.cat([model(torch.tensor([ids[b:b + 100]]), output_hidden_states=True).hidden_states[-1][0]
+                            for b in range(0, 300, 100)])
+    np.testing.assert_allclose(data["output.weight"], (hidden ** 2).mean(0).numpy(), rtol=1e-5)
+
+    report = export_gguf(make_tiny_dir(tied=False), tmp_path / "q.gguf",
+                         GGUFExportConfig(quant="Q4_0", imatrix_tokens=256))
+    assert any("have importance matrix data with 15 entries" in n for n in report["notes"])
+    assert report["settings"]["imatrix_tokens"] == 256
+    with pytest.raises(InvalidInputError, match="needs a quantization"):
+        GGUFExportConfig(imatrix_tokens=256)

@@ -63,6 +63,10 @@ class GGUFExportConfig:
         text: evaluation text file (default: the bundled corpus).
         threads: llama.cpp threads for quantization and the check.
         pre: force ``tokenizer.ggml.pre`` instead of matching the tokenizer's regexes.
+        imatrix_tokens: with ``quant``, weigh the quantization by an importance matrix
+            collected on this many tokens of ``text`` (taken after the tokens the
+            parity check scores, so the check does not grade on its own calibration
+            data); 0 turns it off.
     """
 
     dtype: str = "f16"
@@ -72,6 +76,7 @@ class GGUFExportConfig:
     text: str | None = None
     threads: int | None = None
     pre: str | None = None
+    imatrix_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -80,6 +85,8 @@ class GGUFExportConfig:
             raise InvalidInputError(f"unknown quantization {self.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
         if self.verify_tokens < 16:
             raise InvalidInputError(f"verify_tokens must be at least 16, got {self.verify_tokens}")
+        if self.imatrix_tokens < 0 or (self.imatrix_tokens and self.quant is None):
+            raise InvalidInputError("an importance matrix (imatrix_tokens > 0) needs a quantization type")
 
 
 def _numpy_f32(t: Any) -> np.ndarray:
@@ -244,19 +251,26 @@ def _write(path: Path, source: _Source, cfg: Any, spec: ArchSpec, tokenizer: Any
     return len(plan)
 
 
-def _quantize(src: Path, dst: Path, quant: str, threads: int | None) -> None:
-    from ..runtime.llamacpp import _llama_cpp, captured_native_stderr
+def _quantize(src: Path, dst: Path, quant: str, threads: int | None,
+              imatrix: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Quantize with llama.cpp; returns what llama.cpp printed (one line per fallback etc.)."""
+    from ..runtime.llamacpp import _llama_cpp, captured_llama_log
+    from .imatrix import ImatrixArray
 
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     params.nthread = threads or os.cpu_count() or 1
-    with captured_native_stderr() as native_log:
+    if imatrix:
+        keep = ImatrixArray(imatrix, llama_cpp.llama_model_imatrix_data)
+        params.imatrix = keep.pointer(ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    with captured_llama_log() as native_log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-        lines = [ln for ln in native_log().splitlines() if ln.strip()]
+        lines = native_log()
     if rc != 0 or not dst.is_file():
         last = lines[-1] if lines else "no message"
         raise SupertinyError(f"llama.cpp failed to quantize to {quant} (return code {rc}): {last}")
+    return lines
 
 
 def quant_summary(path: Path, quant: str | None) -> dict[str, Any]:
@@ -341,7 +355,7 @@ def export_gguf(
     source_info = describe(model).to_dict()
     arch_for_model_type(source_info["architecture"])
     text = None
-    if config.verify:  # read the text before the slow part, so a wrong path fails fast
+    if config.verify or config.imatrix_tokens:  # read the text first, so a wrong path fails fast
         from ..evaluate import default_corpus_path, read_text
 
         text = read_text(config.text or default_corpus_path())
@@ -368,11 +382,22 @@ def export_gguf(
         t0 = time.perf_counter()
         n_tensors = _write(raw, _Source(kind, src, lm), cfg, spec, tokenizer, config, notes, progress)
         seconds["write"] = time.perf_counter() - t0
+        imatrix = None
+        if quant and config.imatrix_tokens:
+            say(f"collecting an importance matrix on {config.imatrix_tokens} tokens")
+            t0 = time.perf_counter()
+            lm = lm or load_model(model)
+            imatrix, calibration = _imatrix(lm, spec, text, config)
+            notes.append(calibration)
+            seconds["imatrix"] = time.perf_counter() - t0
         if quant:
             say(f"quantizing to {quant} with llama.cpp")
             t0 = time.perf_counter()
-            _quantize(raw, quantized, quant, config.threads)
+            native_log = _quantize(raw, quantized, quant, config.threads, imatrix)
             seconds["quantize"] = time.perf_counter() - t0
+            if imatrix:  # llama.cpp says how many entries it took; record it rather than assume
+                used = [ln.strip() for ln in native_log if "importance matrix" in ln]
+                notes.append("llama.cpp: " + (used[0] if used else "did not report using the importance matrix"))
             raw.unlink()
         summary = quant_summary(final, quant)
         fallbacks = summary.get("k_quant_fallbacks")
@@ -410,6 +435,25 @@ def export_gguf(
         for p in (raw, quantized, report_tmp):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _imatrix(lm: LoadedModel, spec: ArchSpec, text: str | None, config: GGUFExportConfig
+             ) -> tuple[dict[str, np.ndarray], str]:
+    from ..evaluate import tokenize_text
+    from .imatrix import collect_imatrix
+
+    assert text is not None
+    ids = tokenize_text(lm.tokenizer, text)
+    skip = config.verify_tokens if config.verify else 0
+    calib = ids[skip : skip + config.imatrix_tokens]
+    if len(calib) < 64:
+        raise InvalidInputError(
+            f"the text has {len(ids)} tokens; the importance matrix needs at least 64 after the "
+            f"{skip} the parity check scores"
+        )
+    data = collect_imatrix(lm.model, spec, calib)
+    return data, (f"importance matrix from {len(calib)} tokens (text tokens {skip}..{skip + len(calib)}) "
+                  f"over {len(data)} matrices")
 
 
 def _verify(path: Path, lm: LoadedModel, text: str | None, config: GGUFExportConfig,

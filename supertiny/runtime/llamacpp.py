@@ -8,9 +8,8 @@ the common engine API.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,29 @@ from ..gguf_file import GGUFFile
 
 
 @contextlib.contextmanager
-def captured_native_stderr() -> Iterator[Callable[[], str]]:
-    """Route what native code writes to fd 2 into a temporary file.
+def captured_llama_log() -> Iterator[Callable[[], list[str]]]:
+    """Collect what llama.cpp logs (all levels) instead of printing it.
 
-    llama.cpp prints one warning line per tensor while quantizing; the report
+    llama.cpp logs one warning per tensor while quantizing; the export report
     carries that information in a structured form, so the lines are kept out of the
-    user's terminal and handed back on request (e.g. for an error message).
+    terminal and handed back (for the report, or an error message). The
+    callback of llama-cpp-python, which drops all but errors once a model was
+    loaded quietly, is put back afterwards.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    llama_cpp = _llama_cpp()
+    from llama_cpp import _logger
+
+    chunks: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data: Any) -> None:
+        chunks.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lambda: [ln for ln in "".join(chunks).splitlines() if ln.strip()]
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _llama_cpp() -> Any:
