@@ -273,3 +273,14 @@ def test_importance_matrix_statistic_and_its_use(make_tiny_dir, tmp_path):
     assert report["settings"]["imatrix_tokens"] == 256
     with pytest.raises(InvalidInputError, match="needs a quantization"):
         GGUFExportConfig(imatrix_tokens=256)
+
+
+def test_corrupt_source_checkpoint_is_a_clean_error(make_tiny_dir, tmp_path):
+    from supertiny.errors import NotAModelError
+
+    src = make_tiny_dir()
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(NotAModelError, match="truncated"):
+        export_gguf(src, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists() and leftovers(tmp_path) == []

@@ -352,8 +352,7 @@ def export_gguf(
     _check_out(out)
     say = log or (lambda _msg: None)
     kind, src = resolve(model)
-    source_info = describe(model).to_dict()
-    arch_for_model_type(source_info["architecture"])
+    source_info = describe(model).to_dict()  # also rejects unsupported architectures, before any slow work
     text = None
     if config.verify or config.imatrix_tokens:  # read the text first, so a wrong path fails fast
         from ..evaluate import default_corpus_path, read_text
