@@ -1,22 +1,16 @@
-"""A minimal F32 GGUF writer for tests, on top of gguf-py.
+"""An F32 GGUF writer for tests that need tokenizer metadata the exporter would not write.
 
-It writes what llama.cpp's converter writes for a llama-family model (gguf-py's
-tensor-name table, q/k rows permuted from the HF rotary layout, no output.weight
-when embeddings are tied) so the loader can be tested on small files. The real
-exporter lives in supertiny.export (issue: GGUF export).
+supertiny's exporter derives the ``tokenizer.ggml.*`` keys from a HF tokenizer; the
+loader tests need files with chosen keys (another ``pre``, ``add_bos`` absent,
+user-defined tokens, a SentencePiece vocabulary, an unsupported architecture), so
+this writes the exporter's hyper-parameters and tensors with a vocabulary given as
+plain lists.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
-
-
-def permute_for_llama_cpp(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF rotary layout (halves) -> llama.cpp's interleaved pairs, per head."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def bpe_vocab(tokenizer) -> tuple[list[str], list[str], list[int]]:
@@ -50,21 +44,12 @@ def write_gguf(
 ) -> Path:
     import gguf
 
+    from supertiny.export.gguf import _add_hparams, permute_qk
+
     cfg = model.config
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_name("tiny test model")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(getattr(cfg, "rope_theta", 10000.0))
-    w.add_rope_dimension_count(cfg.hidden_size // n_head)
-    w.add_vocab_size(len(tokens))
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_hparams(w, cfg, "tiny test model", "f32", notes=[])
     w.add_tokenizer_model(tokenizer_model)
     if pre is not None:
         w.add_tokenizer_pre(pre)
@@ -91,9 +76,9 @@ def write_gguf(
             continue
         data = tensor.detach().float().numpy().copy()
         if name.endswith("q_proj.weight"):
-            data = permute_for_llama_cpp(data, n_head)
+            data = permute_qk(data, n_head)
         elif name.endswith("k_proj.weight"):
-            data = permute_for_llama_cpp(data, n_kv)
+            data = permute_qk(data, n_kv)
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
         w.add_tensor(new, data)
