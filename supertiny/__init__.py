@@ -18,7 +18,7 @@ from .errors import (  # noqa: E402
     UnsupportedArchitectureError,
     UserError,
 )
-from .evaluate import agreement, generate, perplexity, torch_logits  # noqa: E402
+from .evaluate import agreement, generate, perplexity, torch_generate, torch_logits  # noqa: E402
 from .models import LoadedModel, ModelInfo, describe, load_model  # noqa: E402
 
 __all__ = [
@@ -39,5 +39,6 @@ __all__ = [
     "generate",
     "load_model",
     "perplexity",
+    "torch_generate",
     "torch_logits",
 ]
