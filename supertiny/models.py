@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .archs import ArchSpec, arch_for_gguf, arch_for_model_type
+from .archs import arch_for_gguf, arch_for_model_type
 from .errors import (
     InvalidGGUFError,
     MissingExtraError,
@@ -135,7 +136,7 @@ def _check_hf_dir(p: Path) -> None:
         ggufs = sorted(p.glob("*.gguf"))
         hint = f" (did you mean {ggufs[0]}?)" if ggufs else ""
         raise NotAModelError(f"expected a Hugging Face model directory with config.json, got {p}{hint}")
-    if not _safetensors_files(p):
+    if not safetensors_files(p):
         pickles = [f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise UnsafeCheckpointError(
@@ -145,7 +146,7 @@ def _check_hf_dir(p: Path) -> None:
         raise NotAModelError(f"{p} has a config.json but no *.safetensors weights")
 
 
-def _safetensors_files(p: Path) -> list[Path]:
+def safetensors_files(p: Path) -> list[Path]:
     index = p / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -169,8 +170,8 @@ def _read_config(p: Path) -> dict[str, Any]:
     return config
 
 
-def _safetensors_header(f: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (no tensor data is read)."""
+def safetensors_header(f: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the byte where its data starts (no data is read)."""
     size = f.stat().st_size
     with open(f, "rb") as fh:
         raw = fh.read(8)
@@ -186,7 +187,7 @@ def _safetensors_header(f: Path) -> dict[str, Any]:
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise NotAModelError(f"{f} is truncated: tensors end at byte {8 + n + end}, file has {size}")
-    return header
+    return header, 8 + n
 
 
 def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -219,17 +220,14 @@ def _has_chat_template(p: Path) -> bool:
 def _describe_hf(p: Path) -> ModelInfo:
     cfg = _read_config(p)
     spec = arch_for_model_type(cfg.get("model_type"))
-    files = _safetensors_files(p)
+    files = safetensors_files(p)
     params, dtypes = 0, set()
     for f in files:
-        for name, t in _safetensors_header(f).items():
-            if name == "__metadata__":
-                continue
-            n = 1
-            for d in t["shape"]:
-                n *= int(d)
-            params += n
-            dtypes.add(t["dtype"])
+        header, _ = safetensors_header(f)
+        for name, t in header.items():
+            if name != "__metadata__":
+                params += math.prod(int(d) for d in t["shape"])
+                dtypes.add(t["dtype"])
     try:
         fields = _arch_fields(cfg)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
@@ -246,7 +244,7 @@ def _describe_hf(p: Path) -> ModelInfo:
     )
 
 
-def _describe_gguf(gf: GGUFFile) -> tuple[ModelInfo, ArchSpec]:
+def _describe_gguf(gf: GGUFFile) -> ModelInfo:
     spec = arch_for_gguf(gf.architecture)
     try:
         heads = int(gf.arch_get("attention.head_count"))
@@ -260,7 +258,7 @@ def _describe_gguf(gf: GGUFFile) -> tuple[ModelInfo, ArchSpec]:
         ) from None
     tokens = gf.get("tokenizer.ggml.tokens") or []
     names = {t.name for t in gf.tensors}
-    info = ModelInfo(
+    return ModelInfo(
         source=str(gf.path),
         format="gguf",
         architecture=spec.model_type,
@@ -278,7 +276,6 @@ def _describe_gguf(gf: GGUFFile) -> tuple[ModelInfo, ArchSpec]:
         chat_template=bool(gf.get("tokenizer.chat_template")),
         file_bytes=gf.size,
     )
-    return info, spec
 
 
 def describe(path: str | os.PathLike[str]) -> ModelInfo:
@@ -296,7 +293,7 @@ def describe(path: str | os.PathLike[str]) -> ModelInfo:
     """
     kind, p = resolve(path)
     if kind == "gguf":
-        return _describe_gguf(GGUFFile(p))[0]
+        return _describe_gguf(GGUFFile(p))
     return _describe_hf(p)
 
 
@@ -334,7 +331,7 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
         from .gguf_tokenizer import tokenizer_from_gguf
 
         gf = GGUFFile(p)  # validated before transformers' reader sees it
-        disk_info, _ = _describe_gguf(gf)
+        disk_info = _describe_gguf(gf)
         tokenizer, how = tokenizer_from_gguf(gf)
         del gf
         try:

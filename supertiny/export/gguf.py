@@ -113,11 +113,10 @@ class _Source:
         self.kind, self.path, self.lm = kind, path, lm
         self._index: dict[str, tuple[Path, int, dict[str, Any]]] = {}
         if kind == "hf":
-            from ..models import _safetensors_files, _safetensors_header
+            from ..models import safetensors_files, safetensors_header
 
-            for f in _safetensors_files(path):
-                header = _safetensors_header(f)
-                base = 8 + int.from_bytes(f.open("rb").read(8), "little")
+            for f in safetensors_files(path):
+                header, base = safetensors_header(f)
                 for name, meta in header.items():
                     if name != "__metadata__":
                         if meta["dtype"] not in _SAFETENSORS_DTYPES:

@@ -115,13 +115,18 @@ class LlamaCppEngine:
                stop_ids: Sequence[int] | None = None) -> Iterator[int]:
         """Generate token ids one at a time (greedy when ``temperature`` is 0)."""
         stop = set(stop_ids if stop_ids is not None else [self.eos_token_id])
-        self.llm.reset()
+        if max_new_tokens <= 0:
+            return
         kwargs = {"temp": temperature, "top_k": 1 if temperature == 0 else 40, "top_p": 1.0,
                   "repeat_penalty": 1.0, "reset": True}
-        for n, token in enumerate(self.llm.generate(list(prompt_ids), **kwargs)):
-            if token in stop or n >= max_new_tokens:
+        produced = 0
+        for token in self.llm.generate(list(prompt_ids), **kwargs):
+            if token in stop:
                 return
             yield token
+            produced += 1
+            if produced >= max_new_tokens:  # stop before llama.cpp decodes one token too many
+                return
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kw: Any) -> list[int]:
         return list(self.stream(prompt_ids, max_new_tokens, **kw))

@@ -1,0 +1,64 @@
+"""The llama.cpp engine on a tiny exported model: logits, streaming, stops, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from supertiny.errors import InvalidGGUFError
+from supertiny.export.gguf import GGUFExportConfig, export_gguf
+from supertiny.runtime.backends import open_backend
+from supertiny.runtime.llamacpp import LlamaCppEngine
+
+
+@pytest.fixture
+def tiny_gguf(make_tiny_dir, tmp_path):
+    src = make_tiny_dir()
+    out = tmp_path / "m.gguf"
+    export_gguf(src, out, GGUFExportConfig(dtype="f32", verify=False))
+    return src, out
+
+
+def test_stream_counts_and_stops(tiny_gguf):
+    _, path = tiny_gguf
+    engine = LlamaCppEngine(path, n_ctx=128)
+    prompt = engine.tokenize("Alice was beginning")
+    greedy = engine.generate(prompt, 12, stop_ids=[])
+    assert len(greedy) == 12
+    assert engine.generate(prompt, 12, stop_ids=[]) == greedy  # greedy is deterministic
+    assert list(engine.stream(prompt, 5, stop_ids=[])) == greedy[:5]
+    assert engine.generate(prompt, 12, stop_ids=[greedy[3]]) == greedy[: greedy.index(greedy[3])]
+    assert engine.generate(prompt, 0) == []
+
+
+def test_logits_match_torch_greedy(tiny_gguf):
+    src, path = tiny_gguf
+    cpp = open_backend(path, n_ctx=128)
+    ref = open_backend(src)
+    assert cpp.name == "llama.cpp" and ref.name == "torch"
+    ids = cpp.tokenizer("Alice was beginning to get very tired")["input_ids"]
+    np.testing.assert_allclose(cpp.logits(ids), ref.logits(ids).numpy(), rtol=1e-3, atol=1e-3)
+    assert list(cpp.generate(ids, 8)) == list(ref.generate(ids, 8))
+
+
+def test_logits_need_logits_all_and_fit_the_context(tiny_gguf):
+    _, path = tiny_gguf
+    with pytest.raises(ValueError, match="logits_all"):
+        LlamaCppEngine(path, n_ctx=64).logits([1, 2, 3])
+    with pytest.raises(ValueError, match="exceeds n_ctx"):
+        LlamaCppEngine(path, n_ctx=64, logits_all=True).logits(list(range(3, 80)))
+
+
+def test_engine_validates_before_native_code(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 20)
+    with pytest.raises(InvalidGGUFError):
+        LlamaCppEngine(bad)
+
+
+def test_torch_backend_keeps_dtype(make_tiny_dir):
+    b = open_backend(make_tiny_dir(), "torch", dtype="bfloat16")
+    assert b.info["dtype"] == "bfloat16"
+    out = b.logits([1, 2, 3])
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 400)
