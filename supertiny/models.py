@@ -244,7 +244,8 @@ def _describe_hf(p: Path) -> ModelInfo:
     )
 
 
-def _describe_gguf(gf: GGUFFile) -> ModelInfo:
+def describe_gguf(gf: GGUFFile) -> ModelInfo:
+    """:func:`describe` for an already validated GGUF file (no second parse)."""
     spec = arch_for_gguf(gf.architecture)
     try:
         heads = int(gf.arch_get("attention.head_count"))
@@ -293,7 +294,7 @@ def describe(path: str | os.PathLike[str]) -> ModelInfo:
     """
     kind, p = resolve(path)
     if kind == "gguf":
-        return _describe_gguf(GGUFFile(p))
+        return describe_gguf(GGUFFile(p))
     return _describe_hf(p)
 
 
@@ -331,7 +332,7 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
         from .gguf_tokenizer import tokenizer_from_gguf
 
         gf = GGUFFile(p)  # validated before transformers' reader sees it
-        disk_info = _describe_gguf(gf)
+        disk_info = describe_gguf(gf)
         tokenizer, how = tokenizer_from_gguf(gf)
         del gf
         try:

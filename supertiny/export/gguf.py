@@ -110,7 +110,7 @@ class _Source:
     """
 
     def __init__(self, kind: str, path: Path, lm: LoadedModel | None):
-        self.kind, self.path, self.lm = kind, path, lm
+        self.kind, self.path = kind, path
         self._index: dict[str, tuple[Path, int, dict[str, Any]]] = {}
         if kind == "hf":
             from ..models import safetensors_files, safetensors_header

@@ -55,8 +55,11 @@ def check_export(
     Returns:
         A JSON-ready dict with ``passed`` and the figures.
     """
-    mismatched = [s for s in (*TRICKY_STRINGS, text) if tokenizer(s)["input_ids"] != artifact_tokenize(s)]
-    ids = ev.tokenize_text(tokenizer, text, max_tokens=tokens)
+    text_ids = ev.tokenize_text(tokenizer, text)  # once: compared whole, then scored in part
+    mismatched = [s for s in TRICKY_STRINGS if tokenizer(s)["input_ids"] != artifact_tokenize(s)]
+    if text_ids != artifact_tokenize(text):
+        mismatched.append(text)
+    ids = text_ids[:tokens]
     a = ev.agreement(ev.torch_logits(model), artifact_logits, ids, window=len(ids), stride=len(ids))
     if getattr(tokenizer, "chat_template", None):
         prompt = ev.build_prompt(tokenizer, "What is the capital of France?")

@@ -37,7 +37,7 @@ def open_backend(model: str | os.PathLike[str], backend: str = "auto", dtype: st
         n_ctx: longest window the llama.cpp backend scores.
         threads: llama.cpp threads.
     """
-    from ..models import describe, load_model, resolve
+    from ..models import describe_gguf, load_model, resolve
 
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -52,9 +52,10 @@ def open_backend(model: str | os.PathLike[str], backend: str = "auto", dtype: st
         from ..gguf_tokenizer import tokenizer_from_gguf
         from .llamacpp import LlamaCppEngine
 
-        tokenizer, how = tokenizer_from_gguf(GGUFFile(path))
-        engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=threads, logits_all=True)
-        info = {**describe(path).to_dict(), "tokenizer": how, "backend": "llama.cpp"}
+        gf = GGUFFile(path)  # parsed once: description, tokenizer and the engine share it
+        tokenizer, how = tokenizer_from_gguf(gf)
+        engine = LlamaCppEngine(gf, n_ctx=n_ctx, n_threads=threads, logits_all=True)
+        info = {**describe_gguf(gf).to_dict(), "tokenizer": how, "backend": "llama.cpp"}
         return Backend("llama.cpp", info, tokenizer, engine.logits, engine.generate)
     lm = load_model(model, dtype=dtype)
     info = {**lm.info.to_dict(), "backend": "torch"}

@@ -61,7 +61,8 @@ class LlamaCppEngine:
     """A GGUF model running in llama.cpp.
 
     Args:
-        path: the ``.gguf`` file (validated with gguf-py before llama.cpp opens it).
+        path: the ``.gguf`` file (validated with gguf-py before llama.cpp opens it), or
+            a :class:`~supertiny.gguf_file.GGUFFile` the caller already validated.
         n_ctx: context length, the longest window :meth:`logits` can score.
         n_threads: CPU threads (default: all cores).
         n_gpu_layers: layers to offload to a GPU build of llama.cpp (0 on CPU).
@@ -73,10 +74,13 @@ class LlamaCppEngine:
         engine.logits([1, 2, 3]).shape  # (3, vocab)
     """
 
-    def __init__(self, path: str | os.PathLike[str], n_ctx: int = 2048, n_threads: int | None = None,
+    def __init__(self, path: str | os.PathLike[str] | GGUFFile, n_ctx: int = 2048, n_threads: int | None = None,
                  n_gpu_layers: int = 0, logits_all: bool = False):
-        self.path = Path(path)
-        GGUFFile(self.path)  # nothing malformed reaches native code
+        if isinstance(path, GGUFFile):
+            self.path = path.path
+        else:
+            self.path = Path(path)
+            GGUFFile(self.path)  # nothing malformed reaches native code
         llama_cpp = _llama_cpp()
         self.llm = llama_cpp.Llama(
             model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
