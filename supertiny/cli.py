@@ -112,15 +112,19 @@ def _progress(label: str):
 @click.option("--prompt", "prompts", multiple=True, help="Prompt for greedy generation (repeatable).")
 @click.option("--max-new-tokens", default=48, show_default=True, help="Tokens generated per prompt.")
 @click.option("--no-generate", is_flag=True, help="Skip the generation samples.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp"]), default="auto", show_default=True,
-              help="auto: llama.cpp for .gguf files (what you deploy), torch for Hugging Face directories.")
-@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: all cores).")
+@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: what you deploy on: llama.cpp for .gguf files, onnxruntime for ONNX "
+              "exports; torch for Hugging Face directories.")
+@click.option("--threads", type=int, default=None, help="llama.cpp / onnxruntime threads (default: all cores).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "dml"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Dtype the model runs in.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int, stride: int,
              max_tokens: int | None, prompts: tuple[str, ...], max_new_tokens: int,
-             no_generate: bool, backend: str, threads: int | None, dtype: str, as_json: bool) -> None:
+             no_generate: bool, backend: str, threads: int | None, provider: str, dtype: str,
+             as_json: bool) -> None:
     """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations."""
     from . import evaluate as ev
     from .models import resolve
@@ -133,14 +137,16 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
     resolve(model)
     if teacher is not None:
         resolve(teacher)
-    lm = open_backend(model, backend, dtype=dtype, n_ctx=window, threads=threads)
+    lm = open_backend(model, backend, dtype=dtype, n_ctx=window, threads=threads, provider=provider)
     ids = ev.tokenize_text(lm.tokenizer, text, max_tokens)
     teacher_info, agreement = None, None
     if teacher is None:
         with _progress("perplexity") as bar:
             score = ev.perplexity(lm.logits, ids, window, stride, bar)
     else:
-        tm = open_backend(teacher, backend, dtype=dtype, n_ctx=window, threads=threads)
+        # the teacher runs where it natively runs, unless torch was asked for both
+        tm = open_backend(teacher, "torch" if backend == "torch" else "auto", dtype=dtype, n_ctx=window,
+                          threads=threads, provider=provider)
         if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             raise UserError("the teacher's tokenizer differs from the student's; agreement needs a shared vocabulary")
         teacher_info = tm.info
@@ -206,6 +212,64 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
                    f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
                    f"{parity['greedy_tokens']} tokens equal, tokenization "
                    f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
+    for note in report["notes"]:
+        click.echo(f"note        {note}")
+
+
+@export_group.command("onnx")
+@click.argument("model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--quant", type=click.Choice(["none", "int8", "int8-dynamic", "int4"]), default="none",
+              show_default=True, help="int4/int8: weight-only MatMulNBits (W4A16/W8A16); int8-dynamic: int8 "
+              "weights and activations (quantize_dynamic).")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
+              help="Weights per quantization block (int4/int8).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
+              help="MatMulNBits compute type: 4 int8 activations (fast on CPU), 1 float32, 0 kernel's choice.")
+@click.option("--symmetric", is_flag=True, help="Symmetric blocks (no zero points).")
+@click.option("--keep-float-embeddings", is_flag=True, help="With int4: leave the embedding table in float.")
+@click.option("--fp16", is_flag=True, help="Float16 weights and KV cache (GPUs; usually slower on CPUs).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: optimum's).")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch (recorded in the manifest).")
+@click.option("--verify-tokens", default=512, show_default=True, help="Tokens of text the parity check scores.")
+@click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
+              help="Text for the parity check (default: the bundled corpus).")
+@click.option("--threads", type=int, default=None, help="onnxruntime threads for the check (default: all cores).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty (only once the new export passed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_onnx_cmd(model: str, out_dir: str, quant: str, block_size: str, accuracy_level: int, symmetric: bool,
+                    keep_float_embeddings: bool, fp16: bool, opset: int | None, no_verify: bool, verify_tokens: int,
+                    text_path: str | None, threads: int | None, overwrite: bool, as_json: bool) -> None:
+    """Export MODEL to OUT_DIR (ONNX with KV cache) for onnxruntime; manifest in OUT_DIR/supertiny.json."""
+    from .export.onnx import OnnxExportConfig, export_onnx
+
+    _quiet_transformers()
+    config = OnnxExportConfig(quant=quant, block_size=int(block_size), accuracy_level=accuracy_level,
+                              symmetric=symmetric, quantize_embeddings=not keep_float_embeddings, fp16=fp16,
+                              opset=opset, verify=not no_verify, verify_tokens=verify_tokens, text=text_path,
+                              threads=threads, overwrite=overwrite)
+    report = export_onnx(model, out_dir, config, log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    art, parity = report["artifact"], report["parity"]
+    click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  "
+               f"{', '.join(f'{k} x{v}' for k, v in art['operators'].items())}")
+    weights = ", ".join(f"{k} {_human(v, 'B')}" for k, v in art["weight_bytes"].items())
+    click.echo(f"weights     {weights}")
+    if "skipped" in parity:
+        click.echo(f"parity      skipped: {parity['skipped']}")
+    else:
+        close = (f", largest logit difference {parity['logits_max_abs_diff']:.1e}"
+                 if parity["logits_max_abs_diff"] is not None else "")
+        click.echo(f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
+                   f"KL {parity['kl_mean']:.2e} nats{close}, perplexity {parity['perplexity_artifact']:.3f} "
+                   f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
+                   f"{parity['greedy_tokens']} tokens equal, tokenization "
+                   f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
+        kv = parity["kv_cache"]
+        click.echo(f"kv cache    {kv['steps']} cached steps vs one full pass: largest logit difference "
+                   f"{kv['max_abs_diff_vs_full_pass']:.1e}, top-1 equal {kv['top1_equal']:.0%}")
     for note in report["notes"]:
         click.echo(f"note        {note}")
 

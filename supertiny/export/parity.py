@@ -7,10 +7,15 @@ their greedy continuations agree.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .. import evaluate as ev
+from ..errors import SupertinyError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,6 +32,18 @@ TRICKY_STRINGS = (
     "   leading and trailing   ",
 )
 
+class ExportVerificationError(SupertinyError):
+    """The exported artifact does not compute what the source model computes."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 # An unquantized export computes what PyTorch computes up to float rounding.
 STRICT_TOP1 = 0.995
 STRICT_KL = 1e-3
@@ -42,6 +59,7 @@ def check_export(
     tokens: int = 512,
     greedy_tokens: int = 32,
     strict: bool = True,
+    atol: float | None = None,
 ) -> dict[str, Any]:
     """Compare an exported artifact with its source model.
 
@@ -51,6 +69,8 @@ def check_export(
         text: evaluation text; its first ``tokens`` tokens are scored in one window.
         greedy_tokens: length of the greedy continuation compared token by token.
         strict: require top-1 >= 99.5% and KL <= 1e-3 (unquantized exports).
+        atol: with ``strict``, also require every logit within ``atol`` of PyTorch's
+            (an assert-close check for exports that compute in float32).
 
     Returns:
         A JSON-ready dict with ``passed`` and the figures.
@@ -70,16 +90,22 @@ def check_export(
     same = common_prefix(reference, produced)
     tokenization_ok = not mismatched
     numerics_ok = a.top1_agreement >= STRICT_TOP1 and a.kl_mean <= STRICT_KL
+    max_abs = None
+    if atol is not None:
+        ref = ev.torch_logits(model)(ids).float().numpy()
+        max_abs = float(np.abs(np.asarray(artifact_logits(ids), dtype=np.float32) - ref).max())
+        numerics_ok = numerics_ok and max_abs <= atol
     return {
         "passed": tokenization_ok and (numerics_ok or not strict),
         "strict": strict,
-        "thresholds": {"top1_min": STRICT_TOP1, "kl_max": STRICT_KL} if strict else None,
+        "thresholds": ({"top1_min": STRICT_TOP1, "kl_max": STRICT_KL, "logits_atol": atol} if strict else None),
         "tokenization_equal": tokenization_ok,
         "tokenization_mismatches": [s if len(s) < 60 else s[:57] + "..." for s in mismatched],
         "tokens_scored": a.student.tokens_scored,
         "top1_agreement": a.top1_agreement,
         "kl_mean": a.kl_mean,
         "kl_p95": a.kl_p95,
+        "logits_max_abs_diff": max_abs,
         "perplexity_torch": a.teacher.perplexity,
         "perplexity_artifact": a.student.perplexity,
         "greedy_prefix_match": same,
@@ -93,8 +119,12 @@ def describe_failure(report: dict[str, Any]) -> str:
     """One line on why a parity check failed."""
     if not report["tokenization_equal"]:
         return f"tokenization differs from the source tokenizer on {report['tokenization_mismatches']}"
-    return (f"top-1 agreement {report['top1_agreement']:.4f} (need >= {STRICT_TOP1}), "
+    line = (f"top-1 agreement {report['top1_agreement']:.4f} (need >= {STRICT_TOP1}), "
             f"KL {report['kl_mean']:.2e} (need <= {STRICT_KL})")
+    atol = (report.get("thresholds") or {}).get("logits_atol")
+    if atol is not None:
+        line += f", largest logit difference {report['logits_max_abs_diff']:.2e} (need <= {atol:.0e})"
+    return line
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

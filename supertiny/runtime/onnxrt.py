@@ -1,0 +1,292 @@
+"""The onnxruntime engine: run an exported causal LM with its KV cache.
+
+The model is the graph optimum's ``text-generation-with-past`` export writes (the one
+``supertiny export onnx`` produces): inputs ``input_ids``, ``attention_mask``,
+``position_ids`` and ``past_key_values.{i}.key/value``, outputs ``logits`` and
+``present.{i}.key/value``. The generation loop is our own: the cache stays in
+onnxruntime's memory between steps (I/O binding), so a decode step copies nothing but
+one row of logits out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, MissingExtraError, NotAModelError
+from ..models import ONNX_MODEL_FILE
+
+# Execution providers by the short name users type; DirectML covers Windows GPUs and
+# NPUs, CUDA covers Jetson-class boards and small discrete GPUs.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingExtraError("the onnxruntime backend needs onnxruntime: pip install 'supertiny[onnx]'") from None
+    return onnxruntime
+
+
+def onnx_model_file(path: str | os.PathLike[str]) -> Path:
+    """The ``model.onnx`` of an export directory (or the file itself)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / ONNX_MODEL_FILE
+    if not p.is_file():
+        raise NotAModelError(f"no {ONNX_MODEL_FILE} in {p.parent}; export one with `supertiny export onnx`")
+    return p
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy when ``temperature`` is 0.
+
+    ``top_k`` 0 and ``top_p`` 1.0 turn those filters off; ``seed`` makes sampling
+    repeatable.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InvalidInputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidInputError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """The next token from one row of logits (greedy, or temperature/top-k/top-p sampling)."""
+    if sampling.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k and sampling.top_k < z.size:
+        kth = np.partition(z, -sampling.top_k)[-sampling.top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, sampling.top_p)) + 1]  # smallest set reaching top_p
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int(rng.choice(p.size, p=p))
+
+
+class OnnxEngine:
+    """An exported causal LM running in onnxruntime.
+
+    Args:
+        path: an export directory (``model.onnx`` inside) or the ``.onnx`` file.
+        threads: intra-op threads (default: all cores).
+        provider: ``cpu``, ``cuda`` or ``dml`` (the execution provider must be in the
+            installed onnxruntime build).
+        n_ctx: the longest sequence (prompt + generated) accepted; default the
+            model's ``max_position_embeddings`` when ``config.json`` is present.
+
+    Example::
+
+        engine = OnnxEngine("out/", threads=2)
+        engine.logits([1, 2, 3]).shape  # (3, vocab)
+        list(engine.stream([1, 2, 3], max_new_tokens=8))
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, provider: str = "cpu",
+                 n_ctx: int | None = None):
+        ort = _ort()
+        self.path = onnx_model_file(path)
+        if provider not in PROVIDERS:
+            raise InvalidInputError(f"unknown execution provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        ep = PROVIDERS[provider]
+        if ep not in ort.get_available_providers():
+            raise InvalidInputError(
+                f"this onnxruntime build has no {ep} (available: {', '.join(ort.get_available_providers())}); "
+                f"install the onnxruntime package built for it"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=[ep])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise NotAModelError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
+        self.threads = opts.intra_op_num_threads
+        self.provider = provider
+        self._device = "cuda" if provider == "cuda" else "cpu"
+        self._read_signature()
+        self.n_ctx = n_ctx or self._config_context() or 4096
+
+    def _read_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "input_ids" not in inputs or "logits" not in outputs:
+            raise NotAModelError(f"{self.path} is not a causal LM export (needs input_ids in, logits out)")
+        past = sorted((int(m.group(1)), m.group(2), n) for n in inputs if (m := _PAST.match(n)))
+        if not past:
+            raise NotAModelError(
+                f"{self.path} has no KV-cache inputs; export it with `supertiny export onnx` "
+                "(optimum task text-generation-with-past)"
+            )
+        self.past_names = [n for _, _, n in past]
+        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        missing = [n for n in self.present_names if n not in outputs]
+        if missing:
+            raise NotAModelError(f"{self.path} lacks the KV-cache outputs {missing[:2]}")
+        first = inputs[self.past_names[0]]
+        self.n_layers = len(past) // 2
+        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.kv_dtype = _ORT_NP.get(first.type)
+        if self.kv_dtype is None:
+            raise NotAModelError(f"{self.path}: unsupported KV-cache type {first.type}")
+        self.has_mask = "attention_mask" in inputs
+        self.has_positions = "position_ids" in inputs
+        logits_type = next(o.type for o in self.session.get_outputs() if o.name == "logits")
+        vocab = next(o.shape[-1] for o in self.session.get_outputs() if o.name == "logits")
+        self.n_vocab = int(vocab) if isinstance(vocab, int) else None
+        self.logits_dtype = _ORT_NP.get(logits_type, np.float32)
+
+    def _config_context(self) -> int | None:
+        cfg = self.path.parent / "config.json"
+        if cfg.is_file():
+            try:
+                return int(json.loads(cfg.read_text()).get("max_position_embeddings") or 0) or None
+            except (ValueError, TypeError):
+                return None
+        return None
+
+    # -- one forward pass ---------------------------------------------------------------
+
+    def _empty_past(self) -> list[Any]:
+        ort = _ort()
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
+        return [ort.OrtValue.ortvalue_from_numpy(empty, self._device, 0) for _ in self.past_names]
+
+    def _run(self, ids: Sequence[int], past: list[Any], past_len: int) -> tuple[np.ndarray, list[Any]]:
+        """Feed ``ids`` after ``past_len`` cached tokens; logits ``[len(ids), vocab]`` and the new cache."""
+        n = len(ids)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        if self.has_mask:
+            binding.bind_cpu_input("attention_mask", np.ones((1, past_len + n), dtype=np.int64))
+        if self.has_positions:
+            binding.bind_cpu_input("position_ids", np.arange(past_len, past_len + n, dtype=np.int64)[None, :])
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self._device)
+        self.session.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        return out[0].numpy()[0], list(out[1:])
+
+    # -- what evaluation and generation use ---------------------------------------------
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
+        self._check_length(len(ids))
+        return self._run(list(ids), self._empty_past(), 0)[0].astype(np.float32, copy=False)
+
+    def logits_stepwise(self, ids: Sequence[int], prefill: int) -> np.ndarray:
+        """Like :meth:`logits`, but ``ids[prefill:]`` go through the KV cache one at a time.
+
+        Equal to :meth:`logits` up to float rounding when the cache is wired right.
+        """
+        self._check_length(len(ids))
+        if not 0 < prefill <= len(ids):
+            raise InvalidInputError(f"prefill must be in 1..{len(ids)}, got {prefill}")
+        rows, past = self._run(list(ids[:prefill]), self._empty_past(), 0)
+        out = [rows]
+        for i in range(prefill, len(ids)):
+            row, past = self._run([ids[i]], past, i)
+            out.append(row)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _check_length(self, n: int) -> None:
+        if n == 0:
+            raise InvalidInputError("no tokens to run")
+        if n > self.n_ctx:
+            raise InvalidInputError(f"{n} tokens exceed the context of {self.n_ctx}")
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
+               stop_ids: Sequence[int] | None = None, temperature: float | None = None) -> Iterator[int]:
+        """Generate token ids one at a time; the stop token itself is not yielded.
+
+        Args:
+            prompt_ids: the prompt (chat template already applied).
+            max_new_tokens: most tokens to produce.
+            sampling: :class:`Sampling` (greedy by default).
+            stop_ids: tokens that end generation (default: none; pass the eos ids).
+            temperature: shorthand for ``Sampling(temperature=...)``.
+        """
+        if sampling is None:
+            sampling = Sampling(temperature=temperature or 0.0)
+        stop = set(stop_ids or ())
+        if max_new_tokens <= 0:
+            return
+        ids = list(prompt_ids)
+        self._check_length(len(ids))
+        budget = min(max_new_tokens, self.n_ctx - len(ids))
+        rng = np.random.default_rng(sampling.seed)
+        logits, past = self._run(ids, self._empty_past(), 0)
+        length = len(ids)
+        for produced in range(budget):
+            token = pick_token(logits[-1], sampling, rng)
+            if token in stop:
+                return
+            yield token
+            if produced + 1 == budget:
+                return
+            logits, past = self._run([token], past, length)
+            length += 1
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kw: Any) -> list[int]:
+        return list(self.stream(prompt_ids, max_new_tokens, **kw))
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved next to an export (``trust_remote_code`` off)."""
+    from transformers import AutoTokenizer
+
+    d = Path(path).expanduser()
+    d = d if d.is_dir() else d.parent
+    try:
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise NotAModelError(f"no usable tokenizer in {d}: {str(exc).splitlines()[0]}") from None
+
+
+def stop_ids(tokenizer: Any, directory: Path) -> list[int]:
+    """The ids that end a reply: the tokenizer's eos and generation_config's eos list."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gc = directory / "generation_config.json"
+    if gc.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            eos = json.loads(gc.read_text()).get("eos_token_id")
+            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return sorted(i for i in ids if isinstance(i, int))
