@@ -204,14 +204,7 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
     click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  {art['bits_per_weight']} bits/weight  "
                f"sha256 {art['sha256'][:16]}...")
     click.echo(f"tensors     {', '.join(f'{k} x{v}' for k, v in art['tensor_types'].items())}")
-    if "skipped" in parity:
-        click.echo(f"parity      skipped: {parity['skipped']}")
-    else:
-        click.echo(f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
-                   f"KL {parity['kl_mean']:.2e} nats, perplexity {parity['perplexity_artifact']:.3f} "
-                   f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
-                   f"{parity['greedy_tokens']} tokens equal, tokenization "
-                   f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
+    _print_parity(parity)
     for note in report["notes"]:
         click.echo(f"note        {note}")
 
@@ -257,21 +250,26 @@ def export_onnx_cmd(model: str, out_dir: str, quant: str, block_size: str, accur
                f"{', '.join(f'{k} x{v}' for k, v in art['operators'].items())}")
     weights = ", ".join(f"{k} {_human(v, 'B')}" for k, v in art["weight_bytes"].items())
     click.echo(f"weights     {weights}")
-    if "skipped" in parity:
-        click.echo(f"parity      skipped: {parity['skipped']}")
-    else:
-        close = (f", largest logit difference {parity['logits_max_abs_diff']:.1e}"
-                 if parity["logits_max_abs_diff"] is not None else "")
-        click.echo(f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
-                   f"KL {parity['kl_mean']:.2e} nats{close}, perplexity {parity['perplexity_artifact']:.3f} "
-                   f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
-                   f"{parity['greedy_tokens']} tokens equal, tokenization "
-                   f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
+    _print_parity(parity)
+    if "kv_cache" in parity:
         kv = parity["kv_cache"]
         click.echo(f"kv cache    {kv['steps']} cached steps vs one full pass: largest logit difference "
                    f"{kv['max_abs_diff_vs_full_pass']:.1e}, top-1 equal {kv['top1_equal']:.0%}")
     for note in report["notes"]:
         click.echo(f"note        {note}")
+
+
+def _print_parity(parity: dict[str, Any]) -> None:
+    if "skipped" in parity:
+        click.echo(f"parity      skipped: {parity['skipped']}")
+        return
+    close = (f", largest logit difference {parity['logits_max_abs_diff']:.1e}"
+             if parity.get("logits_max_abs_diff") is not None else "")
+    click.echo(f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
+               f"KL {parity['kl_mean']:.2e} nats{close}, perplexity {parity['perplexity_artifact']:.3f} "
+               f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
+               f"{parity['greedy_tokens']} tokens equal, tokenization "
+               f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
 
 
 def _print_report(r: EvalReport) -> None:
