@@ -4,17 +4,16 @@ One run, side by side, on ``--threads`` threads (default 2):
   - each variant is exported from the same loaded teacher (export + quantization
     seconds, parity check off so the time is the export alone),
   - time to first token for a ``--prompt-tokens`` prompt and decode tokens/s with
-    supertiny's engine (median of ``--repeats`` after a warm-up), and optimum's
-    ``ORTModelForCausalLM.generate`` decoding the same file,
+    supertiny's engine (median of ``--repeats`` after a warm-up), and a reference
+    runtime decoding the same file: optimum's ``ORTModelForCausalLM.generate`` for
+    optimum graphs, onnxruntime-genai's own generator for genai graphs,
   - KL(torch||onnx) and top-1 agreement against the PyTorch teacher on ``--tokens``
     corpus tokens,
   - the bandwidth bound: weight bytes a decode step reads divided by the memory
     bandwidth measured here (numpy reads on the same threads), i.e. the tokens/s no
     engine can beat on this machine.
-  - ``genai-int4``: onnxruntime-genai's model builder, when ``--genai-builder DIR``
-    points at an onnxruntime-genai install whose builder imports (see the note in the
-    README: 0.15.2 works with our transformers pin, 0.18.0 does not), and the
-    onnxruntime-genai runtime is importable.
+  - ``genai int4``: ``--format genai`` (onnxruntime-genai's model builder; skipped with
+    a message when ``supertiny[genai]`` is not installed).
 
 Run:  .venv/bin/python benchmarks/onnx_export.py [--tokens 1024] [--keep DIR]
 """
@@ -22,9 +21,10 @@ Run:  .venv/bin/python benchmarks/onnx_export.py [--tokens 1024] [--keep DIR]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +37,7 @@ VARIANTS = {  # name -> OnnxExportConfig keyword arguments
     "int8-dynamic": {"quant": "int8-dynamic"},
     "int4 b32": {"quant": "int4", "block_size": 32},
     "int4 b128": {"quant": "int4", "block_size": 128},
+    "genai int4 b32": {"format": "genai", "quant": "int4", "block_size": 32},
 }
 
 
@@ -120,61 +121,41 @@ def time_optimum(folder: Path, prompt: list[int], new: int, threads: int, repeat
     return statistics.median(rates)
 
 
-GENAI = """
-import sys, time, statistics
-import onnxruntime_genai as og
-folder, threads, new, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-prompt = [int(x) for x in sys.argv[5].split(",")]
-config = og.Config(folder)
-model = og.Model(config)
-def run(n):
-    p = og.GeneratorParams(model)
-    p.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n, do_sample=False)
-    g = og.Generator(model, p)
-    t0 = time.perf_counter()
-    g.append_tokens(prompt)
-    g.generate_next_token()
-    first = time.perf_counter() - t0
-    for _ in range(n - 1):
-        g.generate_next_token()
-    return first, time.perf_counter() - t0
-run(4)
-ttft, rate = [], []
-for _ in range(repeats):
-    first, total = run(new + 1)
-    ttft.append(first); rate.append(new / (total - first))
-print(statistics.median(ttft) * 1000, statistics.median(rate))
-"""
-
-
-def genai_variant(hf_dir: Path, out: Path, builder: str, threads: int, prompt: list[int], new: int,
-                  repeats: int) -> dict | None:
-    env = {**os.environ, "PYTHONPATH": builder}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(hf_dir), "-i",
-                           str(hf_dir), "-o", str(out), "-p", "int4", "-e", "cpu", "-c", str(out) + ".cache"],
-                          capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(f"genai builder failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    # the genai config sets its own thread count; ask for ours
+def time_genai(folder: Path, prompt: list[int], new: int, threads: int, repeats: int) -> float:
+    """Median decode tokens/s of onnxruntime-genai's generator on the same graph."""
     import json
 
-    cfg_path = out / "genai_config.json"
-    cfg = json.loads(cfg_path.read_text())
+    import onnxruntime_genai as og
+
+    # genai reads its thread count from genai_config.json: run a linked copy with ours,
+    # leaving the export (and its manifest hashes) untouched
+    view = Path(tempfile.mkdtemp(prefix="supertiny-genai-view-"))
+    for f in folder.iterdir():
+        if f.name != "genai_config.json":
+            (view / f.name).symlink_to(f.resolve())
+    cfg = json.loads((folder / "genai_config.json").read_text())
     opts = cfg["model"]["decoder"].setdefault("session_options", {})
     opts["intra_op_num_threads"], opts["inter_op_num_threads"] = threads, 1
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    run = subprocess.run([sys.executable, "-c", GENAI, str(out), str(threads), str(new), str(repeats),
-                          ",".join(map(str, prompt))], capture_output=True, text=True, env=env)
-    if run.returncode != 0:
-        print(f"genai runtime failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    ttft, rate = map(float, run.stdout.split()[-2:])
-    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return {"export_s": seconds, "bytes": size, "ttft_ms": ttft, "decode": rate,
-            "read": bytes_per_token(out / "model.onnx")}
+    (view / "genai_config.json").write_text(json.dumps(cfg))
+    model = og.Model(og.Config(str(view)))
+
+    def run(n: int) -> float:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n, do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(prompt)
+        for _ in range(n):
+            gen.generate_next_token()
+        return time.perf_counter() - t0
+
+    run(4)
+    rates = []
+    for _ in range(repeats):
+        first = run(1)
+        rates.append(new / (run(new + 1) - first))
+    shutil.rmtree(view, ignore_errors=True)
+    return statistics.median(rates)
 
 
 def main() -> None:
@@ -184,9 +165,6 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--genai-builder", default=None,
-                    help="folder holding an onnxruntime-genai whose model builder imports (e.g. pip install "
-                         "--target DIR onnxruntime-genai==0.15.2)")
     ap.add_argument("--keep", default=None, help="folder to keep the exports in")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -211,6 +189,10 @@ def main() -> None:
     reference = ev.torch_logits(lm.model)
     rows = []
     for name, kw in VARIANTS.items():
+        genai = kw.get("format") == "genai"
+        if genai and importlib.util.find_spec("onnxruntime_genai") is None:
+            print(f"[{name}] skipped: pip install 'supertiny[genai]'", file=sys.stderr)
+            continue
         print(f"[{name}] exporting", file=sys.stderr)
         out = work / "".join(c if c.isalnum() else "-" for c in name)
         report = export_onnx("default", out, OnnxExportConfig(verify=False, overwrite=True, **kw))
@@ -220,35 +202,23 @@ def main() -> None:
         a = ev.agreement(reference, engine.logits, scored, window=min(512, len(scored)), stride=256)
         ttft, rate = time_engine(engine, prompt, args.new_tokens, args.repeats)
         del engine
-        opt = time_optimum(out, prompt, args.new_tokens, args.threads, args.repeats)
-        rows.append((name, secs, report["artifact"]["bytes"], ttft, rate, opt, bytes_per_token(out / "model.onnx"),
+        timer = time_genai if genai else time_optimum
+        ref = timer(out, prompt, args.new_tokens, args.threads, args.repeats)
+        rows.append((name, secs, report["artifact"]["bytes"], ttft, rate, ref, bytes_per_token(out / "model.onnx"),
                      a.kl_mean, a.top1_agreement))
-    if args.genai_builder:
-        print("[genai-int4] building", file=sys.stderr)
-        hf_dir = work / "hf-source"
-        if not hf_dir.is_dir():
-            lm.model.save_pretrained(hf_dir)
-            lm.tokenizer.save_pretrained(hf_dir)
-        g = genai_variant(hf_dir, work / "genai-int4", args.genai_builder, args.threads, prompt, args.new_tokens,
-                          args.repeats)
-        if g:  # optimum cannot load the genai graph; its logits are not wired to the KL measure yet
-            rows.append(("genai-int4", g["export_s"], g["bytes"], g["ttft_ms"], g["decode"], float("nan"), g["read"],
-                         float("nan"), float("nan")))
 
     print(f"\nSmolLM2-135M-Instruct (default teacher), {args.threads} threads, prompt {len(prompt)} tokens, "
           f"{args.new_tokens} decoded, median of {args.repeats}; bandwidth {bw / 1e9:.1f} GB/s\n")
-    head = ("variant", "export s", "size MB", "TTFT ms", "decode tok/s", "optimum tok/s", "ours/optimum",
+    head = ("variant", "export s", "size MB", "TTFT ms", "decode tok/s", "reference tok/s", "ours/reference",
             "MB read/token", "bound tok/s", "% of bound", "KL vs torch", "top-1")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for name, secs, size, ttft, rate, opt, read, kl, top1 in rows:
+    for name, secs, size, ttft, rate, ref, read, kl, top1 in rows:
         bound = bw / read
-        def f(x: float, spec: str, suffix: str = "") -> str:
-            return "n/a" if x != x else f"{x:{spec}}{suffix}"  # NaN: not measured for this row
-
-        print(f"| {name} | {secs:.1f} | {size / 1e6:.0f} | {ttft:.0f} | {rate:.1f} | {f(opt, '.1f')} | "
-              f"{f(rate / opt, '.2f', 'x')} | {read / 1e6:.0f} | {bound:.0f} | {100 * rate / bound:.0f}% | "
-              f"{f(kl, '.4f')} | {f(top1, '.3f')} |")
+        print(f"| {name} | {secs:.1f} | {size / 1e6:.0f} | {ttft:.0f} | {rate:.1f} | {ref:.1f} | {rate / ref:.2f}x | "
+              f"{read / 1e6:.0f} | {bound:.0f} | {100 * rate / bound:.0f}% | {kl:.4f} | {top1:.3f} |")
+    print("\nreference: optimum's ORTModelForCausalLM.generate (optimum graphs), onnxruntime-genai's generator "
+          "(genai graph)")
 
 
 if __name__ == "__main__":

@@ -215,11 +215,15 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
 @click.option("--quant", type=click.Choice(["none", "int8", "int8-dynamic", "int4"]), default="none",
               show_default=True, help="int4/int8: weight-only MatMulNBits (W4A16/W8A16); int8-dynamic: int8 "
               "weights and activations (quantize_dynamic).")
+@click.option("--format", "graph_format", type=click.Choice(["optimum", "genai"]), default="optimum",
+              show_default=True, help="optimum: optimum's graph (ORTModelForCausalLM loads it); genai: "
+              "onnxruntime-genai's fused graph, ~3x faster decoding on CPU (needs supertiny[genai]).")
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
               help="Weights per quantization block (int4/int8).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
               help="MatMulNBits compute type: 4 int8 activations (fast on CPU), 1 float32, 0 kernel's choice.")
-@click.option("--symmetric", is_flag=True, help="Symmetric blocks (no zero points).")
+@click.option("--symmetric/--asymmetric", default=None,
+              help="Blocks without / with zero points [default: asymmetric for optimum, symmetric for genai].")
 @click.option("--keep-float-embeddings", is_flag=True, help="With int4: leave the embedding table in float.")
 @click.option("--fp16", is_flag=True, help="Float16 weights and KV cache (GPUs; usually slower on CPUs).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: optimum's).")
@@ -230,23 +234,25 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
 @click.option("--threads", type=int, default=None, help="onnxruntime threads for the check (default: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty (only once the new export passed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_onnx_cmd(model: str, out_dir: str, quant: str, block_size: str, accuracy_level: int, symmetric: bool,
-                    keep_float_embeddings: bool, fp16: bool, opset: int | None, no_verify: bool, verify_tokens: int,
-                    text_path: str | None, threads: int | None, overwrite: bool, as_json: bool) -> None:
+def export_onnx_cmd(model: str, out_dir: str, quant: str, graph_format: str, block_size: str, accuracy_level: int,
+                    symmetric: bool | None, keep_float_embeddings: bool, fp16: bool, opset: int | None,
+                    no_verify: bool, verify_tokens: int, text_path: str | None, threads: int | None,
+                    overwrite: bool, as_json: bool) -> None:
     """Export MODEL to OUT_DIR (ONNX with KV cache) for onnxruntime; manifest in OUT_DIR/supertiny.json."""
     from .export.onnx import OnnxExportConfig, export_onnx
 
     _quiet_transformers()
-    config = OnnxExportConfig(quant=quant, block_size=int(block_size), accuracy_level=accuracy_level,
-                              symmetric=symmetric, quantize_embeddings=not keep_float_embeddings, fp16=fp16,
-                              opset=opset, verify=not no_verify, verify_tokens=verify_tokens, text=text_path,
+    config = OnnxExportConfig(quant=quant, format=graph_format, block_size=int(block_size),
+                              accuracy_level=accuracy_level, symmetric=symmetric,
+                              quantize_embeddings=not keep_float_embeddings, fp16=fp16, opset=opset,
+                              verify=not no_verify, verify_tokens=verify_tokens, text=text_path,
                               threads=threads, overwrite=overwrite)
     report = export_onnx(model, out_dir, config, log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     art, parity = report["artifact"], report["parity"]
-    click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  "
+    click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  {art['graph']} graph: "
                f"{', '.join(f'{k} x{v}' for k, v in art['operators'].items())}")
     weights = ", ".join(f"{k} {_human(v, 'B')}" for k, v in art["weight_bytes"].items())
     click.echo(f"weights     {weights}")

@@ -337,7 +337,8 @@ def describe_onnx(p: Path) -> ModelInfo:
     if params is None:
         params = _onnx_float_parameters(p / ONNX_MODEL_FILE)
     quant = settings.get("quant", "unknown")
-    dtype = f"onnx {quant}{' fp16' if settings.get('fp16') else ''}" if settings else "onnx"
+    graph = " (genai graph)" if settings.get("format") == "genai" else ""
+    dtype = f"onnx {quant}{' fp16' if settings.get('fp16') else ''}{graph}" if settings else "onnx"
     files = [f for f in p.iterdir() if f.is_file() and f.name.startswith(ONNX_MODEL_FILE)]
     return ModelInfo(
         source=str(p),

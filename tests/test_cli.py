@@ -124,6 +124,7 @@ def test_export_gguf_then_eval_it_in_llama_cpp(make_tiny_dir, tmp_path):
         (["export", "onnx", "{model}", "{tmp}/no/o"], "parent folder"),
         (["eval", "{model}", "--backend", "onnxruntime"], "runs ONNX exports"),
         (["eval", "{model}", "--backend", "onnxruntime", "--provider", "cuda"], "runs ONNX exports"),
+        (["export", "onnx", "{model}", "{tmp}/o", "--format", "genai", "--quant", "int8-dynamic"], "not int8-dynamic"),
     ],
 )
 def test_export_mistakes_are_one_line(make_tiny_dir, tmp_path, args, pattern):
@@ -150,6 +151,19 @@ def test_export_onnx_then_eval_it_in_onnxruntime(make_tiny_dir, tmp_path):
     assert inspect["format"] == "onnx" and inspect["parameters"] == ref["model"]["parameters"]
     teacher = run("eval", out, "--teacher", src, "--max-tokens", 200, "--no-generate")
     assert teacher.exit_code == 0 and "agreement   top-1" in teacher.output
+
+
+def test_export_onnx_genai_then_eval(make_tiny_dir, tmp_path):
+    src = make_tiny_dir()
+    out = tmp_path / "genai"
+    result = run("export", "onnx", src, out, "--format", "genai", "--quant", "int4", "--block-size", "16",
+                 "--verify-tokens", 128)
+    assert result.exit_code == 0, result.output
+    assert "genai graph: " in result.output and "GroupQueryAttention x2" in result.output
+    assert "parity      PASS" in result.output
+    on_ort = run("eval", out, "--max-tokens", 200, "--no-generate", "--json", "--threads", 1)
+    ort = json.loads(on_ort.output[on_ort.output.index("{"):])
+    assert ort["model"]["dtype"] == "onnx int4 (genai graph)" and ort["score"]["perplexity"] > 1
 
 
 @pytest.mark.slow

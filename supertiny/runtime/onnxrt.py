@@ -1,11 +1,18 @@
 """The onnxruntime engine: run an exported causal LM with its KV cache.
 
-The model is the graph optimum's ``text-generation-with-past`` export writes (the one
-``supertiny export onnx`` produces): inputs ``input_ids``, ``attention_mask``,
-``position_ids`` and ``past_key_values.{i}.key/value``, outputs ``logits`` and
-``present.{i}.key/value``. The generation loop is our own: the cache stays in
-onnxruntime's memory between steps (I/O binding), so a decode step copies nothing but
-one row of logits out.
+Two graph layouts run here, both written by ``supertiny export onnx``:
+
+* optimum's ``text-generation-with-past`` graph (``--format optimum``): inputs
+  ``input_ids``, ``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key/value``,
+  outputs ``logits`` and ``present.{i}.key/value``; each step returns a new, longer cache.
+* onnxruntime-genai's graph (``--format genai``): the same names without
+  ``position_ids``, attention fused into ``GroupQueryAttention``, which can write the new
+  keys and values into the cache in place. The engine then allocates the cache once per
+  sequence and binds it as both the past input and the present output, so a decode step
+  copies no cache at all (``genai_config.json``'s ``past_present_share_buffer``).
+
+The generation loop is our own: the cache stays in onnxruntime's memory between steps
+(I/O binding), so a decode step copies nothing but one row of logits out.
 """
 
 from __future__ import annotations
@@ -160,32 +167,62 @@ class OnnxEngine:
             raise NotAModelError(f"{self.path} lacks the KV-cache outputs {missing[:2]}")
         first = inputs[self.past_names[0]]
         self.n_layers = len(past) // 2
-        self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.kv_heads, self.head_dim = self._cache_shape(first.shape)
         self.kv_dtype = _ORT_NP.get(first.type)
         if self.kv_dtype is None:
             raise NotAModelError(f"{self.path}: unsupported KV-cache type {first.type}")
         self.has_mask = "attention_mask" in inputs
+        search = self._json("genai_config.json").get("search", {})
+        # In place needs the mask: GroupQueryAttention reads the valid length from it.
+        self.shared_cache = bool(search.get("past_present_share_buffer")) and self.has_mask
         self.has_positions = "position_ids" in inputs
         logits_type = next(o.type for o in self.session.get_outputs() if o.name == "logits")
         vocab = next(o.shape[-1] for o in self.session.get_outputs() if o.name == "logits")
         self.n_vocab = int(vocab) if isinstance(vocab, int) else None
         self.logits_dtype = _ORT_NP.get(logits_type, np.float32)
 
+    def _json(self, name: str) -> dict[str, Any]:
+        f = self.path.parent / name
+        if not f.is_file():
+            return {}
+        try:
+            data = json.loads(f.read_text())
+        except (ValueError, OSError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _cache_shape(self, shape: Sequence[Any]) -> tuple[int, int]:
+        """KV heads and head size; genai graphs leave the head size symbolic, so ask its config."""
+        heads, size = shape[1], shape[3]
+        if isinstance(heads, int) and isinstance(size, int):
+            return heads, size
+        decoder = self._json("genai_config.json").get("model", {}).get("decoder", {})
+        hf = self._json("config.json")
+        if not isinstance(heads, int):
+            heads = decoder.get("num_key_value_heads") or hf.get("num_key_value_heads")
+        if not isinstance(size, int):
+            size = decoder.get("head_size") or hf.get("head_dim") or (
+                hf["hidden_size"] // hf["num_attention_heads"] if "hidden_size" in hf and "num_attention_heads" in hf
+                else None)
+        if not isinstance(heads, int) or not isinstance(size, int):
+            raise NotAModelError(f"{self.path}: the KV-cache shape is symbolic and no config.json or "
+                                 "genai_config.json names it")
+        return heads, size
+
     def _config_context(self) -> int | None:
-        cfg = self.path.parent / "config.json"
-        if cfg.is_file():
-            try:
-                return int(json.loads(cfg.read_text()).get("max_position_embeddings") or 0) or None
-            except (ValueError, TypeError):
-                return None
-        return None
+        try:
+            return int(self._json("config.json").get("max_position_embeddings") or 0) or None
+        except (ValueError, TypeError):
+            return None
 
     # -- one forward pass ---------------------------------------------------------------
 
-    def _empty_past(self) -> list[Any]:
+    def _empty_past(self, capacity: int) -> list[Any]:
+        """A cache for a sequence of up to ``capacity`` tokens (empty unless shared in place)."""
         ort = _ort()
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        return [ort.OrtValue.ortvalue_from_numpy(empty, self._device, 0) for _ in self.past_names]
+        length = capacity if self.shared_cache else 0
+        return [ort.OrtValue.ortvalue_from_shape_and_type((1, self.kv_heads, length, self.head_dim), self.kv_dtype,
+                                                          self._device, 0) for _ in self.past_names]
 
     def _run(self, ids: Sequence[int], past: list[Any], past_len: int) -> tuple[np.ndarray, list[Any]]:
         """Feed ``ids`` after ``past_len`` cached tokens; logits ``[len(ids), vocab]`` and the new cache."""
@@ -199,18 +236,21 @@ class OnnxEngine:
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self._device)
+        for name, value in zip(self.present_names, past, strict=True):
+            if self.shared_cache:  # the new keys/values land in the same buffer
+                binding.bind_ortvalue_output(name, value)
+            else:
+                binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
         out = binding.get_outputs()
-        return out[0].numpy()[0], list(out[1:])
+        return out[0].numpy()[0], past if self.shared_cache else list(out[1:])
 
     # -- what evaluation and generation use ---------------------------------------------
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
         self._check_length(len(ids))
-        return self._run(list(ids), self._empty_past(), 0)[0].astype(np.float32, copy=False)
+        return self._run(list(ids), self._empty_past(len(ids)), 0)[0].astype(np.float32, copy=False)
 
     def logits_stepwise(self, ids: Sequence[int], prefill: int) -> np.ndarray:
         """Like :meth:`logits`, but ``ids[prefill:]`` go through the KV cache one at a time.
@@ -220,7 +260,7 @@ class OnnxEngine:
         self._check_length(len(ids))
         if not 0 < prefill <= len(ids):
             raise InvalidInputError(f"prefill must be in 1..{len(ids)}, got {prefill}")
-        rows, past = self._run(list(ids[:prefill]), self._empty_past(), 0)
+        rows, past = self._run(list(ids[:prefill]), self._empty_past(len(ids)), 0)
         out = [rows]
         for i in range(prefill, len(ids)):
             row, past = self._run([ids[i]], past, i)
@@ -253,7 +293,7 @@ class OnnxEngine:
         self._check_length(len(ids))
         budget = min(max_new_tokens, self.n_ctx - len(ids))
         rng = np.random.default_rng(sampling.seed)
-        logits, past = self._run(ids, self._empty_past(), 0)
+        logits, past = self._run(ids, self._empty_past(len(ids) + budget), 0)
         length = len(ids)
         for produced in range(budget):
             token = pick_token(logits[-1], sampling, rng)
