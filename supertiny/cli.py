@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import SupertinyError, UserError
+from .errors import InvalidInputError, SupertinyError, UserError
 
 if TYPE_CHECKING:
     from .evaluate import EvalReport
@@ -163,6 +163,71 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         _print_report(report)
+
+
+def _width(value: str | None) -> float | None:
+    """A width option: a whole count (768) or a fraction to keep (0.5)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidInputError(f"a width is a count (768) or a fraction to keep (0.5), got {value!r}") from None
+
+
+@main.command("prune")
+@click.argument("model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--layers", type=int, default=None, help="Decoder layers to keep (depth pruning).")
+@click.option("--drop-layers", type=float, default=None, help="Fraction of decoder layers to drop, e.g. 0.5.")
+@click.option("--layer-metric", type=click.Choice(["block-influence", "loss"]), default="block-influence",
+              show_default=True, help="How layers are ranked: 1 - cos(in, out), or the loss increase when skipped "
+              "(one pass per layer).")
+@click.option("--heads", default=None, help="Query heads to keep per layer (count, or fraction); a multiple of the "
+              "KV heads kept.")
+@click.option("--kv-heads", default=None, help="KV groups to keep per layer (count or fraction).")
+@click.option("--mlp", default=None, help="MLP channels to keep per layer (count, or fraction like 0.5).")
+@click.option("--hidden", default=None, help="Hidden (embedding) channels to keep (count or fraction).")
+@click.option("--round-to", type=int, default=1, show_default=True,
+              help="Round MLP/hidden widths down to a multiple: 32/64 for int4 blocks, 256 for llama.cpp K-quants.")
+@click.option("--calib", type=click.Path(dir_okay=False), default=None,
+              help="Calibration text: .txt, or .jsonl with text or prompt/response (default: the bundled corpus).")
+@click.option("--calib-tokens", default=2048, show_default=True, help="Calibration tokens scored.")
+@click.option("--eval-tokens", default=2048, show_default=True,
+              help="Held-out tokens (after the calibration ones) on which student and teacher are compared.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def prune_cmd(model: str, out_dir: str, layers: int | None, drop_layers: float | None, layer_metric: str,
+              heads: str | None, kv_heads: str | None, mlp: str | None, hidden: str | None, round_to: int,
+              calib: str | None, calib_tokens: int, eval_tokens: int, overwrite: bool, as_json: bool) -> None:
+    """Prune MODEL (depth and/or width) into OUT_DIR, a plain Hugging Face checkpoint."""
+    from .compress.prune import PruneConfig, prune
+
+    _quiet_transformers()
+    config = PruneConfig(layers=layers, drop_layers=drop_layers, layer_metric=layer_metric, heads=_width(heads),
+                         kv_heads=_width(kv_heads), mlp=_width(mlp), hidden=_width(hidden), round_to=round_to,
+                         calib=calib, calib_tokens=calib_tokens, eval_tokens=eval_tokens, overwrite=overwrite)
+    with _progress("calibration") as bar:
+        report = prune(model, out_dir, config, log=lambda m: click.echo(m, err=True), progress=bar)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    pr, params, q = report["pruned"], report["parameters"], report["quality"]
+    click.echo(f"student     {report['student']}  {_human(params['after'])} params "
+               f"({params['kept']:.0%} of {_human(params['before'])})")
+    dropped = ", ".join(f"{d['index']} ({d['score']:.3f})" for d in pr["layers"]["dropped"]) or "none"
+    click.echo(f"layers      {pr['layers']['from']} -> {pr['layers']['to']}; dropped {dropped} "
+               f"[{pr['layers']['metric']}]")
+    for name in ("query_heads", "kv_heads", "mlp", "hidden"):
+        lost = pr[name].get("importance_removed")
+        share = f" ({lost:.1%} of their importance removed)" if lost else ""
+        click.echo(f"{name.replace('_', ' '):<11} {pr[name]['from']} -> {pr[name]['to']}{share}")
+    if "skipped" in q:
+        click.echo(f"quality     skipped: {q['skipped']}")
+    else:
+        click.echo(f"quality     on {q['tokens']} held-out tokens: perplexity {q['student_perplexity']:.2f} "
+                   f"(teacher {q['teacher_perplexity']:.2f}), KL {q['kl_mean']:.3f} nats, "
+                   f"top-1 agreement {q['top1_agreement']:.1%}")
 
 
 @main.group("export")

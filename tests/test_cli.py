@@ -125,6 +125,11 @@ def test_export_gguf_then_eval_it_in_llama_cpp(make_tiny_dir, tmp_path):
         (["eval", "{model}", "--backend", "onnxruntime"], "runs ONNX exports"),
         (["eval", "{model}", "--backend", "onnxruntime", "--provider", "cuda"], "runs ONNX exports"),
         (["export", "onnx", "{model}", "{tmp}/o", "--format", "genai", "--quant", "int8-dynamic"], "not int8-dynamic"),
+        (["prune", "{model}", "{tmp}/p"], "nothing to prune"),
+        (["prune", "{model}", "{tmp}/p", "--mlp", "half"], "a width is a count"),
+        (["prune", "{model}", "{tmp}/p", "--layers", "7"], "cannot keep 7 of 2 layers"),
+        (["prune", "{model}", "{tmp}/p", "--heads", "3"], "do not split evenly"),
+        (["prune", "{model}", "{tmp}/p", "--mlp", "0.5", "--calib", "{tmp}/none.txt"], "none.txt"),
     ],
 )
 def test_export_mistakes_are_one_line(make_tiny_dir, tmp_path, args, pattern):
@@ -151,6 +156,18 @@ def test_export_onnx_then_eval_it_in_onnxruntime(make_tiny_dir, tmp_path):
     assert inspect["format"] == "onnx" and inspect["parameters"] == ref["model"]["parameters"]
     teacher = run("eval", out, "--teacher", src, "--max-tokens", 200, "--no-generate")
     assert teacher.exit_code == 0 and "agreement   top-1" in teacher.output
+
+
+def test_prune_then_eval_the_student(make_tiny_dir, tmp_path):
+    src = make_tiny_dir(num_hidden_layers=4)
+    out = tmp_path / "student"
+    result = run("prune", src, out, "--drop-layers", 0.5, "--mlp", "0.5", "--calib-tokens", 256, "--eval-tokens", 64)
+    assert result.exit_code == 0, result.output
+    assert "layers      4 -> 2; dropped " in result.output and "mlp         128 -> 64" in result.output
+    assert "quality     on 64 held-out tokens" in result.output
+    info = json.loads(run("inspect", out, "--json").output)
+    assert info["layers"] == 2 and info["format"] == "hf"
+    assert run("eval", out, "--max-tokens", 100, "--no-generate").exit_code == 0
 
 
 def test_export_onnx_genai_then_eval(make_tiny_dir, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from supertiny.errors import InvalidGGUFError
+from supertiny.errors import InvalidGGUFError, NotAModelError
 from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.runtime.backends import open_backend
 from supertiny.runtime.llamacpp import LlamaCppEngine
@@ -55,6 +55,25 @@ def test_engine_validates_before_native_code(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 20)
     with pytest.raises(InvalidGGUFError):
         LlamaCppEngine(bad)
+
+
+def test_a_file_llama_cpp_refuses_is_a_one_line_error(tmp_path):
+    import gguf
+
+    path = tmp_path / "incomplete.gguf"  # valid GGUF, but no norm epsilon and no layers
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_embedding_length(8)
+    w.add_context_length(16)
+    w.add_head_count(2)
+    w.add_feed_forward_length(8)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotAModelError, match="llama.cpp cannot load .*key not found in model"):
+        LlamaCppEngine(path)
 
 
 def test_torch_backend_keeps_dtype(make_tiny_dir):

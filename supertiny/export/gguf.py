@@ -22,7 +22,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +230,9 @@ def _write(path: Path, source: _Source, cfg: Any, spec: ArchSpec, tokenizer: Any
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
     for i, (hf_name, _, _, kind) in enumerate(plan):
         data = source.get(hf_name)
-        if spec.permute_qk_for_gguf and hf_name.endswith("q_proj.weight"):
+        if spec.permute_qk_for_gguf and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_qk(data, heads)
-        elif spec.permute_qk_for_gguf and hf_name.endswith("k_proj.weight"):
+        elif spec.permute_qk_for_gguf and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = permute_qk(data, kv_heads)
         if kind == "BF16":
             data = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
@@ -356,6 +356,15 @@ def export_gguf(
         cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     spec = arch_for_model_type(cfg.model_type)
+    heads = cfg.num_attention_heads
+    if not spec.permute_qk_for_gguf and (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads) * heads \
+            != cfg.hidden_size:
+        # llama.cpp's QWEN2 graph sizes q/o as hidden x hidden; a pruned student whose
+        # heads x head_dim differs runs in its LLAMA graph instead, which reads the head
+        # size from the file and takes optional q/k/v biases (rotary pairs permuted).
+        notes.append(f"heads x head_dim != hidden size: written as llama.cpp's llama graph "
+                     f"(its {spec.gguf_arch} graph assumes they are equal)")
+        spec = replace(spec, gguf_arch="llama", permute_qk_for_gguf=True)
     seconds["load"] = time.perf_counter() - t0
 
     raw, quantized, report_tmp = _temp_paths(out)

@@ -51,6 +51,7 @@ from typing import Any
 from .. import __version__
 from ..errors import InvalidInputError, MissingExtraError, UnsupportedArchitectureError
 from ..models import LoadedModel, describe, load_model
+from ..outdir import check_output_dir, install_dir, staging_dir
 from .parity import ExportVerificationError, check_export, describe_failure, sha256_file
 
 QUANTS = ("none", "int8", "int8-dynamic", "int4")
@@ -219,12 +220,7 @@ def _quiet() -> Iterator[None]:
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.suffix in (".onnx", ".gguf"):
         raise InvalidInputError(f"the output is a directory; got a file name {out}")
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"the output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InvalidInputError(f"the output folder {out} is not empty; choose a new one or pass --overwrite")
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
+    check_output_dir(out, overwrite)
 
 
 def untie_output_layer(lm: LoadedModel) -> bool:
@@ -361,17 +357,6 @@ def _verify(stage: Path, lm: LoadedModel, text: str, config: OnnxExportConfig, s
     return report
 
 
-def _install(stage: Path, out: Path) -> None:
-    """Move the finished export into place (an existing folder is replaced only now)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)
-
-
 def export_onnx(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -413,8 +398,7 @@ def export_onnx(
     seconds["load"] = time.perf_counter() - t0
     if config.format == "optimum" and config.quant != "none" and untie_output_layer(lm):
         notes.append("tied embeddings: the output layer got its own copy so that it is quantized too")
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
+    stage = staging_dir(out)
     try:
         t0 = time.perf_counter()
         if config.format == "genai":
@@ -475,7 +459,7 @@ def export_onnx(
         import json
 
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _install(stage, out)
+        install_dir(stage, out)
         say(f"wrote {out} ({manifest['artifact']['bytes']:,} bytes)")
         return manifest
     finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, NotAModelError
 from ..gguf_file import GGUFFile
 
 
@@ -82,11 +82,16 @@ class LlamaCppEngine:
             self.path = Path(path)
             GGUFFile(self.path)  # nothing malformed reaches native code
         llama_cpp = _llama_cpp()
-        self.llm = llama_cpp.Llama(
-            model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-            n_threads_batch=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers,
-            logits_all=logits_all, verbose=False,
-        )
+        with captured_llama_log() as native_log:
+            try:
+                self.llm = llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                    n_threads_batch=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers,
+                    logits_all=logits_all, verbose=False,
+                )
+            except ValueError:  # llama-cpp-python's "Failed to load model"; the reason is in the log
+                errors = [ln.strip() for ln in native_log() if "error" in ln.lower()] or ["no message"]
+                raise NotAModelError(f"llama.cpp cannot load {self.path}: {errors[0]}") from None
         self.n_ctx = n_ctx
         self.logits_all = logits_all
 
@@ -131,6 +136,14 @@ class LlamaCppEngine:
             produced += 1
             if produced >= max_new_tokens:  # stop before llama.cpp decodes one token too many
                 return
+
+    def reset(self) -> None:
+        """Forget the evaluated tokens: the next call prefills its whole prompt.
+
+        llama-cpp-python reuses the cache for the longest prefix a new prompt shares
+        with the previous one, which a chat wants and a prefill benchmark must avoid.
+        """
+        self.llm.reset()
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kw: Any) -> list[int]:
         return list(self.stream(prompt_ids, max_new_tokens, **kw))

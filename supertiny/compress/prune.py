@@ -1,0 +1,454 @@
+"""Structured pruning: cut a teacher down to a student skeleton (depth and/or width).
+
+* **Depth** drops whole decoder layers, the least important by block influence (or by
+  the loss increase of skipping them, ``layer_metric="loss"``).
+* **Width** keeps the most important attention heads (whole KV groups with
+  ``kv_heads``, or query heads evenly inside every group with ``heads``, so that grouped
+  attention stays valid), MLP channels and hidden (embedding) channels — the same
+  count in every layer, so that the result is a plain Hugging Face checkpoint.
+
+Scores come from :mod:`supertiny.compress.importance`. The surgery is exact: the
+pruned model computes what the original computes with the removed units zeroed (a
+dropped layer made an identity, a head's output, an MLP channel or a hidden channel
+set to 0). For hidden channels that needs one adjustment, because RMSNorm averages
+over the channels it sees: the norm weights are scaled by ``sqrt(D / D')`` and the
+norm epsilon by ``D / D'``, which makes the normalised values equal again.
+
+Example::
+
+    from supertiny.compress.prune import PruneConfig, prune
+    report = prune("default", "student/", PruneConfig(drop_layers=0.5))
+    report["parameters"], report["quality"]["kl_mean"]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import InvalidInputError
+from ..outdir import check_output_dir, install_dir, staging_dir
+from .importance import Importance, collect, decoder_layers
+
+LAYER_METRICS = ("block-influence", "loss")
+REPORT = "prune_report.json"
+
+# Which weights one unit of each prunable dimension spans: (module path, axis of the
+# weight). Axis 0 slices output rows (and the bias), axis 1 input columns. ``{i}`` is
+# the layer index; paths without it are global. Facts as data: an architecture with
+# other module names adds its own table.
+WIDTH_GROUPS: dict[str, tuple[tuple[str, int], ...]] = {
+    "query_heads": (("model.layers.{i}.self_attn.q_proj", 0), ("model.layers.{i}.self_attn.o_proj", 1)),
+    "kv_heads": (("model.layers.{i}.self_attn.k_proj", 0), ("model.layers.{i}.self_attn.v_proj", 0)),
+    "mlp": (("model.layers.{i}.mlp.gate_proj", 0), ("model.layers.{i}.mlp.up_proj", 0),
+            ("model.layers.{i}.mlp.down_proj", 1)),
+    "hidden": (("model.layers.{i}.self_attn.q_proj", 1), ("model.layers.{i}.self_attn.k_proj", 1),
+               ("model.layers.{i}.self_attn.v_proj", 1), ("model.layers.{i}.self_attn.o_proj", 0),
+               ("model.layers.{i}.mlp.gate_proj", 1), ("model.layers.{i}.mlp.up_proj", 1),
+               ("model.layers.{i}.mlp.down_proj", 0), ("model.layers.{i}.input_layernorm", 0),
+               ("model.layers.{i}.post_attention_layernorm", 0), ("model.embed_tokens", 1),
+               ("model.norm", 0), ("lm_head", 1)),
+}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to cut. Width targets are a count (``>= 1``) or a fraction of the original
+    width to keep (``< 1``); ``None`` leaves that dimension alone.
+
+    Attributes:
+        layers: decoder layers to keep (depth pruning), or
+        drop_layers: the fraction of layers to drop (0 < f < 1).
+        layer_metric: ``block-influence`` (one pass) or ``loss`` (one pass per layer).
+        heads: query heads to keep per layer; a multiple of the KV heads kept, so every
+            group keeps the same number.
+        kv_heads: KV groups to keep per layer (each with all its query heads unless
+            ``heads`` says otherwise).
+        mlp: MLP channels to keep per layer.
+        hidden: hidden (embedding) channels to keep.
+        round_to: round MLP and hidden widths down to a multiple of this (32/64 suit
+            int4 blocks, 256 llama.cpp's K-quants); heads are whole by construction.
+        calib: calibration text (``.txt``, or ``.jsonl`` with ``text`` or
+            ``prompt``/``response`` fields); default the bundled corpus.
+        calib_tokens: calibration tokens scored (in windows of ``window``).
+        eval_tokens: tokens after the calibration ones on which the report compares the
+            student with the teacher.
+        window: tokens per forward pass.
+    """
+
+    layers: int | None = None
+    drop_layers: float | None = None
+    layer_metric: str = "block-influence"
+    heads: float | None = None
+    kv_heads: float | None = None
+    mlp: float | None = None
+    hidden: float | None = None
+    round_to: int = 1
+    calib: str | None = None
+    calib_tokens: int = 2048
+    eval_tokens: int = 2048
+    window: int = 512
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and self.drop_layers is not None:
+            raise InvalidInputError("give --layers (layers to keep) or --drop-layers (fraction to drop), not both")
+        if self.drop_layers is not None and not 0 < self.drop_layers < 1:
+            raise InvalidInputError(f"--drop-layers is a fraction between 0 and 1, got {self.drop_layers}")
+        if self.layer_metric not in LAYER_METRICS:
+            raise InvalidInputError(f"unknown layer metric {self.layer_metric!r}; choose one of "
+                                    f"{', '.join(LAYER_METRICS)}")
+        for name in ("layers", "heads", "kv_heads", "mlp", "hidden"):
+            v = getattr(self, name)
+            if v is not None and (v <= 0 or (v >= 1 and v != int(v))):
+                raise InvalidInputError(f"--{name.replace('_', '-')} is a count (a whole number) or a fraction "
+                                        f"below 1 to keep, got {v}")
+        if self.round_to < 1:
+            raise InvalidInputError(f"--round-to must be >= 1, got {self.round_to}")
+        if self.calib_tokens < 16 or self.eval_tokens < 16 or self.window < 16:
+            raise InvalidInputError("calibration/evaluation tokens and the window must be at least 16")
+        if not any(getattr(self, n) is not None for n in ("layers", "drop_layers", "heads", "kv_heads", "mlp",
+                                                           "hidden")):
+            raise InvalidInputError("nothing to prune: give --layers/--drop-layers and/or --heads, --kv-heads, "
+                                    "--mlp, --hidden")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """The units kept, in their original order (indices into the unpruned model)."""
+
+    layers: list[int]
+    query_heads: list[list[int]]  # per kept layer
+    kv_heads: list[list[int]]  # per kept layer
+    mlp: list[list[int]]  # per kept layer
+    hidden: list[int]
+
+
+def _count(spec: float | None, full: int, what: str, round_to: int = 1) -> int:
+    """A target width from a count or a fraction, checked against ``full``."""
+    if spec is None:
+        return full
+    n = int(spec) if spec >= 1 else max(1, round(full * spec))
+    if round_to > 1 and n != full:
+        n = max(round_to, n // round_to * round_to)
+    if n > full:
+        raise InvalidInputError(f"cannot keep {n} {what}: the model has {full}")
+    return n
+
+
+def _top(scores: torch.Tensor, k: int) -> list[int]:
+    """Indices of the ``k`` highest scores, in ascending index order (ties: lower index)."""
+    order = sorted(range(scores.numel()), key=lambda j: (-float(scores[j]), j))
+    return sorted(order[:k])
+
+
+@dataclass(frozen=True)
+class _Targets:
+    layers: int
+    kv_heads: int
+    per_group: int  # query heads kept in every kept KV group
+    mlp: int
+    hidden: int
+
+
+def targets(cfg: Any, config: PruneConfig) -> _Targets:
+    """How many units of each kind survive; checked against the model's config before any slow work."""
+    n_layers = cfg.num_hidden_layers
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    group = n_heads // n_kv
+    if config.layers is not None:
+        keep_layers = int(config.layers)
+    elif config.drop_layers is not None:
+        keep_layers = n_layers - round(n_layers * config.drop_layers)
+    else:
+        keep_layers = n_layers
+    if not 1 <= keep_layers <= n_layers:
+        raise InvalidInputError(f"cannot keep {keep_layers} of {n_layers} layers")
+    if keep_layers == n_layers and (config.layers is not None or config.drop_layers is not None):
+        raise InvalidInputError(f"keeping {keep_layers} of {n_layers} layers drops none; ask for fewer")
+    kv_keep = _count(config.kv_heads, n_kv, "KV heads")
+    q_keep = _count(config.heads, n_heads, "query heads") if config.heads is not None else kv_keep * group
+    if q_keep % kv_keep or q_keep // kv_keep > group:
+        raise InvalidInputError(
+            f"{q_keep} query heads do not split evenly over {kv_keep} KV heads with at most {group} each "
+            f"(the model has {n_heads} query and {n_kv} KV heads); choose a multiple of {kv_keep} up to "
+            f"{kv_keep * group}")
+    return _Targets(layers=keep_layers, kv_heads=kv_keep, per_group=q_keep // kv_keep,
+                    mlp=_count(config.mlp, cfg.intermediate_size, "MLP channels", config.round_to),
+                    hidden=_count(config.hidden, cfg.hidden_size, "hidden channels", config.round_to))
+
+
+def plan(model: Any, imp: Importance, config: PruneConfig) -> PrunePlan:
+    """Choose the units to keep from the scores (see :class:`PruneConfig`)."""
+    cfg = model.config
+    t = targets(cfg, config)
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    group = n_heads // n_kv
+    layer_scores = imp.loss_increase if config.layer_metric == "loss" else imp.block_influence
+    if layer_scores is None:
+        raise InvalidInputError("the loss metric needs importance collected with layer_loss=True")
+    layers = _top(layer_scores, t.layers)
+    q_plan, kv_plan, mlp_plan = [], [], []
+    for i in layers:
+        h = imp.heads[i]
+        groups = _top(h.reshape(n_kv, group).sum(1), t.kv_heads)
+        kv_plan.append(groups)
+        q_plan.append(sorted(g * group + j for g in groups
+                             for j in _top(h[g * group:(g + 1) * group], t.per_group)))
+        mlp_plan.append(_top(imp.mlp[i], t.mlp))
+    return PrunePlan(layers=layers, query_heads=q_plan, kv_heads=kv_plan, mlp=mlp_plan,
+                     hidden=_top(imp.hidden, t.hidden))
+
+
+def _rows(units: list[int], size: int) -> torch.Tensor:
+    """Weight rows/columns of whole units of ``size`` (heads of ``head_dim``)."""
+    return torch.tensor([u * size + k for u in units for k in range(size)], dtype=torch.long)
+
+
+def _slice_(module: torch.nn.Module, idx: torch.Tensor, axis: int, scale: float = 1.0) -> None:
+    """Keep ``idx`` along ``axis`` of ``module.weight`` (and of the bias for axis 0), in place."""
+    w = module.weight.data
+    if w.dim() == 1:  # a norm
+        module.weight = torch.nn.Parameter(w.index_select(0, idx) * scale)
+        return
+    if isinstance(module, torch.nn.Embedding):
+        axis = 1  # an embedding table is [vocab, hidden]
+    module.weight = torch.nn.Parameter(w.index_select(axis, idx).contiguous())
+    if axis == 0 and getattr(module, "bias", None) is not None:
+        module.bias = torch.nn.Parameter(module.bias.data.index_select(0, idx))
+    if isinstance(module, torch.nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, torch.nn.Embedding):
+        module.embedding_dim = module.weight.shape[1]
+
+
+def prune_(model: Any, p: PrunePlan) -> None:
+    """Apply ``p`` to ``model`` in place: drop layers, slice weights, update the config."""
+    cfg = model.config
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    old = decoder_layers(model)
+    model.model.layers = torch.nn.ModuleList([old[i] for i in p.layers])
+    for new_i, layer in enumerate(model.model.layers):  # the KV cache is indexed by position in the stack
+        layer.self_attn.layer_idx = new_i
+    modules = dict(model.named_modules())
+
+    def each(group: str, idx_for: Callable[[int], torch.Tensor], scale: float = 1.0) -> None:
+        """Slice every weight of ``group`` in every kept layer (a tied output layer follows the embedding)."""
+        for path, axis in WIDTH_GROUPS[group]:
+            if "{i}" in path:
+                for new_i in range(len(p.layers)):
+                    _slice_(modules[path.format(i=new_i)], idx_for(new_i), axis, scale)
+            elif not (tied and path == "lm_head"):
+                _slice_(modules[path], idx_for(0), axis, scale)
+
+    if len(p.kv_heads[0]) < n_kv:
+        each("kv_heads", lambda i: _rows(p.kv_heads[i], head_dim))
+    if len(p.query_heads[0]) < n_heads:
+        each("query_heads", lambda i: _rows(p.query_heads[i], head_dim))
+    if len(p.mlp[0]) < cfg.intermediate_size:
+        each("mlp", lambda i: torch.tensor(p.mlp[i], dtype=torch.long))
+    hidden = len(p.hidden)
+    if hidden < cfg.hidden_size:
+        # RMSNorm divides by the mean square over the channels it sees: rescaling the
+        # weights and epsilon keeps each kept channel's normalised value unchanged.
+        ratio = cfg.hidden_size / hidden
+        idx = torch.tensor(p.hidden, dtype=torch.long)
+        each("hidden", lambda _i: idx, scale=math.sqrt(ratio))  # the scale applies to norm weights only
+        cfg.rms_norm_eps = cfg.rms_norm_eps * ratio
+        for m in model.modules():  # norms keep their epsilon as an attribute
+            if hasattr(m, "variance_epsilon"):
+                m.variance_epsilon = cfg.rms_norm_eps
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    cfg.num_hidden_layers = len(p.layers)
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = [cfg.layer_types[i] for i in p.layers]
+    if getattr(cfg, "max_window_layers", None) is not None:
+        cfg.max_window_layers = min(cfg.max_window_layers, len(p.layers))
+    cfg.num_key_value_heads = len(p.kv_heads[0])
+    cfg.num_attention_heads = len(p.query_heads[0])
+    cfg.head_dim = head_dim  # no longer hidden_size / heads in general
+    cfg.intermediate_size = len(p.mlp[0])
+    cfg.hidden_size = hidden
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        attn.num_key_value_groups = cfg.num_attention_heads // cfg.num_key_value_heads
+        for name in ("num_heads", "num_key_value_heads"):
+            if hasattr(attn, name):
+                setattr(attn, name, getattr(cfg, "num_attention_heads" if name == "num_heads" else name))
+
+
+def calibration_text(path: str | None) -> str:
+    """The calibration text: a ``.txt`` file, a ``.jsonl`` file of records, or the bundled corpus."""
+    from ..evaluate import default_corpus_path, read_text
+
+    if path is None:
+        return read_text(default_corpus_path())
+    p = Path(path).expanduser()
+    if p.suffix != ".jsonl":
+        return read_text(p)
+    if not p.is_file():
+        raise InvalidInputError(f"calibration file {p} does not exist")
+    parts = []
+    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise InvalidInputError(f"{p}:{n}: not a JSON object") from None
+        if not isinstance(rec, dict):
+            raise InvalidInputError(f"{p}:{n}: expected a JSON object, got {type(rec).__name__}")
+        text = rec.get("text") or "\n".join(
+            str(rec[k]) for k in ("prompt", "response", "completion") if isinstance(rec.get(k), str))
+        if not text:
+            raise InvalidInputError(f"{p}:{n}: needs a \"text\" field or \"prompt\"/\"response\" fields")
+        parts.append(text)
+    if not parts:
+        raise InvalidInputError(f"{p} holds no records")
+    return "\n\n".join(parts)
+
+
+def _windows(ids: list[int], window: int) -> list[list[int]]:
+    return [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) >= 16]
+
+
+def _removed_share(scores: torch.Tensor, kept: list[list[int]], rows: list[int]) -> float:
+    """The share of the summed importance (over the kept layers) that pruning removed."""
+    total = sum(float(scores[r].sum()) for r in rows)
+    left = sum(float(scores[r][k].sum()) for r, k in zip(rows, kept, strict=True))
+    return round(1 - left / total, 6) if total else 0.0
+
+
+def _summary(model: Any, p: PrunePlan, imp: Importance, config: PruneConfig, before: dict[str, int]) -> dict[str, Any]:
+    """What was removed and the scores behind it (per unit kind, counts and the importance share lost)."""
+    scores = imp.loss_increase if config.layer_metric == "loss" else imp.block_influence
+    assert scores is not None
+    dropped = [i for i in range(before["layers"]) if i not in p.layers]
+    cfg = model.config
+    return {
+        "layers": {"from": before["layers"], "to": len(p.layers), "metric": config.layer_metric,
+                   "dropped": [{"index": i, "score": round(float(scores[i]), 6)} for i in dropped],
+                   "kept": p.layers},
+        "query_heads": {"from": before["heads"], "to": cfg.num_attention_heads,
+                        "importance_removed": _removed_share(imp.heads, p.query_heads, p.layers)},
+        "kv_heads": {"from": before["kv_heads"], "to": cfg.num_key_value_heads},
+        "mlp": {"from": before["mlp"], "to": cfg.intermediate_size,
+                "importance_removed": _removed_share(imp.mlp, p.mlp, p.layers)},
+        "hidden": {"from": before["hidden"], "to": cfg.hidden_size,
+                   "importance_removed": _removed_share(imp.hidden[None], [p.hidden], [0])},
+        "head_dim": cfg.head_dim,
+    }
+
+
+def prune(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: PruneConfig,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Prune MODEL into a plain Hugging Face directory OUT (safetensors, config, tokenizer).
+
+    Args:
+        model: a Hugging Face directory, a ``.gguf`` file or ``"default"``.
+        out: the directory to create; ``prune_report.json`` inside says what was removed,
+            why (the scores), the parameter counts and the student's perplexity and KL
+            against the teacher on text after the calibration tokens.
+        config: :class:`PruneConfig`.
+        log: receives one line per stage; progress: (done, total) of calibration passes.
+
+    Returns:
+        The report.
+    """
+    from .. import evaluate as ev
+    from ..models import describe, load_model
+
+    out = Path(out).expanduser()
+    check_output_dir(out, config.overwrite)
+    say = log or (lambda _m: None)
+    source = describe(model).to_dict()
+    text = calibration_text(config.calib)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lm = load_model(model)
+    seconds["load"] = time.perf_counter() - t0
+    ids = ev.tokenize_text(lm.tokenizer, text)
+    if len(ids) < 64:
+        raise InvalidInputError(f"the calibration text has {len(ids)} tokens; give at least 64")
+    calib = ids[:config.calib_tokens]
+    held_out = ids[config.calib_tokens:config.calib_tokens + config.eval_tokens]
+    cfg = lm.model.config
+    targets(cfg, config)  # an impossible request fails now, not after calibration
+    before = {"layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+              "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+              "mlp": cfg.intermediate_size, "hidden": cfg.hidden_size}
+    params_before = lm.model.num_parameters()
+    windows = _windows(calib, config.window)
+    say(f"scoring units on {len(calib)} calibration tokens ({len(windows)} windows"
+        f"{', plus one pass per layer for the loss metric' if config.layer_metric == 'loss' else ''})")
+    t0 = time.perf_counter()
+    imp = collect(lm.model, windows, layer_loss=config.layer_metric == "loss", progress=progress)
+    seconds["importance"] = time.perf_counter() - t0
+    kept = plan(lm.model, imp, config)
+    teacher_fn = None
+    if held_out:
+        teacher = copy.deepcopy(lm.model)
+        teacher_fn = ev.torch_logits(teacher)
+    prune_(lm.model, kept)
+    summary = _summary(lm.model, kept, imp, config, before)
+    stage = staging_dir(out)
+    try:
+        say(f"writing the student ({lm.model.num_parameters():,} parameters) and reloading it with transformers")
+        lm.model.save_pretrained(stage, safe_serialization=True)
+        lm.tokenizer.save_pretrained(stage)
+        from transformers import AutoModelForCausalLM
+
+        student = AutoModelForCausalLM.from_pretrained(str(stage), use_safetensors=True,
+                                                       trust_remote_code=False).eval()
+        params_after = student.num_parameters()
+        quality: dict[str, Any] = {"skipped": "no text left after the calibration tokens"}
+        if held_out and teacher_fn is not None:
+            say(f"comparing student and teacher on {len(held_out)} held-out tokens")
+            t0 = time.perf_counter()
+            window = min(config.window, len(held_out))
+            a = ev.agreement(teacher_fn, ev.torch_logits(student), held_out, window=window,
+                             stride=max(1, window // 2))
+            seconds["evaluate"] = time.perf_counter() - t0
+            quality = {"tokens": len(held_out), "teacher_perplexity": a.teacher.perplexity,
+                       "student_perplexity": a.student.perplexity, "kl_mean": a.kl_mean,
+                       "top1_agreement": a.top1_agreement}
+        report = {
+            "supertiny_version": __version__,
+            "student": str(out),
+            "source": source,
+            "settings": asdict(config),
+            "calibration": {"text": config.calib or "bundled corpus", "tokens": imp.tokens,
+                            "loss": round(imp.loss, 6)},
+            "pruned": summary,
+            "scores": {"block_influence": [round(float(x), 6) for x in imp.block_influence],
+                       "loss_increase": None if imp.loss_increase is None
+                       else [round(float(x), 6) for x in imp.loss_increase]},
+            "parameters": {"before": params_before, "after": params_after,
+                           "kept": round(params_after / params_before, 4)},
+            "quality": quality,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        }
+        (stage / REPORT).write_text(json.dumps(report, indent=2))
+        install_dir(stage, out)
+        return report
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
