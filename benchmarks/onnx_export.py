@@ -95,6 +95,17 @@ def time_engine(engine, prompt: list[int], new: int, repeats: int) -> tuple[floa
     return statistics.median(ttft) * 1000, statistics.median(rate)
 
 
+def decode_rate(run, new: int, repeats: int) -> float:
+    """Median decode tokens/s of a reference runtime: ``run(n)`` generates n tokens and
+    returns seconds; one token's time (the prefill) is subtracted."""
+    run(4)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        first = run(1)
+        rates.append(new / (run(new + 1) - first))
+    return statistics.median(rates)
+
+
 def time_optimum(folder: Path, prompt: list[int], new: int, threads: int, repeats: int) -> float:
     """Median decode tokens/s of optimum's ORTModelForCausalLM.generate on the same file."""
     import onnxruntime as ort
@@ -113,12 +124,7 @@ def time_optimum(folder: Path, prompt: list[int], new: int, threads: int, repeat
                        pad_token_id=0)
         return time.perf_counter() - t0
 
-    run(4)
-    rates = []
-    for _ in range(repeats):
-        first = run(1)
-        rates.append(new / (run(new + 1) - first))
-    return statistics.median(rates)
+    return decode_rate(run, new, repeats)
 
 
 def time_genai(folder: Path, prompt: list[int], new: int, threads: int, repeats: int) -> float:
@@ -149,13 +155,9 @@ def time_genai(folder: Path, prompt: list[int], new: int, threads: int, repeats:
             gen.generate_next_token()
         return time.perf_counter() - t0
 
-    run(4)
-    rates = []
-    for _ in range(repeats):
-        first = run(1)
-        rates.append(new / (run(new + 1) - first))
+    rate = decode_rate(run, new, repeats)
     shutil.rmtree(view, ignore_errors=True)
-    return statistics.median(rates)
+    return rate
 
 
 def main() -> None:
