@@ -3,6 +3,7 @@
 The public API, re-exported from the stage modules::
 
     from supertiny import load_model, describe, perplexity, agreement, torch_logits
+    from supertiny import open_engine, Sampling, load_target
 """
 
 __version__ = "0.1.0"
@@ -14,14 +15,20 @@ from .errors import (  # noqa: E402
     ModelNotFoundError,
     NotAModelError,
     SupertinyError,
+    TargetError,
     UnsafeCheckpointError,
     UnsupportedArchitectureError,
     UserError,
 )
 from .evaluate import agreement, generate, perplexity, torch_generate, torch_logits  # noqa: E402
 from .models import LoadedModel, ModelInfo, describe, load_model  # noqa: E402
+from .runtime.engine import Engine, EngineOptions, open_engine  # noqa: E402
+from .runtime.sampling import Sampling  # noqa: E402
+from .targets import Target, list_targets, load_target  # noqa: E402
 
 __all__ = [
+    "Engine",
+    "EngineOptions",
     "InvalidGGUFError",
     "InvalidInputError",
     "LoadedModel",
@@ -29,7 +36,10 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "NotAModelError",
+    "Sampling",
     "SupertinyError",
+    "Target",
+    "TargetError",
     "UnsafeCheckpointError",
     "UnsupportedArchitectureError",
     "UserError",
@@ -37,7 +47,10 @@ __all__ = [
     "agreement",
     "describe",
     "generate",
+    "list_targets",
     "load_model",
+    "load_target",
+    "open_engine",
     "perplexity",
     "torch_generate",
     "torch_logits",

@@ -42,3 +42,7 @@ class InvalidInputError(UserError):
 
 class MissingExtraError(UserError):
     """An optional backend is not installed; the message names the extra to install."""
+
+
+class TargetError(UserError):
+    """A device target profile that is missing, unreadable or invalid; the message names the file."""

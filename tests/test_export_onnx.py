@@ -19,7 +19,7 @@ from supertiny.errors import (
 from supertiny.export import onnx as onnx_export
 from supertiny.export.onnx import ExportVerificationError, OnnxExportConfig, export_onnx, graph_summary
 from supertiny.models import describe
-from supertiny.runtime.backends import open_backend
+from supertiny.runtime.engine import open_engine
 from supertiny.runtime.onnxrt import OnnxEngine, Sampling, load_tokenizer, pick_token
 
 from conftest import build_tiny_model
@@ -89,7 +89,7 @@ def test_fp32_export_matches_torch_with_and_without_cache(peaked_dir, tmp_path, 
     np.testing.assert_allclose(engine.logits(IDS), torch_logits(reference), atol=ATOL, rtol=0)
     # multi-step decode through the cache: 1 prompt pass then 40 single-token steps
     np.testing.assert_allclose(engine.logits_stepwise(IDS, 37), torch_logits(reference), atol=ATOL, rtol=0)
-    assert engine.generate(IDS[:10], 24) == torch_greedy(reference, IDS[:10], 24)
+    assert engine.generate(IDS[:10], 24, stop_ids=[]) == torch_greedy(reference, IDS[:10], 24)
     parity = report["parity"]
     assert parity["passed"] and parity["strict"] and parity["tokenization_equal"]
     assert parity["logits_max_abs_diff"] <= 1e-3 and parity["kv_cache"]["max_abs_diff_vs_full_pass"] <= 1e-3
@@ -120,7 +120,7 @@ def test_optimum_loads_the_export(peaked_dir, tmp_path):
         theirs = ort_model(input_ids=torch.tensor([IDS]), attention_mask=torch.ones(1, len(IDS), dtype=torch.long))
     np.testing.assert_allclose(theirs.logits[0].numpy(), ours.logits(IDS), atol=1e-5, rtol=0)
     # optimum without its cache, and optimum's generate (with its cache), agree with our loop
-    assert torch_greedy(ort_model, IDS[:12], 20) == ours.generate(IDS[:12], 20)
+    assert torch_greedy(ort_model, IDS[:12], 20) == ours.generate(IDS[:12], 20, stop_ids=[])
     with torch.no_grad():
         theirs = ort_model.generate(torch.tensor([IDS[:12]]), attention_mask=torch.ones(1, 12, dtype=torch.long),
                                     do_sample=False, max_new_tokens=20, eos_token_id=2, pad_token_id=2)
@@ -249,7 +249,7 @@ def test_genai_fp32_matches_torch_with_the_cache_in_place(peaked_dir, tmp_path, 
     assert engine.shared_cache  # past and present bound to one buffer
     np.testing.assert_allclose(engine.logits(IDS), torch_logits(reference), atol=ATOL, rtol=0)
     np.testing.assert_allclose(engine.logits_stepwise(IDS, 37), torch_logits(reference), atol=ATOL, rtol=0)
-    assert engine.generate(IDS[:10], 24) == torch_greedy(reference, IDS[:10], 24)
+    assert engine.generate(IDS[:10], 24, stop_ids=[]) == torch_greedy(reference, IDS[:10], 24)
     parity = report["parity"]
     assert parity["passed"] and parity["strict"] and parity["kv_cache"]["max_abs_diff_vs_full_pass"] <= 1e-3
     art = report["artifact"]
@@ -309,14 +309,14 @@ def tiny_onnx(peaked_dir, tmp_path):
 def test_stream_stops_and_budget(tiny_onnx):
     _, out = tiny_onnx
     engine = OnnxEngine(out, threads=1)
-    greedy = engine.generate(IDS[:8], 16)
+    greedy = engine.generate(IDS[:8], 16, stop_ids=[])
     assert len(greedy) == 16
     assert list(engine.stream(IDS[:8], 5)) == greedy[:5]
     stop = greedy[6]
     assert engine.generate(IDS[:8], 16, stop_ids=[stop]) == greedy[: greedy.index(stop)]
-    assert engine.generate(IDS[:8], 0) == []
+    assert engine.generate(IDS[:8], 0, stop_ids=[]) == []
     short = OnnxEngine(out, n_ctx=12)
-    assert len(short.generate(IDS[:8], 16)) == 4  # the context ends generation
+    assert len(short.generate(IDS[:8], 16, stop_ids=[])) == 4  # the context ends generation
     with pytest.raises(InvalidInputError, match="exceed the context"):
         short.logits(IDS[:13])
 
@@ -327,8 +327,8 @@ def test_sampling_is_seeded_and_filters(tiny_onnx):
     s = Sampling(temperature=1.0, top_k=20, top_p=0.9, seed=7)
     a, b = engine.generate(IDS[:8], 12, sampling=s), engine.generate(IDS[:8], 12, sampling=s)
     assert a == b
-    assert engine.generate(IDS[:8], 12, sampling=Sampling(temperature=1.0, top_k=1, seed=3)) == \
-        engine.generate(IDS[:8], 12)
+    assert engine.generate(IDS[:8], 12, sampling=Sampling(temperature=1.0, top_k=1, seed=3), stop_ids=[]) == \
+        engine.generate(IDS[:8], 12, stop_ids=[])
     rng = np.random.default_rng(0)
     logits = np.array([5.0, 4.0, 0.0, -1.0])
     picks = {pick_token(logits, Sampling(temperature=1.0, top_k=2), rng) for _ in range(200)}
@@ -343,17 +343,17 @@ def test_sampling_is_seeded_and_filters(tiny_onnx):
 
 def test_backend_and_tokenizer(tiny_onnx):
     src, out = tiny_onnx
-    b = open_backend(out, threads=1)
+    b = open_engine(out, threads=1)
     assert b.name == "onnxruntime" and b.info["format"] == "onnx"
-    ref = open_backend(src)
+    ref = open_engine(src)
     ids = b.tokenizer("Alice was beginning to get very tired")["input_ids"]
     assert ids == ref.tokenizer("Alice was beginning to get very tired")["input_ids"]
-    np.testing.assert_allclose(b.logits(ids), ref.logits(ids).numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(b.logits(ids), ref.logits(ids), atol=ATOL, rtol=0)
     assert load_tokenizer(out / "model.onnx").get_vocab() == ref.tokenizer.get_vocab()
     with pytest.raises(InvalidInputError, match="onnxruntime backend"):
-        open_backend(out, backend="torch")
+        open_engine(out, backend="torch")
     with pytest.raises(InvalidInputError, match="ONNX exports"):
-        open_backend(src, backend="onnxruntime")
+        open_engine(src, backend="onnxruntime")
 
 
 def test_engine_rejects_what_it_cannot_run(tmp_path, tiny_onnx):
@@ -383,7 +383,7 @@ def test_default_teacher_exports_to_int4_and_answers(tmp_path, graph):
     # genai symmetric); 4-bit RTN on a 135M model is lossy
     assert parity["passed"] and parity["top1_agreement"] >= 0.5 and parity["kl_mean"] <= 0.6
     assert report["artifact"]["bytes"] < 130e6 and report["artifact"]["weight_matmuls_float"] == 0
-    b = open_backend(out, threads=2)
+    b = open_engine(out, threads=2)
     from supertiny.evaluate import generate
 
     (g,) = generate(b.generate, b.tokenizer, ["What is the capital of France?"], max_new_tokens=16)

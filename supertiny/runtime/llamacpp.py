@@ -1,8 +1,9 @@
 """The llama.cpp engine (llama-cpp-python): load a GGUF file, score, generate, stream.
 
-Thin on purpose: it exposes the logits function :mod:`supertiny.evaluate` measures
-with, and greedy/sampled generation token by token. The runtime issue grows it into
-the common engine API.
+Thin on purpose: llama.cpp's own decode loop and sampler run the tokens; the text
+level (chat template, stop strings, detokenization) is :class:`~.engine.Engine`'s,
+with the tokenizer supertiny builds from the GGUF metadata (token-for-token equal to
+llama.cpp's, see :mod:`supertiny.gguf_tokenizer`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 
 from ..errors import MissingExtraError, NotAModelError
 from ..gguf_file import GGUFFile
+from .engine import Engine, EngineOptions, register_engine
+from .sampling import Sampling
 
 
 @contextlib.contextmanager
@@ -57,7 +60,9 @@ def _llama_cpp() -> Any:
     return llama_cpp
 
 
-class LlamaCppEngine:
+@register_engine("llama.cpp", kinds=("gguf",), native=("gguf",),
+                 runs="GGUF files (make one with `supertiny export gguf`)")
+class LlamaCppEngine(Engine):
     """A GGUF model running in llama.cpp.
 
     Args:
@@ -65,7 +70,7 @@ class LlamaCppEngine:
             a :class:`~supertiny.gguf_file.GGUFFile` the caller already validated.
         n_ctx: context length, the longest window :meth:`logits` can score.
         n_threads: CPU threads (default: all cores).
-        n_gpu_layers: layers to offload to a GPU build of llama.cpp (0 on CPU).
+        n_gpu_layers: layers to offload to a GPU build of llama.cpp (0 on CPU, -1 all).
         logits_all: keep logits for every position (needed by :meth:`logits`).
 
     Example::
@@ -77,10 +82,10 @@ class LlamaCppEngine:
     def __init__(self, path: str | os.PathLike[str] | GGUFFile, n_ctx: int = 2048, n_threads: int | None = None,
                  n_gpu_layers: int = 0, logits_all: bool = False):
         if isinstance(path, GGUFFile):
-            self.path = path.path
+            self.gguf = path
         else:
-            self.path = Path(path)
-            GGUFFile(self.path)  # nothing malformed reaches native code
+            self.gguf = GGUFFile(Path(path))  # nothing malformed reaches native code
+        self.path = self.gguf.path
         llama_cpp = _llama_cpp()
         with captured_llama_log() as native_log:
             try:
@@ -93,7 +98,35 @@ class LlamaCppEngine:
                 errors = [ln.strip() for ln in native_log() if "error" in ln.lower()] or ["no message"]
                 raise NotAModelError(f"llama.cpp cannot load {self.path}: {errors[0]}") from None
         self.n_ctx = n_ctx
+        self.threads = n_threads or os.cpu_count()
         self.logits_all = logits_all
+
+    @classmethod
+    def open(cls, path: Path, options: EngineOptions) -> LlamaCppEngine:
+        return cls(path, n_ctx=options.n_ctx or 2048, n_threads=options.threads, n_gpu_layers=options.gpu_layers,
+                   logits_all=options.logits)
+
+    def _load_tokenizer(self) -> tuple[Any, str]:
+        from ..gguf_tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(self.gguf)
+
+    def _describe(self) -> dict[str, Any]:
+        from ..models import describe_gguf
+
+        return describe_gguf(self.gguf).to_dict()
+
+    @property
+    def stop_ids(self) -> list[int]:  # type: ignore[override]
+        """llama.cpp's end-of-generation tokens (eos, and eot where the vocabulary has one)."""
+        vocab = self.llm._model.vocab
+        llama_cpp = _llama_cpp()
+        return sorted({t for t in (llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)) if t >= 0})
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.close()
 
     @property
     def n_vocab(self) -> int:
@@ -120,14 +153,22 @@ class LlamaCppEngine:
         self.llm.eval(list(ids))
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
                stop_ids: Sequence[int] | None = None) -> Iterator[int]:
-        """Generate token ids one at a time (greedy when ``temperature`` is 0)."""
-        stop = set(stop_ids if stop_ids is not None else [self.eos_token_id])
+        """Generate token ids one at a time with llama.cpp's sampler (greedy by default).
+
+        A token in ``stop_ids`` ends the stream and is not yielded (default: none).
+        A prompt that starts like the previous one reuses its cached prefix.
+        """
+        sampling = sampling or Sampling()
+        stop = set(stop_ids or ())
         if max_new_tokens <= 0:
             return
-        kwargs = {"temp": temperature, "top_k": 1 if temperature == 0 else 40, "top_p": 1.0,
-                  "repeat_penalty": 1.0, "reset": True}
+        greedy = sampling.temperature == 0
+        if not greedy and sampling.seed is not None:
+            self.llm.set_seed(sampling.seed)
+        kwargs = {"temp": sampling.temperature, "top_k": 1 if greedy else sampling.top_k,
+                  "top_p": sampling.top_p, "min_p": 0.0, "repeat_penalty": 1.0, "reset": True}
         produced = 0
         for token in self.llm.generate(list(prompt_ids), **kwargs):
             if token in stop:
@@ -144,6 +185,3 @@ class LlamaCppEngine:
         with the previous one, which a chat wants and a prefill benchmark must avoid.
         """
         self.llm.reset()
-
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kw: Any) -> list[int]:
-        return list(self.stream(prompt_ids, max_new_tokens, **kw))

@@ -22,7 +22,6 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, NotAModelError
 from ..models import ONNX_MODEL_FILE
+from .engine import Engine, EngineOptions, register_engine
+from .sampling import Sampling, pick_token
 
 # Execution providers by the short name users type; DirectML covers Windows GPUs and
 # NPUs, CUDA covers Jetson-class boards and small discrete GPUs.
@@ -61,49 +62,9 @@ def onnx_model_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is chosen: greedy when ``temperature`` is 0.
-
-    ``top_k`` 0 and ``top_p`` 1.0 turn those filters off; ``seed`` makes sampling
-    repeatable.
-    """
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InvalidInputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidInputError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    """The next token from one row of logits (greedy, or temperature/top-k/top-p sampling)."""
-    if sampling.temperature == 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / sampling.temperature
-    if sampling.top_k and sampling.top_k < z.size:
-        kth = np.partition(z, -sampling.top_k)[-sampling.top_k]
-        z = np.where(z < kth, -np.inf, z)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if sampling.top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, sampling.top_p)) + 1]  # smallest set reaching top_p
-        q = np.zeros_like(p)
-        q[keep] = p[keep]
-        p = q / q.sum()
-    return int(rng.choice(p.size, p=p))
-
-
-class OnnxEngine:
+@register_engine("onnxruntime", kinds=("onnx",), native=("onnx",),
+                 runs="ONNX exports (make one with `supertiny export onnx`)")
+class OnnxEngine(Engine):
     """An exported causal LM running in onnxruntime.
 
     Args:
@@ -148,6 +109,28 @@ class OnnxEngine:
         self._device = "cuda" if provider == "cuda" else "cpu"
         self._read_signature()
         self.n_ctx = n_ctx or self._config_context() or 4096
+
+    @classmethod
+    def open(cls, path: Path, options: EngineOptions) -> OnnxEngine:
+        return cls(path, threads=options.threads, provider=options.provider, n_ctx=options.n_ctx)
+
+    def _load_tokenizer(self) -> tuple[Any, str]:
+        return load_tokenizer(self.path.parent), "tokenizer files of the export"
+
+    def _describe(self) -> dict[str, Any]:
+        from ..models import describe_onnx
+
+        return describe_onnx(self.path.parent).to_dict()
+
+    @property
+    def backend_label(self) -> str:
+        return f"onnxruntime ({self.provider})"
+
+    def _extra_stop_ids(self) -> list[int]:
+        return stop_ids(self.tokenizer, self.path.parent)
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)
 
     def _read_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -274,18 +257,16 @@ class OnnxEngine:
             raise InvalidInputError(f"{n} tokens exceed the context of {self.n_ctx}")
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-               stop_ids: Sequence[int] | None = None, temperature: float | None = None) -> Iterator[int]:
+               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
         """Generate token ids one at a time; the stop token itself is not yielded.
 
         Args:
             prompt_ids: the prompt (chat template already applied).
-            max_new_tokens: most tokens to produce.
+            max_new_tokens: most tokens to produce (the context may end it sooner).
             sampling: :class:`Sampling` (greedy by default).
-            stop_ids: tokens that end generation (default: none; pass the eos ids).
-            temperature: shorthand for ``Sampling(temperature=...)``.
+            stop_ids: tokens that end generation (default: none; :meth:`generate` passes eos).
         """
-        if sampling is None:
-            sampling = Sampling(temperature=temperature or 0.0)
+        sampling = sampling or Sampling()
         stop = set(stop_ids or ())
         if max_new_tokens <= 0:
             return
@@ -304,9 +285,6 @@ class OnnxEngine:
                 return
             logits, past = self._run([token], past, length)
             length += 1
-
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **kw: Any) -> list[int]:
-        return list(self.stream(prompt_ids, max_new_tokens, **kw))
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Any:

@@ -1,61 +1,17 @@
-"""The ``supertiny`` command: a thin click layer that parses, calls the library, prints.
-
-User mistakes (:class:`supertiny.errors.UserError`) become one line on stderr and
-exit code 2; nothing a user can cause ends in a traceback.
-"""
+"""Commands on models: inspect, eval, prune, export."""
 
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
-from .errors import InvalidInputError, SupertinyError, UserError
+from ..errors import InvalidInputError, UserError
+from .core import _human, _progress, _quiet_transformers, main
 
 if TYPE_CHECKING:
-    from .evaluate import EvalReport
-
-
-class _Group(click.Group):
-    """Turns supertiny's errors into one line and an exit code at the boundary."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
-        except SupertinyError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="supertiny")
-def main() -> None:
-    """Turn a large language model into a super-tiny one for the devices people have."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-
-
-def _human(n: float, unit: str = "") -> str:
-    for suffix in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000 or suffix == "T":
-            return f"{n:.1f}{suffix}{unit}" if suffix else f"{n:g}{unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    from ..evaluate import EvalReport
 
 
 def _print_info(info: dict[str, Any]) -> None:
@@ -73,7 +29,7 @@ def _print_info(info: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def inspect(model: str, as_json: bool) -> None:
     """Describe MODEL (a Hugging Face directory, a .gguf file or 'default') without loading its weights."""
-    from .models import describe
+    from ..models import describe
 
     info = describe(model).to_dict()
     if as_json:
@@ -81,24 +37,6 @@ def inspect(model: str, as_json: bool) -> None:
     else:
         _print_info(info)
 
-
-@contextmanager
-def _progress(label: str):
-    """A progress callback for the library that draws a bar on stderr."""
-    state: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
-            state["bar"].__enter__()
-        state["bar"].update(done - state.get("done", 0))
-        state["done"] = done
-
-    try:
-        yield update
-    finally:
-        if "bar" in state:
-            state["bar"].__exit__(None, None, None)
 
 
 @main.command("eval")
@@ -126,9 +64,9 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
              no_generate: bool, backend: str, threads: int | None, provider: str, dtype: str,
              as_json: bool) -> None:
     """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations."""
-    from . import evaluate as ev
-    from .models import resolve
-    from .runtime.backends import open_backend
+    from .. import evaluate as ev
+    from ..models import resolve
+    from ..runtime.engine import open_engine
 
     _quiet_transformers()
     text_file = text_path or str(ev.default_corpus_path())
@@ -137,7 +75,7 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
     resolve(model)
     if teacher is not None:
         resolve(teacher)
-    lm = open_backend(model, backend, dtype=dtype, n_ctx=window, threads=threads, provider=provider)
+    lm = open_engine(model, backend, dtype=dtype, n_ctx=window, threads=threads, provider=provider, logits=True)
     ids = ev.tokenize_text(lm.tokenizer, text, max_tokens)
     teacher_info, agreement = None, None
     if teacher is None:
@@ -145,15 +83,16 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
             score = ev.perplexity(lm.logits, ids, window, stride, bar)
     else:
         # the teacher runs where it natively runs, unless torch was asked for both
-        tm = open_backend(teacher, "torch" if backend == "torch" else "auto", dtype=dtype, n_ctx=window,
-                          threads=threads, provider=provider)
+        tm = open_engine(teacher, "torch" if backend == "torch" else "auto", dtype=dtype, n_ctx=window,
+                         threads=threads, provider=provider, logits=True)
         if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             raise UserError("the teacher's tokenizer differs from the student's; agreement needs a shared vocabulary")
         teacher_info = tm.info
         with _progress("teacher vs student") as bar:
             agreement = ev.agreement(tm.logits, lm.logits, ids, window, stride, bar)
         score = agreement.student
-        del tm  # free the teacher before generating with the student
+        tm.close()  # free the teacher before generating with the student
+        del tm
     generations = [] if no_generate else ev.generate(
         lm.generate, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens
     )
@@ -163,6 +102,7 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         _print_report(report)
+
 
 
 def _width(value: str | None) -> float | None:
@@ -201,7 +141,7 @@ def prune_cmd(model: str, out_dir: str, layers: int | None, drop_layers: float |
               heads: str | None, kv_heads: str | None, mlp: str | None, hidden: str | None, round_to: int,
               calib: str | None, calib_tokens: int, eval_tokens: int, overwrite: bool, as_json: bool) -> None:
     """Prune MODEL (depth and/or width) into OUT_DIR, a plain Hugging Face checkpoint."""
-    from .compress.prune import PruneConfig, prune
+    from ..compress.prune import PruneConfig, prune
 
     _quiet_transformers()
     config = PruneConfig(layers=layers, drop_layers=drop_layers, layer_metric=layer_metric, heads=_width(heads),
@@ -255,7 +195,7 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
                     text_path: str | None, threads: int | None, pre: str | None, imatrix_tokens: int,
                     as_json: bool) -> None:
     """Export MODEL to OUT (.gguf) for llama.cpp; the report goes to OUT.json."""
-    from .export.gguf import GGUFExportConfig, export_gguf
+    from ..export.gguf import GGUFExportConfig, export_gguf
 
     _quiet_transformers()
     config = GGUFExportConfig(dtype=dtype, quant=quant, verify=not no_verify, verify_tokens=verify_tokens,
@@ -304,7 +244,7 @@ def export_onnx_cmd(model: str, out_dir: str, quant: str, graph_format: str, blo
                     no_verify: bool, verify_tokens: int, text_path: str | None, threads: int | None,
                     overwrite: bool, as_json: bool) -> None:
     """Export MODEL to OUT_DIR (ONNX with KV cache) for onnxruntime; manifest in OUT_DIR/supertiny.json."""
-    from .export.onnx import OnnxExportConfig, export_onnx
+    from ..export.onnx import OnnxExportConfig, export_onnx
 
     _quiet_transformers()
     config = OnnxExportConfig(quant=quant, format=graph_format, block_size=int(block_size),
@@ -358,7 +298,3 @@ def _print_report(r: EvalReport) -> None:
                    f"p95 {a.kl_p95:.4f} nats")
     for g in r.generations:
         click.echo(f"\n> {g.prompt}\n{g.completion}\n  ({g.new_tokens} tokens, {g.tokens_per_s:.1f} tok/s)")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

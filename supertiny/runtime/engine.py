@@ -1,0 +1,408 @@
+"""One engine API over llama.cpp (GGUF), onnxruntime (ONNX exports) and torch (HF dirs).
+
+An :class:`Engine` runs one sequence at a time. Each backend implements three things:
+:meth:`Engine.logits` (every position of a window, for evaluation), :meth:`Engine.stream`
+(token ids one at a time, the backend's own decode loop) and how to find its tokenizer.
+Everything text-level is shared here, so it behaves the same on every backend: the
+chat template, incremental detokenization that never splits a UTF-8 character, stop
+strings (held back until they can no longer match), eos handling, cancellation and
+the finish reason.
+
+The wrapper is thin on purpose: per token it adds one dictionary lookup and an
+incremental decode of a few tokens, which ``benchmarks/runtime_overhead.py``
+measures against the raw backends.
+
+Example::
+
+    engine = open_engine("model.gguf", threads=4)
+    for chunk in engine.stream_text([{"role": "user", "content": "Hi"}], max_tokens=32):
+        print(chunk.text, end="")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .sampling import Sampling
+
+FINISH_REASONS = ("stop", "length", "cancelled")
+Prompt = str | Sequence[int] | Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to open an artifact; every backend reads the fields that concern it.
+
+    Args:
+        threads: CPU threads (default: all cores).
+        n_ctx: context length (default: 2048 for llama.cpp, the model's for the others).
+        gpu_layers: llama.cpp layers to offload to a GPU build (-1: all).
+        provider: onnxruntime execution provider (``cpu``, ``cuda``, ``dml``).
+        device: torch device (``cpu``, ``cuda``).
+        dtype: torch dtype.
+        logits: keep logits for every position (llama.cpp; needed by :meth:`Engine.logits`,
+            costs ``n_ctx × vocab × 4`` bytes, so serving leaves it off).
+    """
+
+    threads: int | None = None
+    n_ctx: int | None = None
+    gpu_layers: int = 0
+    provider: str = "cpu"
+    device: str = "cpu"
+    dtype: str = "float32"
+    logits: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"threads must be >= 1, got {self.threads}")
+        if self.n_ctx is not None and self.n_ctx < 1:
+            raise InvalidInputError(f"n_ctx must be >= 1, got {self.n_ctx}")
+        if self.gpu_layers < -1:
+            raise InvalidInputError(f"gpu_layers must be -1 (all) or >= 0, got {self.gpu_layers}")
+
+
+@dataclass
+class Chunk:
+    """A piece of streamed text; the last chunk of a reply carries ``finish_reason``."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Completion:
+    """A whole reply with its token counts and timings (seconds from the call)."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+    ttft_s: float | None
+    total_s: float
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+ENGINES: dict[str, type[Engine]] = {}
+_NATIVE: dict[str, str] = {}  # artifact kind -> the backend that runs it by default
+_ENGINE_MODULES = ("llamacpp", "onnxrt", "torch_engine")  # imported by open_engine to fill ENGINES
+
+
+_KIND_NOUNS = {"gguf": "a GGUF file", "onnx": "an ONNX export", "hf": "a Hugging Face directory"}
+
+
+def register_engine(name: str, kinds: Sequence[str], native: Sequence[str] = (),
+                    runs: str = "") -> Callable[[type], type]:
+    """Class decorator: ``name`` runs artifacts of ``kinds`` (``runs`` says so in words)
+    and is the default backend for the kinds in ``native``."""
+
+    def deco(cls: type) -> type:
+        cls.name, cls.kinds, cls.runs = name, tuple(kinds), runs
+        ENGINES[name] = cls
+        for kind in native:
+            _NATIVE[kind] = name
+        return cls
+
+    return deco
+
+
+class Engine:
+    """The common interface; subclasses run one backend.
+
+    Subclasses set ``path`` and ``n_ctx`` and implement :meth:`logits`,
+    :meth:`stream`, :meth:`_load_tokenizer`, :meth:`_describe` and (optionally)
+    :meth:`reset` / :meth:`close`, plus the classmethod :meth:`open`.
+    """
+
+    name: ClassVar[str] = "?"
+    kinds: ClassVar[tuple[str, ...]] = ()
+    runs: ClassVar[str] = ""
+    path: Path
+    n_ctx: int
+
+    # -- what a backend provides --------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, options: EngineOptions) -> Engine:
+        raise NotImplementedError
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
+        raise NotImplementedError
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
+               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+        """Token ids one at a time; a stop id ends the stream and is not yielded."""
+        raise NotImplementedError
+
+    def _load_tokenizer(self) -> tuple[Any, str]:
+        """The Hugging Face tokenizer and a note on where it came from."""
+        raise NotImplementedError
+
+    def _describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget any cached prompt prefix: the next call prefills its whole prompt."""
+
+    def close(self) -> None:
+        """Free the backend's memory now rather than at garbage collection."""
+
+    # -- shared ---------------------------------------------------------------------------
+
+    @cached_property
+    def _tokenizer_and_note(self) -> tuple[Any, str]:
+        return self._load_tokenizer()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer_and_note[0]
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """The model description (as ``supertiny inspect`` shows it) plus the backend."""
+        return {**self._describe(), "tokenizer": self._tokenizer_and_note[1], "backend": self.backend_label,
+                "n_ctx": self.n_ctx}
+
+    @property
+    def backend_label(self) -> str:
+        """The backend as reports show it (with the device where there is a choice)."""
+        return self.name
+
+    @cached_property
+    def stop_ids(self) -> list[int]:
+        """The ids that end a reply: the tokenizer's eos and generation_config's eos list."""
+        eos = self.tokenizer.eos_token_id
+        ids = set(self._extra_stop_ids()) | ({eos} if eos is not None else set())
+        return sorted(i for i in ids if isinstance(i, int))
+
+    def _extra_stop_ids(self) -> list[int]:
+        return []
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
+                 stop_ids: Sequence[int] | None = None) -> list[int]:
+        """Token ids of a reply (what :func:`supertiny.evaluate.generate` calls).
+
+        ``stop_ids`` default to the model's own (:attr:`stop_ids`); ``[]`` runs past eos.
+        """
+        stop = self.stop_ids if stop_ids is None else stop_ids
+        return list(self.stream(prompt_ids, max_new_tokens, sampling=sampling, stop_ids=stop))
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def chat_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """Token ids of a chat, ending with the assistant's turn (the model's template)."""
+        msgs = check_messages(messages)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidInputError(f"{self.path.name} has no chat template; send a plain prompt instead")
+        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """A prompt as token ids: text (tokenized as is), ids, or chat messages."""
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(m, dict) for m in items):
+            return self.chat_ids(items)
+        if all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in items):
+            return [int(t) for t in items]
+        raise InvalidInputError("a prompt is a string, a list of token ids, or a list of chat messages")
+
+    def stream_text(self, prompt: Prompt, max_tokens: int = 256, sampling: Sampling | None = None,
+                    stop: Sequence[str] = (), ignore_eos: bool = False,
+                    cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """Generate text, a chunk at a time; the last chunk has the finish reason.
+
+        Args:
+            prompt: text, token ids, or chat messages (the chat template is applied).
+            max_tokens: most tokens to generate (cut to what the context leaves).
+            sampling: greedy by default.
+            stop: strings that end the reply; they are not part of the text.
+            ignore_eos: keep going past the eos token (benchmarks).
+            cancel: set it from another thread to stop after the current token.
+
+        ``finish_reason`` is ``stop`` (eos or a stop string), ``length`` (max_tokens or
+        the context) or ``cancelled``.
+        """
+        ids = self.prompt_ids(prompt)
+        budget = self._budget(len(ids), max_tokens)
+        stops = [s for s in stop if s]
+        detok = IncrementalDetokenizer(self.tokenizer)
+        pending, pending_ids, produced = "", [], 0
+        if budget == 0:
+            yield Chunk("", [], "length")
+            return
+        tokens = self.stream(ids, budget, sampling=sampling, stop_ids=[] if ignore_eos else self.stop_ids)
+        try:
+            for token in tokens:
+                produced += 1
+                pending += detok.add(token)
+                pending_ids.append(token)
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    yield Chunk(pending[:cut], pending_ids, "stop")
+                    return
+                if cancel is not None and cancel.is_set():
+                    yield Chunk(pending, pending_ids, "cancelled")
+                    return
+                keep = _held_back(pending, stops)
+                if len(pending) > keep:
+                    yield Chunk(pending[: len(pending) - keep], pending_ids)
+                    pending, pending_ids = pending[len(pending) - keep:], []
+        finally:
+            tokens.close()  # type: ignore[attr-defined]
+        pending += detok.flush()
+        yield Chunk(pending, pending_ids, "length" if produced >= budget else "stop")
+
+    def complete(self, prompt: Prompt, max_tokens: int = 256, **kw: Any) -> Completion:
+        """The whole reply of :meth:`stream_text` with token counts and timings."""
+        start = time.perf_counter()
+        n_prompt = len(self.prompt_ids(prompt))
+        text, ids, first, reason = [], [], None, "length"
+        for chunk in self.stream_text(prompt, max_tokens, **kw):
+            if first is None and chunk.token_ids:
+                first = time.perf_counter() - start
+            text.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            reason = chunk.finish_reason or reason
+        return Completion("".join(text), ids, n_prompt, reason, first, time.perf_counter() - start)
+
+    def _budget(self, n_prompt: int, max_tokens: int) -> int:
+        if n_prompt == 0:
+            raise InvalidInputError("the prompt is empty")
+        if max_tokens < 0:
+            raise InvalidInputError(f"max_tokens must be >= 0, got {max_tokens}")
+        if n_prompt >= self.n_ctx:
+            raise InvalidInputError(f"the prompt has {n_prompt} tokens; the context holds {self.n_ctx}")
+        return min(max_tokens, self.n_ctx - n_prompt)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """Chat messages as the template wants them, or a clear error naming the bad one."""
+    out = []
+    if not messages:
+        raise InvalidInputError("messages is empty")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise InvalidInputError(f"messages[{i}] must be an object with role and content")
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant", "tool", "developer"):
+            raise InvalidInputError(f"messages[{i}].role must be system, user, assistant or tool; got {role!r}")
+        if isinstance(content, list):  # OpenAI content parts: only text parts are meaningful here
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
+                raise InvalidInputError(f"messages[{i}].content: only text parts are supported")
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise InvalidInputError(f"messages[{i}].content must be a string")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+class IncrementalDetokenizer:
+    """Text of a growing token sequence, emitted only once it is final.
+
+    Byte-level tokens can end inside a UTF-8 character, and SentencePiece tokens
+    change the text before them (a leading space). So the new text is the decoded
+    tail past the last emitted point, decoded together with a few tokens before it,
+    and held back while it ends in U+FFFD (an unfinished character).
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # tokens before this only give context
+        self.read = 0  # text of ids[prefix:read] was already emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (a reply that ends inside a character)."""
+        before = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(before):]
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [i for s in stops if (i := text.find(s)) >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters could still be the start of a stop string."""
+    keep = 0
+    for s in stops:
+        for j in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:j]):
+                keep = j
+                break
+    return keep
+
+
+def open_engine(model: str | os.PathLike[str], backend: str = "auto", options: EngineOptions | None = None,
+                **kw: Any) -> Engine:
+    """Open an artifact on a backend.
+
+    Args:
+        model: a ``.gguf`` file, an ONNX export directory, a Hugging Face directory or
+            ``"default"``.
+        backend: ``auto`` (llama.cpp for GGUF, onnxruntime for ONNX, torch for HF) or a
+            name in :data:`ENGINES`.
+        options: :class:`EngineOptions`; or pass its fields as keywords.
+
+    Example::
+
+        with open_engine("student/", threads=2) as engine:
+            print(engine.complete("The capital of France is", max_tokens=8).text)
+    """
+    import importlib
+
+    from ..models import resolve
+
+    for module in _ENGINE_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    options = options or EngineOptions(**kw)
+    choices = ("auto", *ENGINES)
+    if backend not in choices:
+        raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(choices)}")
+    kind, path = resolve(model)
+    name = _NATIVE[kind] if backend == "auto" else backend
+    cls = ENGINES[name]
+    if kind not in cls.kinds:
+        raise InvalidInputError(f"the {name} backend runs {cls.runs}; {path} is {_KIND_NOUNS[kind]}, "
+                                f"which runs on the {_NATIVE[kind]} backend")
+    return cls.open(path, options)
