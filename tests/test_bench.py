@@ -92,7 +92,8 @@ def test_tables_render():
         r["verdicts"] = verdicts(r, target)
         r["passed"] = all(v["passed"] is not False for v in r["verdicts"])
     text = format_result(b)
-    assert "FAIL  p95 request latency: 5000 ms (budget <= 2000)" in text and "verdict: FAIL" in text
+    assert "FAIL  p95 request latency: 5000 ms (budget <= 2000; 2 concurrent, 16-token prompt" in text
+    assert "verdict: FAIL" in text
     table = format_comparison([a, b])
     assert "(0.50x)" in table and "PASS" in table and "FAIL" in table
 

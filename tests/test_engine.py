@@ -201,3 +201,19 @@ def test_multibyte_characters_are_never_split(tok):
     assert len(ids) > len(text.encode("utf-8")) // 4  # byte-level tokens really do split the emoji
     chunks = list(Scripted(tok, ids).stream_text("x", max_tokens=100))
     assert "".join(c.text for c in chunks) == text
+
+
+def test_a_gguf_process_keeps_torch_out(artifacts):
+    import subprocess
+    import sys
+
+    code = ("import sys; from supertiny.runtime.engine import keep_torch_out, open_engine; "
+            "print(keep_torch_out(sys.argv[1])); e = open_engine(sys.argv[1], n_ctx=64); "
+            "print(e.complete('Alice', max_tokens=3, ignore_eos=True).completion_tokens, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(artifacts["llama.cpp"])], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "3", "False"]
+    out = subprocess.run([sys.executable, "-c", code.split(";")[0] + "; from supertiny.runtime.engine import "
+                          "keep_torch_out; print(keep_torch_out(sys.argv[1]))", str(artifacts["torch"])],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False"]  # a Hugging Face directory runs in torch

@@ -340,6 +340,9 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
 def _child(artifact: str, config: BenchConfig, out: Any) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        from .engine import keep_torch_out
+
+        keep_torch_out(artifact, config.backend)  # peak RSS as a deployment sees it
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

@@ -17,6 +17,11 @@ def _spread(row: dict[str, Any], name: str, fmt: str) -> str:
     return f"{row[name + '_p50']:{fmt}} ({row[name + '_min']:{fmt}}-{row[name + '_max']:{fmt}})"
 
 
+def _figure(x: float) -> str:
+    """A measured value with as many decimals as its size deserves: 16251, 50.7, 3.14."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def format_result(result: dict[str, Any]) -> str:
     """One artifact's figures as aligned text tables."""
     lines = [f"{result['artifact']}  [{result['backend']}, {result['threads']} threads, {result['slots']} slot(s)]",
@@ -37,9 +42,9 @@ def format_result(result: dict[str, Any]) -> str:
     if "verdicts" in result:
         for v in result["verdicts"]:
             mark = {True: "PASS", False: "FAIL", None: "----"}[v["passed"]]
-            got = "not measured" if v["measured"] is None else f"{v['measured']:.4g}"
+            got = "not measured" if v["measured"] is None else _figure(v["measured"])
             op = "<=" if v["direction"] == "max" else ">="
-            lines.append(f"  {mark}  {v['label']}: {got} {v['unit']} (budget {op} {v['limit']:g})")
+            lines.append(f"  {mark}  {v['label']}: {got} {v['unit']} (budget {op} {v['limit']:g}; {v['conditions']})")
         lines.append(f"  verdict: {'PASS' if result['passed'] else 'FAIL'}")
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UserError
 from .sampling import Sampling
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -371,6 +371,29 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
                 keep = j
                 break
     return keep
+
+
+def keep_torch_out(model: str | os.PathLike[str], backend: str = "auto") -> bool:
+    """Tell transformers not to import torch in this process when ``model`` runs without it.
+
+    A process that serves or benchmarks a GGUF file or an ONNX export needs only the
+    tokenizer from transformers, yet importing transformers imports torch when it is
+    installed: ~220 MB of resident memory a device pays for nothing. Call this before
+    transformers is first imported (the CLI's ``serve`` and the bench's child
+    processes do); it returns whether torch was kept out.
+    """
+    import sys
+
+    from ..models import resolve
+
+    try:
+        kind, _ = resolve(model)
+    except UserError:  # opening it will say what is wrong
+        return False
+    if kind == "hf" or backend == "torch" or "transformers" in sys.modules or "torch" in sys.modules:
+        return False
+    os.environ["USE_TORCH"] = "0"
+    return True
 
 
 def open_engine(model: str | os.PathLike[str], backend: str = "auto", options: EngineOptions | None = None,
