@@ -274,8 +274,10 @@ class OnnxEngine(Engine):
         self._check_length(len(ids))
         budget = min(max_new_tokens, self.n_ctx - len(ids))
         rng = np.random.default_rng(sampling.seed)
-        logits, past = self._run(ids, self._empty_past(len(ids) + budget), 0)
+        capacity = len(ids) + budget
+        logits, past = self._run(ids, self._empty_past(capacity), 0)
         length = len(ids)
+        step = self._in_place_step(past, length, capacity, logits.shape[-1]) if self.shared_cache else None
         for produced in range(budget):
             token = pick_token(logits[-1], sampling, rng)
             if token in stop:
@@ -283,8 +285,42 @@ class OnnxEngine(Engine):
             yield token
             if produced + 1 == budget:
                 return
-            logits, past = self._run([token], past, length)
+            if step is not None:
+                logits = step(token)
+            else:
+                logits, past = self._run([token], past, length)
             length += 1
+
+    def _in_place_step(self, past: list[Any], length: int, capacity: int,
+                       vocab: int) -> Any:
+        """A decode step for a cache written in place: one I/O binding for the whole
+        sequence, so a step rebinds only the new token, the mask and the logits buffer
+        (binding 2 x layers cache tensors per step cost ~0.2 ms of a ~10 ms step, the
+        outputs list another ~0.1 ms)."""
+        binding = self.session.io_binding()
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in zip(self.present_names, past, strict=True):
+            binding.bind_ortvalue_output(name, value)
+        out = np.empty((1, 1, vocab), dtype=self.logits_dtype)  # onnxruntime writes the logits here
+        binding.bind_output("logits", "cpu", 0, self.logits_dtype, list(out.shape), out.ctypes.data)
+        token_ids = np.zeros((1, 1), dtype=np.int64)
+        mask = np.ones((1, capacity), dtype=np.int64)
+        position = np.zeros((1, 1), dtype=np.int64)
+        state = {"length": length}
+
+        def step(token: int) -> np.ndarray:
+            n = state["length"]
+            token_ids[0, 0], position[0, 0] = token, n
+            binding.bind_cpu_input("input_ids", token_ids)
+            binding.bind_cpu_input("attention_mask", mask[:, : n + 1])
+            if self.has_positions:
+                binding.bind_cpu_input("position_ids", position)
+            self.session.run_with_iobinding(binding)
+            state["length"] = n + 1
+            return out[0]
+
+        return step
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Any:
