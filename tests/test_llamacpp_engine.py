@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from supertiny.errors import InvalidGGUFError, NotAModelError
+from supertiny.errors import InvalidGGUFError, InvalidInputError, NotAModelError
 from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.runtime.engine import open_engine
 from supertiny.runtime.llamacpp import LlamaCppEngine
@@ -43,9 +43,9 @@ def test_logits_match_torch_greedy(tiny_gguf):
 
 def test_logits_need_logits_all_and_fit_the_context(tiny_gguf):
     _, path = tiny_gguf
-    with pytest.raises(ValueError, match="logits_all"):
+    with pytest.raises(InvalidInputError, match="logits=True"):
         LlamaCppEngine(path, n_ctx=64).logits([1, 2, 3])
-    with pytest.raises(ValueError, match="exceeds n_ctx"):
+    with pytest.raises(InvalidInputError, match="exceeds n_ctx"):
         LlamaCppEngine(path, n_ctx=64, logits_all=True).logits(list(range(3, 80)))
 
 

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from supertiny.cli import main
+from supertiny.errors import InvalidInputError
 from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.runtime.engine import open_engine
 from supertiny.runtime.scheduler import Scheduler
@@ -409,8 +410,9 @@ def test_config_defaults_and_validation():
     config = ServeConfig()
     assert (config.host, config.port, config.api_key, config.slots) == ("127.0.0.1", 8000, None, 1)
     for bad in ({"slots": 0}, {"port": 70000}, {"max_queue": -1}, {"request_timeout_s": 0}, {"backend": "vllm"},
-                {"default_max_tokens": 4096}, {"api_key": ""}, {"max_body_bytes": 10}):
-        with pytest.raises(Exception, match="must"):
+                {"default_max_tokens": 4096}, {"api_key": ""}, {"max_body_bytes": 10}, {"device": "tpu"},
+                {"dtype": "int8"}):
+        with pytest.raises(InvalidInputError, match="must"):
             ServeConfig(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1

@@ -131,6 +131,9 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
     bars: dict[str, Any] = {}
 
     def progress(artifact: str, what: str, done: int, total: int) -> None:
+        if not sys.stderr.isatty():  # a log (CI): one line per step instead of a bar
+            click.echo(f"bench {artifact}: [{done}/{total}] {what}", err=True)
+            return
         if artifact not in bars:
             for bar in bars.values():
                 bar.render_finish()
@@ -179,10 +182,13 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 @click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "onnxruntime"]), default="auto",
               show_default=True, help="auto: llama.cpp for .gguf files, onnxruntime for ONNX exports, torch for "
               "Hugging Face directories.")
+@click.option("--device", default="cpu", show_default=True, help="torch device (torch backend): cpu, cuda, cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="torch dtype (torch backend).")
 @click.option("--model-name", default=None, help="The model name clients send (default: the artifact's name).")
 def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, max_queue: int,
               max_tokens_limit: int, timeout_s: float, threads: int | None, n_ctx: int | None, gpu_layers: int,
-              provider: str, backend: str, model_name: str | None) -> None:
+              provider: str, device: str, dtype: str, backend: str, model_name: str | None) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     from ..runtime.engine import keep_torch_out
     from ..runtime.serve import ServeConfig, serve
@@ -190,8 +196,8 @@ def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: i
     # Every option is checked here, before the model loads.
     config = ServeConfig(host=host, port=port, api_key=api_key, slots=slots, max_queue=max_queue,
                          max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s, threads=threads,
-                         n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, backend=backend,
-                         model_name=model_name)
+                         n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, device=device, dtype=dtype,
+                         backend=backend, model_name=model_name)
     keep_torch_out(artifact, backend)  # a GGUF/ONNX server has no use for torch's ~220 MB
     _quiet_transformers()
     try:

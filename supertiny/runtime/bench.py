@@ -295,6 +295,9 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     engines = [open_engine(artifact, config.backend, **options) for _ in range(config.slots)]
     engine = engines[0]
     corpus = _corpus_ids(engine, longest + 1)
+    if config.gpu_layers and not getattr(engine, "gpu_offload", True):
+        notes.append(f"gpu_layers={config.gpu_layers} asked, but this llama.cpp build has no GPU backend: "
+                     "ran on the CPU")
     load_s = time.perf_counter() - t0
     done += 1
     if longest + config.new_tokens > engine.n_ctx:
@@ -319,7 +322,9 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     levels = []
     for c in config.concurrency:
         report(f"{c} concurrent clients", done, steps)
-        levels.append(_concurrency_level(engines, corpus, c, config, offset=len(levels) * 1009))
+        for e in engines:  # no prefix cached from the runs before: every request prefills in full
+            e.reset()
+        levels.append(_concurrency_level(engines, corpus, c, config, offset=(len(levels) + 1) * 1009))
         done += 1
     report("done", done, steps)
     result = {

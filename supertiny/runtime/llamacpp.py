@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError, NotAModelError
+from ..errors import InvalidInputError, MissingExtraError, NotAModelError
 from ..gguf_file import GGUFFile
 from .engine import Engine, EngineOptions, register_engine
 from .sampling import Sampling
@@ -99,6 +99,8 @@ class LlamaCppEngine(Engine):
                 raise NotAModelError(f"llama.cpp cannot load {self.path}: {errors[0]}") from None
         self.n_ctx = n_ctx
         self.threads = n_threads or os.cpu_count()
+        # a CPU-only build of llama.cpp ignores n_gpu_layers without a word; say so in reports
+        self.gpu_offload = bool(n_gpu_layers) and bool(llama_cpp.llama_supports_gpu_offload())
         self.logits_all = logits_all
 
     @classmethod
@@ -146,9 +148,10 @@ class LlamaCppEngine(Engine):
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
         if not self.logits_all:
-            raise ValueError("LlamaCppEngine.logits needs logits_all=True")
+            raise InvalidInputError("scoring windows needs the logits of every position: open the engine with "
+                                    "open_engine(..., logits=True) (LlamaCppEngine(..., logits_all=True))")
         if len(ids) > self.n_ctx:
-            raise ValueError(f"window of {len(ids)} tokens exceeds n_ctx={self.n_ctx}")
+            raise InvalidInputError(f"window of {len(ids)} tokens exceeds n_ctx={self.n_ctx}")
         self.llm.reset()
         self.llm.eval(list(ids))
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)

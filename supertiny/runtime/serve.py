@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, MissingExtraError, UserError
+from ..models import DTYPES
 from .engine import Chunk
 from .openai_api import ApiError, CountRequests, Metrics, parse_request
 from .scheduler import Job, JobTimeout, QueueFull, Scheduler, ShuttingDown
@@ -60,7 +61,7 @@ class ServeConfig:
             ``max_tokens_limit`` if that is smaller).
         max_body_bytes: largest request body (413 beyond).
         request_timeout_s: waiting plus generating longer than this gives 504.
-        threads, n_ctx, gpu_layers, provider, backend: passed to :func:`~.engine.open_engine`
+        threads, n_ctx, gpu_layers, provider, device, dtype, backend: passed to :func:`~.engine.open_engine`
             (``threads`` default: the CPU cores shared out between the slots).
         model_name: the ``model`` clients send (default: the artifact's file or folder name).
     """
@@ -78,6 +79,8 @@ class ServeConfig:
     n_ctx: int | None = None
     gpu_layers: int = 0
     provider: str = "cpu"
+    device: str = "cpu"
+    dtype: str = "float32"
     backend: str = "auto"
     model_name: str | None = None
 
@@ -98,6 +101,9 @@ class ServeConfig:
             (self.n_ctx is None or self.n_ctx >= 16, f"n_ctx must be >= 16, got {self.n_ctx}"),
             (self.gpu_layers >= -1, f"gpu_layers must be -1 (all) or >= 0, got {self.gpu_layers}"),
             (self.provider in PROVIDERS, f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"),
+            (self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got "
+             f"{self.device!r}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
             (self.model_name is None or bool(self.model_name.strip()), "model_name must not be empty"),
         ]
@@ -430,7 +436,8 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
     try:
         for _ in range(config.slots):
             engines.append(open_engine(path, config.backend, threads=threads, n_ctx=config.n_ctx,
-                                       gpu_layers=config.gpu_layers, provider=config.provider))
+                                       gpu_layers=config.gpu_layers, provider=config.provider,
+                                       device=config.device, dtype=config.dtype))
         scheduler = Scheduler(engines, config.max_queue, config.request_timeout_s)
         server_config = dataclasses.replace(config, model_name=name)
         build_server(create_app(scheduler, name, server_config), server_config, log).run(sockets=[sock])
