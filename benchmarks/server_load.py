@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -61,52 +60,31 @@ def excerpts(n: int) -> list[str]:
 def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: list[str]) -> dict:
     import openai
 
-    from supertiny.runtime.bench import percentile
+    from supertiny.runtime.bench import closed_loop, percentile
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=600)
-    todo = list(range(requests))
-    lock = threading.Lock()
-    lat, ttft, tokens, errors = [], [], [0], []
 
-    def worker() -> None:
-        while True:
-            with lock:
-                if not todo:
-                    return
-                i = todo.pop()
-            t0 = time.perf_counter()
-            first = None
-            try:
-                stream = client.chat.completions.create(
-                    model="smollm2", stream=True, temperature=0, max_tokens=max_tokens,
-                    stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-                    messages=[{"role": "user", "content": f"Summarize: {prompts[i]}"}])
-                used = 0
-                for chunk in stream:
-                    if first is None and chunk.choices and chunk.choices[0].delta.content:
-                        first = time.perf_counter() - t0
-                    if chunk.usage:
-                        used = chunk.usage.completion_tokens
-            except openai.APIStatusError as exc:
-                with lock:
-                    errors.append(exc.status_code)
-                continue
-            with lock:
-                lat.append(time.perf_counter() - t0)
-                ttft.append(first if first is not None else lat[-1])
-                tokens[0] += used
+    def send(i: int):
+        stream = client.chat.completions.create(
+            model="smollm2", stream=True, temperature=0, max_tokens=max_tokens,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            messages=[{"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}])
+        pieces = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces += 1
+                yield 1  # at least one token per piece; the usage chunk brings the rest of the count
+            if chunk.usage:
+                yield chunk.usage.completion_tokens - pieces
 
-    wall = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - wall
-    return {"clients": clients, "ok": len(lat), "errors": errors,
-            "p50": percentile(lat, 50) * 1000, "p95": percentile(lat, 95) * 1000,
-            "ttft50": percentile(ttft, 50) * 1000, "ttft95": percentile(ttft, 95) * 1000,
-            "tok_s": tokens[0] / wall, "req_s": len(lat) / wall}
+    run = closed_loop(clients, requests, send)
+    unexpected = [e for e in run.errors if not isinstance(e, openai.APIStatusError)]
+    if unexpected:
+        raise unexpected[0]
+    return {"clients": clients, "ok": len(run.latencies), "errors": run.errors,
+            "p50": percentile(run.latencies, 50) * 1000, "p95": percentile(run.latencies, 95) * 1000,
+            "ttft50": percentile(run.ttfts, 50) * 1000, "ttft95": percentile(run.ttfts, 95) * 1000,
+            "tok_s": run.tokens / run.wall_s, "req_s": len(run.latencies) / run.wall_s}
 
 
 def main() -> None:

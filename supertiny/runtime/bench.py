@@ -32,7 +32,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -214,59 +214,88 @@ def _timed_run(engine: Any, prompt: list[int], new_tokens: int) -> list[float]:
     return times
 
 
+@dataclass
+class LoadRun:
+    """What :func:`closed_loop` saw: per-request seconds, tokens and failures."""
+
+    latencies: list[float]
+    ttfts: list[float]
+    tokens: int
+    errors: list[BaseException]
+    wall_s: float
+
+
+def closed_loop(clients: int, requests: int, send: Callable[[int], Iterator[int]]) -> LoadRun:
+    """``clients`` threads send requests ``0..requests-1`` back to back (a closed loop:
+    each client waits for its reply before sending the next), as users of a server do.
+
+    ``send(i)`` performs request ``i`` and yields the number of tokens in each piece of
+    the reply as it arrives; latency and time to first token are taken around it.
+    A request that raises is recorded in ``errors`` and the client goes on.
+    """
+    todo: queue.Queue[int] = queue.Queue()
+    for i in range(requests):
+        todo.put(i)
+    run = LoadRun([], [], 0, [], 0.0)
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            t0, first, count = time.perf_counter(), None, 0
+            try:
+                for n in send(i):
+                    if n and first is None:
+                        first = time.perf_counter() - t0
+                    count += n
+            except Exception as exc:  # reported by the caller, never swallowed
+                with lock:
+                    run.errors.append(exc)
+                continue
+            with lock:
+                run.latencies.append(time.perf_counter() - t0)
+                run.ttfts.append(first if first is not None else run.latencies[-1])
+                run.tokens += count
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    run.wall_s = time.perf_counter() - start
+    return run
+
+
 def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, config: BenchConfig,
                        offset: int) -> dict[str, Any]:
     from .scheduler import Scheduler
 
     n = max(config.requests, clients)
     scheduler = Scheduler(engines, max_queue=n, request_timeout_s=3600)
-    latencies, ttfts, tokens, errors = [], [], [0], []
-    lock = threading.Lock()
-    work: queue.Queue[int] = queue.Queue()
-    for i in range(n):
-        work.put(i)
 
-    def client() -> None:
-        while True:
-            try:
-                i = work.get_nowait()
-            except queue.Empty:
-                return
-            start = (offset + i * 97) % max(1, len(corpus) - config.request_prompt_tokens)
-            prompt = corpus[start:start + config.request_prompt_tokens]
-            t0 = time.perf_counter()
-            try:
-                job = scheduler.submit(prompt, config.request_max_tokens, ignore_eos=True)
-                first, count = None, 0
-                for chunk in job:
-                    if chunk.token_ids and first is None:
-                        first = time.perf_counter() - t0
-                    count += len(chunk.token_ids)
-            except Exception as exc:  # reported, never swallowed
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            with lock:
-                latencies.append(time.perf_counter() - t0)
-                ttfts.append(first if first is not None else latencies[-1])
-                tokens[0] += count
+    def send(i: int) -> Iterator[int]:
+        start = (offset + i * 97) % max(1, len(corpus) - config.request_prompt_tokens)
+        prompt = corpus[start:start + config.request_prompt_tokens]
+        for chunk in scheduler.submit(prompt, config.request_max_tokens, ignore_eos=True):
+            yield len(chunk.token_ids)
 
-    wall = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - wall
+    run = closed_loop(clients, n, send)
     scheduler.close()
-    if errors:
-        raise SupertinyError(f"{len(errors)} of {n} requests failed at concurrency {clients}: {errors[0]}")
+    if run.errors:
+        e = run.errors[0]
+        raise SupertinyError(f"{len(run.errors)} of {n} requests failed at concurrency {clients}: "
+                             f"{type(e).__name__}: {e}")
     return {
         "concurrency": clients, "requests": n, "slots": len(engines),
         "request_prompt_tokens": config.request_prompt_tokens, "request_max_tokens": config.request_max_tokens,
-        **{k: v * 1000 for k, v in summarize(latencies, "latency_ms", (50, 95, 99)).items()},
-        **{k: v * 1000 for k, v in summarize(ttfts, "ttft_ms", (50, 95)).items()},
-        "throughput_tokens_per_s": tokens[0] / wall, "requests_per_s": n / wall, "wall_s": wall,
+        **{k: v * 1000 for k, v in summarize(run.latencies, "latency_ms", (50, 95, 99)).items()},
+        **{k: v * 1000 for k, v in summarize(run.ttfts, "ttft_ms", (50, 95)).items()},
+        "throughput_tokens_per_s": run.tokens / run.wall_s, "requests_per_s": n / run.wall_s,
+        "wall_s": run.wall_s,
     }
 
 
