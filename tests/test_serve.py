@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError
 from supertiny.export.gguf import GGUFExportConfig, export_gguf
-from supertiny.runtime.engine import open_engine
+from supertiny.runtime.engine import EngineOptions, open_engine
 from supertiny.runtime.scheduler import Scheduler
 from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
 
@@ -410,10 +410,14 @@ def test_config_defaults_and_validation():
     config = ServeConfig()
     assert (config.host, config.port, config.api_key, config.slots) == ("127.0.0.1", 8000, None, 1)
     for bad in ({"slots": 0}, {"port": 70000}, {"max_queue": -1}, {"request_timeout_s": 0}, {"backend": "vllm"},
-                {"default_max_tokens": 4096}, {"api_key": ""}, {"max_body_bytes": 10}, {"device": "tpu"},
-                {"dtype": "int8"}):
+                {"default_max_tokens": 4096}, {"api_key": ""}, {"max_body_bytes": 10}):
         with pytest.raises(InvalidInputError, match="must"):
             ServeConfig(**bad)
+    for bad in ({"device": "tpu"}, {"dtype": "int8"}, {"provider": "tpu"}, {"threads": 0}, {"gpu_layers": -2}):
+        with pytest.raises(InvalidInputError, match="must"):
+            ServeConfig(engine=EngineOptions(**bad))
+    with pytest.raises(InvalidInputError, match="n_ctx must be >= 16"):
+        ServeConfig(engine=EngineOptions(n_ctx=8))
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1
 

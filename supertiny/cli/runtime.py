@@ -190,13 +190,14 @@ def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: i
               max_tokens_limit: int, timeout_s: float, threads: int | None, n_ctx: int | None, gpu_layers: int,
               provider: str, device: str, dtype: str, backend: str, model_name: str | None) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
-    from ..runtime.engine import keep_torch_out
+    from ..runtime.engine import EngineOptions, keep_torch_out
     from ..runtime.serve import ServeConfig, serve
 
     # Every option is checked here, before the model loads.
+    engine = EngineOptions(threads=threads, n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, device=device,
+                           dtype=dtype)
     config = ServeConfig(host=host, port=port, api_key=api_key, slots=slots, max_queue=max_queue,
-                         max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s, threads=threads,
-                         n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, device=device, dtype=dtype,
+                         max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s, engine=engine,
                          backend=backend, model_name=model_name)
     keep_torch_out(artifact, backend)  # a GGUF/ONNX server has no use for torch's ~220 MB
     _quiet_transformers()

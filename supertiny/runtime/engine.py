@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,8 @@ from ..errors import InvalidInputError, UserError
 from .sampling import Sampling
 
 FINISH_REASONS = ("stop", "length", "cancelled")
+PROVIDERS = ("cpu", "cuda", "dml", "directml")  # onnxruntime execution providers by short name
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes (as models.DTYPES)
 Prompt = str | Sequence[int] | Sequence[dict[str, Any]]
 
 
@@ -69,6 +72,12 @@ class EngineOptions:
             raise InvalidInputError(f"n_ctx must be >= 1, got {self.n_ctx}")
         if self.gpu_layers < -1:
             raise InvalidInputError(f"gpu_layers must be -1 (all) or >= 0, got {self.gpu_layers}")
+        if self.provider not in PROVIDERS:
+            raise InvalidInputError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+        if not (self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device)):
+            raise InvalidInputError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise InvalidInputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 @dataclass

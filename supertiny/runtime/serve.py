@@ -35,15 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, MissingExtraError, UserError
-from ..models import DTYPES
-from .engine import Chunk
+from .engine import Chunk, EngineOptions
 from .openai_api import ApiError, CountRequests, Metrics, parse_request
 from .scheduler import Job, JobTimeout, QueueFull, Scheduler, ShuttingDown
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "llama.cpp", "onnxruntime", "torch")
-PROVIDERS = ("cpu", "cuda", "dml")
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,9 @@ class ServeConfig:
             ``max_tokens_limit`` if that is smaller).
         max_body_bytes: largest request body (413 beyond).
         request_timeout_s: waiting plus generating longer than this gives 504.
-        threads, n_ctx, gpu_layers, provider, device, dtype, backend: passed to :func:`~.engine.open_engine`
-            (``threads`` default: the CPU cores shared out between the slots).
+        engine: how each slot's engine is opened (:class:`~.engine.EngineOptions`; its
+            ``threads`` default: the CPU cores shared out between the slots).
+        backend: passed to :func:`~.engine.open_engine`.
         model_name: the ``model`` clients send (default: the artifact's file or folder name).
     """
 
@@ -75,12 +74,7 @@ class ServeConfig:
     default_max_tokens: int | None = None
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 120.0
-    threads: int | None = None
-    n_ctx: int | None = None
-    gpu_layers: int = 0
-    provider: str = "cpu"
-    device: str = "cpu"
-    dtype: str = "float32"
+    engine: EngineOptions = EngineOptions()
     backend: str = "auto"
     model_name: str | None = None
 
@@ -97,13 +91,7 @@ class ServeConfig:
              f"got {self.default_max_tokens}"),
             (self.max_body_bytes >= 1024, f"max_body_bytes must be >= 1024, got {self.max_body_bytes}"),
             (self.request_timeout_s > 0, f"request_timeout_s must be > 0, got {self.request_timeout_s}"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
-            (self.n_ctx is None or self.n_ctx >= 16, f"n_ctx must be >= 16, got {self.n_ctx}"),
-            (self.gpu_layers >= -1, f"gpu_layers must be -1 (all) or >= 0, got {self.gpu_layers}"),
-            (self.provider in PROVIDERS, f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"),
-            (self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got "
-             f"{self.device!r}"),
-            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.engine.n_ctx is None or self.engine.n_ctx >= 16, f"n_ctx must be >= 16, got {self.engine.n_ctx}"),
             (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
             (self.model_name is None or bool(self.model_name.strip()), "model_name must not be empty"),
         ]
@@ -430,14 +418,14 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
     name = config.model_name or Path(path).name
     # Slots share the cores unless told otherwise: N slots each using every core would
     # thrash rather than decode N times faster.
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.slots)
+    options = config.engine
+    if options.threads is None:
+        options = dataclasses.replace(options, threads=max(1, (os.cpu_count() or 1) // config.slots))
     sock = bind_socket(config.host, config.port)
     engines, scheduler = [], None
     try:
         for _ in range(config.slots):
-            engines.append(open_engine(path, config.backend, threads=threads, n_ctx=config.n_ctx,
-                                       gpu_layers=config.gpu_layers, provider=config.provider,
-                                       device=config.device, dtype=config.dtype))
+            engines.append(open_engine(path, config.backend, options))
         scheduler = Scheduler(engines, config.max_queue, config.request_timeout_s)
         server_config = dataclasses.replace(config, model_name=name)
         build_server(create_app(scheduler, name, server_config), server_config, log).run(sockets=[sock])
