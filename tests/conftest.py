@@ -9,7 +9,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from supertiny.runtime.engine import Engine  # noqa: E402
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -112,3 +115,31 @@ def teacher_path() -> Path:
     from supertiny.models import default_teacher_path
 
     return default_teacher_path()
+
+
+class ScriptedEngine(Engine):
+    """A backend-free engine for testing what all engines share (text level, scheduling):
+    ``script`` is the token list a subclass's ``stream`` plays back."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, script, n_ctx: int = 1000):
+        self.tok, self.script, self.n_ctx = tokenizer, list(script), n_ctx
+        self.path = Path("scripted")
+
+    @classmethod
+    def open(cls, path, options):
+        return cls(train_tiny_tokenizer(), [], options.n_ctx or 1000)
+
+    def _load_tokenizer(self):
+        return self.tok, "test tokenizer"
+
+    def _describe(self):
+        return {"format": "scripted"}
+
+    def logits(self, ids):
+        """One-hot rows: position i predicts the i-th scripted token."""
+        out = np.zeros((len(ids), len(self.tok)), dtype=np.float32)
+        for i, token in enumerate(self.script[: len(ids)]):
+            out[i, token] = 1.0
+        return out

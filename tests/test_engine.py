@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.engine import ENGINES, Engine, IncrementalDetokenizer, check_messages, open_engine
+from supertiny.runtime.engine import ENGINES, IncrementalDetokenizer, check_messages, open_engine
 from supertiny.runtime.sampling import Sampling
 
-from conftest import build_tiny_model, train_tiny_tokenizer
+from conftest import ScriptedEngine, build_tiny_model, train_tiny_tokenizer
 
 CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Who is Alice?"}]
 
@@ -131,18 +130,12 @@ def test_text_parts_and_developer_role():
 # -- the text level on scripted tokens: no backend, exact expectations ---------------------
 
 
-class Scripted(Engine):
-    """An engine that 'generates' a fixed token list (then eos), to test the shared text level."""
-
-    name = "scripted"
+class Scripted(ScriptedEngine):
+    """Plays its script back, then eos; notes whether the text level closed it early."""
 
     def __init__(self, tokenizer, script, n_ctx=1000):
-        self.tok, self.script, self.n_ctx = tokenizer, list(script), n_ctx
-        self.path = Path("scripted")
+        super().__init__(tokenizer, script, n_ctx)
         self.closed_early = False
-
-    def _load_tokenizer(self):
-        return self.tok, "test"
 
     def stream(self, prompt_ids, max_new_tokens, sampling=None, stop_ids=None):
         stop = set(stop_ids or ())

@@ -5,32 +5,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from pathlib import Path
 
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.engine import Engine
 from supertiny.runtime.scheduler import JobTimeout, QueueFull, Scheduler, ShuttingDown
 
+from conftest import ScriptedEngine
 
-class FakeEngine(Engine):
+
+class FakeEngine(ScriptedEngine):
     """Emits a fixed cycle of tokens, ``delay`` seconds each; ``fail`` raises mid-reply."""
 
-    name = "fake"
-
     def __init__(self, tokenizer, delay: float = 0.0, n_ctx: int = 64, fail: bool = False):
-        self._tok, self.delay, self.n_ctx, self.fail = tokenizer, delay, n_ctx, fail
-        self.path = Path("fake")
-        self.ids = tokenizer("Alice was beginning to get very tired", add_special_tokens=False)["input_ids"]
+        ids = tokenizer("Alice was beginning to get very tired", add_special_tokens=False)["input_ids"]
+        super().__init__(tokenizer, ids, n_ctx)
+        self.delay, self.fail = delay, fail
         self.calls = 0
-
-    def _load_tokenizer(self):
-        return self._tok, "test tokenizer"
 
     def stream(self, prompt_ids, max_new_tokens, sampling=None, stop_ids=None):
         self.calls += 1
-        for produced, token in enumerate(itertools.cycle(self.ids)):
+        for produced, token in enumerate(itertools.cycle(self.script)):
             if produced >= max_new_tokens:
                 return
             if self.fail and produced == 2:

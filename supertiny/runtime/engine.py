@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import threading
@@ -128,12 +129,12 @@ def register_engine(name: str, kinds: Sequence[str], native: Sequence[str] = (),
     return deco
 
 
-class Engine:
+class Engine(abc.ABC):
     """The common interface; subclasses run one backend.
 
-    Subclasses set ``path`` and ``n_ctx`` and implement :meth:`logits`,
-    :meth:`stream`, :meth:`_load_tokenizer`, :meth:`_describe` and (optionally)
-    :meth:`reset` / :meth:`close`, plus the classmethod :meth:`open`.
+    Subclasses set ``path`` and ``n_ctx`` and implement the abstract methods
+    (:meth:`open`, :meth:`logits`, :meth:`stream`, :meth:`_load_tokenizer`,
+    :meth:`_describe`); :meth:`reset` and :meth:`close` are optional.
     """
 
     name: ClassVar[str] = "?"
@@ -145,29 +146,31 @@ class Engine:
     # -- what a backend provides --------------------------------------------------------
 
     @classmethod
+    @abc.abstractmethod
     def open(cls, path: Path, options: EngineOptions) -> Engine:
-        raise NotImplementedError
+        """Open ``path`` with ``options`` (what :func:`open_engine` calls)."""
 
+    @abc.abstractmethod
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
                stop_ids: Sequence[int] | None = None) -> Iterator[int]:
         """Token ids one at a time; a stop id ends the stream and is not yielded."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _load_tokenizer(self) -> tuple[Any, str]:
         """The Hugging Face tokenizer and a note on where it came from."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _describe(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The model's description (a :class:`~supertiny.models.ModelInfo` as a dict)."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027  (optional: most backends cache no prefix)
         """Forget any cached prompt prefix: the next call prefills its whole prompt."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: garbage collection frees the rest)
         """Free the backend's memory now rather than at garbage collection."""
 
     # -- shared ---------------------------------------------------------------------------
