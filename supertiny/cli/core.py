@@ -14,6 +14,13 @@ import click
 
 from .. import __version__
 from ..errors import SupertinyError, UserError
+from ..models import DTYPES
+from ..runtime.engine import BACKENDS
+
+# Choices shared by the commands (the library checks the same tables).
+BACKEND_CHOICE = click.Choice(BACKENDS)
+PROVIDER_CHOICE = click.Choice(["cpu", "cuda", "dml"])  # the engine also takes "directml" for "dml"
+DTYPE_CHOICE = click.Choice(DTYPES)
 
 
 class _Group(click.Group):

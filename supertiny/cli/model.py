@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import InvalidInputError, UserError
-from .core import _human, _progress, _quiet_transformers, main
+from .core import BACKEND_CHOICE, DTYPE_CHOICE, PROVIDER_CHOICE, _human, _progress, _quiet_transformers, main
 
 if TYPE_CHECKING:
     from ..evaluate import EvalReport
@@ -50,13 +50,13 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--prompt", "prompts", multiple=True, help="Prompt for greedy generation (repeatable).")
 @click.option("--max-new-tokens", default=48, show_default=True, help="Tokens generated per prompt.")
 @click.option("--no-generate", is_flag=True, help="Skip the generation samples.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "onnxruntime"]), default="auto",
+@click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True, help="auto: what you deploy on: llama.cpp for .gguf files, onnxruntime for ONNX "
               "exports; torch for Hugging Face directories.")
 @click.option("--threads", type=int, default=None, help="llama.cpp / onnxruntime threads (default: all cores).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "dml"]), default="cpu", show_default=True,
+@click.option("--provider", type=PROVIDER_CHOICE, default="cpu", show_default=True,
               help="onnxruntime execution provider.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+@click.option("--dtype", type=DTYPE_CHOICE, default="float32",
               show_default=True, help="Dtype the model runs in.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int, stride: int,

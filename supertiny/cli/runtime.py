@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInputError
-from .core import _quiet_transformers, main
+from .core import BACKEND_CHOICE, DTYPE_CHOICE, PROVIDER_CHOICE, _quiet_transformers, main
 
 
 @main.group("targets")
@@ -102,10 +102,10 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--requests", default=8, show_default=True, help="Requests per concurrency level.")
 @click.option("--slots", default=1, show_default=True, help="Engines serving requests in parallel (as `serve`).")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: the target's, else all cores).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "onnxruntime"]), default="auto",
+@click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True)
 @click.option("--gpu-layers", type=int, default=0, show_default=True, help="llama.cpp layers on the GPU (-1: all).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "dml"]), default="cpu", show_default=True,
+@click.option("--provider", type=PROVIDER_CHOICE, default="cpu", show_default=True,
               help="onnxruntime execution provider.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Also draw the figures (.png/.svg/.pdf).")
@@ -177,13 +177,13 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: 2048 for llama.cpp, the model's "
               "otherwise).")
 @click.option("--gpu-layers", default=0, show_default=True, help="llama.cpp layers to offload to a GPU (-1: all).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "dml"]), default="cpu", show_default=True,
+@click.option("--provider", type=PROVIDER_CHOICE, default="cpu", show_default=True,
               help="onnxruntime execution provider.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "llama.cpp", "onnxruntime"]), default="auto",
+@click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True, help="auto: llama.cpp for .gguf files, onnxruntime for ONNX exports, torch for "
               "Hugging Face directories.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (torch backend): cpu, cuda, cuda:N.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True,
               help="torch dtype (torch backend).")
 @click.option("--model-name", default=None, help="The model name clients send (default: the artifact's name).")
 def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, max_queue: int,

@@ -35,11 +35,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InvalidInputError, UserError
+from ..models import DTYPES
 from .sampling import Sampling
 
 FINISH_REASONS = ("stop", "length", "cancelled")
-PROVIDERS = ("cpu", "cuda", "dml", "directml")  # onnxruntime execution providers by short name
-DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes (as models.DTYPES)
+BACKENDS = ("auto", "llama.cpp", "onnxruntime", "torch")  # the shipped ones, for CLI choices
+# onnxruntime execution providers by the short name users type; DirectML covers Windows
+# GPUs and NPUs, CUDA covers Jetson-class boards and small discrete GPUs.
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
 Prompt = str | Sequence[int] | Sequence[dict[str, Any]]
 
 
@@ -431,7 +439,7 @@ def open_engine(model: str | os.PathLike[str], backend: str = "auto", options: E
     for module in _ENGINE_MODULES:
         importlib.import_module(f"{__package__}.{module}")
     options = options or EngineOptions(**kw)
-    choices = ("auto", *ENGINES)
+    choices = ("auto", *ENGINES)  # the registry: a backend registered later is a choice too
     if backend not in choices:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(choices)}")
     kind, path = resolve(model)

@@ -29,17 +29,9 @@ import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, NotAModelError
 from ..models import ONNX_MODEL_FILE
-from .engine import Engine, EngineOptions, register_engine
+from .engine import PROVIDERS, Engine, EngineOptions, register_engine
 from .sampling import Sampling, pick_token
 
-# Execution providers by the short name users type; DirectML covers Windows GPUs and
-# NPUs, CUDA covers Jetson-class boards and small discrete GPUs.
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "directml": "DmlExecutionProvider",
-}
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 

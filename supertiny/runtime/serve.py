@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, MissingExtraError, UserError
-from .engine import Chunk, EngineOptions
+from .engine import BACKENDS, Chunk, EngineOptions
 from .openai_api import ApiError, CountRequests, Metrics, parse_request
 from .scheduler import Job, JobTimeout, QueueFull, Scheduler, ShuttingDown
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "llama.cpp", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
