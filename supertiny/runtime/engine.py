@@ -113,6 +113,14 @@ class Completion:
     def completion_tokens(self) -> int:
         return len(self.token_ids)
 
+    @classmethod
+    def from_chunks(cls, chunks: Sequence[Chunk], prompt_tokens: int, ttft_s: float | None,
+                    total_s: float) -> Completion:
+        """A reply put together from its streamed chunks (the last finish reason wins)."""
+        reason = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), "length")
+        return cls("".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids], prompt_tokens,
+                   reason, ttft_s, total_s)
+
 
 ENGINES: dict[str, type[Engine]] = {}
 _NATIVE: dict[str, str] = {}  # artifact kind -> the backend that runs it by default
@@ -242,6 +250,9 @@ class Engine(abc.ABC):
         if items and all(isinstance(m, dict) for m in items):
             return self.chat_ids(items)
         if all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in items):
+            vocab = len(self.tokenizer)
+            if any(not 0 <= t < vocab for t in items):  # the native backends do not check ids
+                raise InvalidInputError(f"token ids must be in [0, {vocab})")
             return [int(t) for t in items]
         raise InvalidInputError("a prompt is a string, a list of token ids, or a list of chat messages")
 
@@ -262,7 +273,7 @@ class Engine(abc.ABC):
         the context) or ``cancelled``.
         """
         ids = self.prompt_ids(prompt)
-        budget = self._budget(len(ids), max_tokens)
+        budget = self.check_request(len(ids), max_tokens)
         stops = [s for s in stop if s]
         detok = IncrementalDetokenizer(self.tokenizer)
         pending, pending_ids, produced = "", [], 0
@@ -294,23 +305,25 @@ class Engine(abc.ABC):
     def complete(self, prompt: Prompt, max_tokens: int = 256, **kw: Any) -> Completion:
         """The whole reply of :meth:`stream_text` with token counts and timings."""
         start = time.perf_counter()
-        n_prompt = len(self.prompt_ids(prompt))
-        text, ids, first, reason = [], [], None, "length"
-        for chunk in self.stream_text(prompt, max_tokens, **kw):
+        ids = self.prompt_ids(prompt)  # once: stream_text takes the ids as they are
+        chunks, first = [], None
+        for chunk in self.stream_text(ids, max_tokens, **kw):
             if first is None and chunk.token_ids:
                 first = time.perf_counter() - start
-            text.append(chunk.text)
-            ids.extend(chunk.token_ids)
-            reason = chunk.finish_reason or reason
-        return Completion("".join(text), ids, n_prompt, reason, first, time.perf_counter() - start)
+            chunks.append(chunk)
+        return Completion.from_chunks(chunks, len(ids), first, time.perf_counter() - start)
 
-    def _budget(self, n_prompt: int, max_tokens: int) -> int:
+    def check_request(self, n_prompt: int, max_tokens: Any) -> int:
+        """How many tokens a request may generate, or a clear error for one that cannot run:
+        an empty prompt, a prompt that fills the context, a bad ``max_tokens``. The
+        scheduler calls it when a request arrives, :meth:`stream_text` before it runs."""
         if n_prompt == 0:
             raise InvalidInputError("the prompt is empty")
-        if max_tokens < 0:
-            raise InvalidInputError(f"max_tokens must be >= 0, got {max_tokens}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise InvalidInputError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
         if n_prompt >= self.n_ctx:
-            raise InvalidInputError(f"the prompt has {n_prompt} tokens; the context holds {self.n_ctx}")
+            raise InvalidInputError(f"the prompt has {n_prompt} tokens; the context holds {self.n_ctx}, "
+                                    "including the reply")
         return min(max_tokens, self.n_ctx - n_prompt)
 
     def __enter__(self) -> Engine:

@@ -185,12 +185,8 @@ class Job:
 
     def result(self) -> Completion:
         """Read the whole reply (blocking), with its token counts and timings."""
-        text, ids, reason = [], [], "length"
-        for chunk in self:
-            text.append(chunk.text)
-            ids.extend(chunk.token_ids)
-            reason = chunk.finish_reason or reason
-        return Completion("".join(text), ids, self.prompt_tokens, reason, self.ttft_s, self.total_s or 0.0)
+        chunks = list(self)
+        return Completion.from_chunks(chunks, self.prompt_tokens, self.ttft_s, self.total_s or 0.0)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -279,7 +275,7 @@ class Scheduler:
         self.engines = list(engines)
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
-        self.n_ctx = min(e.n_ctx for e in self.engines)
+        self._smallest = min(self.engines, key=lambda e: e.n_ctx)  # checks requests for every slot
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._running: dict[int, Job] = {}
@@ -294,6 +290,11 @@ class Scheduler:
     @property
     def slots(self) -> int:
         return len(self.engines)
+
+    @property
+    def n_ctx(self) -> int:
+        """The context every slot can hold."""
+        return self._smallest.n_ctx
 
     @property
     def closing(self) -> bool:
@@ -320,21 +321,12 @@ class Scheduler:
         """
         if self._closing:
             raise ShuttingDown("the server is shutting down")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise InvalidInputError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
         stops = [stop] if isinstance(stop, str) else list(stop)
         if not all(isinstance(s, str) for s in stops):
             raise InvalidInputError("stop must be a string or a list of strings")
         with self._tokenize_lock:  # the tokenizer is shared with slot 0's detokenizer only
-            ids = self.engines[0].prompt_ids(prompt)
-            vocab = len(self.engines[0].tokenizer)
-        if any(not 0 <= t < vocab for t in ids):  # native backends do not check ids
-            raise InvalidInputError(f"token ids must be in [0, {vocab})")
-        if not ids:
-            raise InvalidInputError("the prompt is empty")
-        if len(ids) >= self.n_ctx:
-            raise InvalidInputError(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
-                                    "including the reply")
+            ids = self.engines[0].prompt_ids(prompt)  # ids checked against the vocabulary there
+        self._smallest.check_request(len(ids), max_tokens)  # empty, fits the context, max_tokens
         # The worker gets token ids, so the prompt is tokenized once.
         job = Job(ids, max_tokens, sampling or Sampling(), stops, ignore_eos, self.request_timeout_s, self._discard)
         with self._cond:
