@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, SupertinyError, UserError
@@ -170,16 +169,6 @@ def verdicts(result: dict[str, Any], target: Any) -> list[dict[str, Any]]:
 
 
 # -- measuring one artifact (runs in the child process) ----------------------------------
-
-
-def artifact_bytes(path: Path) -> int:
-    """Bytes on disk of what a device must ship: the GGUF file, the ONNX graph and its
-    external data, or a Hugging Face directory's safetensors."""
-    if path.is_file():
-        return path.stat().st_size
-    files = [f for f in path.iterdir() if f.is_file() and (f.suffix in (".onnx", ".data", ".safetensors")
-                                                          or f.name.endswith(".onnx_data"))]
-    return sum(f.stat().st_size for f in files)
 
 
 def peak_rss_bytes() -> int:
@@ -358,7 +347,7 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     report("done", done, steps)
     result = {
         "artifact": str(path), "format": kind, "backend": engine.backend_label, "threads": threads,
-        "n_ctx": engine.n_ctx, "slots": config.slots, "file_size_mb": artifact_bytes(path) / 2**20,
+        "n_ctx": engine.n_ctx, "slots": config.slots, "file_size_mb": engine.info["file_bytes"] / 2**20,
         "load_s": load_s, "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20,
         "prompts": prompts, "concurrency": levels, "notes": notes,
         "machine": {"cores": cores, "platform": sys.platform},
