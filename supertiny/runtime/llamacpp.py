@@ -134,10 +134,6 @@ class LlamaCppEngine(Engine):
     def n_vocab(self) -> int:
         return self.llm.n_vocab()
 
-    @property
-    def eos_token_id(self) -> int:
-        return self.llm.token_eos()
-
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids as llama.cpp makes them; control tokens in the text are parsed."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
