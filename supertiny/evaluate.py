@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -333,21 +333,3 @@ def generate(
         secs = time.perf_counter() - t0
         out.append(Generation(prompt, tokenizer.decode(seq, skip_special_tokens=True), len(seq), secs))
     return out
-
-
-@dataclass
-class EvalReport:
-    """Everything ``supertiny eval`` measures, ready for JSON."""
-
-    model: dict[str, Any]
-    text: str
-    score: TextScore
-    teacher: dict[str, Any] | None = None
-    agreement: Agreement | None = None
-    generations: list[Generation] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for g, gd in zip(self.generations, d["generations"], strict=True):
-            gd["tokens_per_s"] = g.tokens_per_s
-        return d

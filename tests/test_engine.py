@@ -1,18 +1,17 @@
-"""One engine API over three backends: parity on a tiny model, and the text level
-(chat template, detokenization, stop strings, finish reasons, cancellation)."""
+"""One engine API over three backends: parity on a tiny model, prompt and budget checks,
+the backend registry. The text level is tested in test_text.py, chat messages in
+test_chat.py, the process guard in test_process.py."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.engine import ENGINES, IncrementalDetokenizer, check_messages, open_engine
+from supertiny.runtime.engine import ENGINES, open_engine
 from supertiny.runtime.sampling import Sampling
 
-from conftest import ScriptedEngine, build_tiny_model, train_tiny_tokenizer
+from conftest import build_tiny_model, train_tiny_tokenizer
 
 CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Who is Alice?"}]
 
@@ -107,106 +106,3 @@ def test_open_engine_errors(artifacts):
         open_engine(artifacts["torch"], "llama.cpp")
     with pytest.raises(InvalidInputError, match="threads must be >= 1"):
         open_engine(artifacts["torch"], threads=0)
-
-
-@pytest.mark.parametrize("messages, match", [
-    ([], "messages is empty"),
-    (["hi"], r"messages\[0\] must be an object"),
-    ([{"role": "robot", "content": "x"}], r"messages\[0\].role"),
-    ([{"role": "user", "content": 3}], r"messages\[0\].content must be a string"),
-    ([{"role": "user", "content": [{"type": "image_url"}]}], "only text parts"),
-])
-def test_bad_messages(messages, match):
-    with pytest.raises(InvalidInputError, match=match):
-        check_messages(messages)
-
-
-def test_text_parts_and_developer_role():
-    got = check_messages([{"role": "developer", "content": [{"type": "text", "text": "a"},
-                                                             {"type": "text", "text": "b"}]}])
-    assert got == [{"role": "system", "content": "ab"}]
-
-
-# -- the text level on scripted tokens: no backend, exact expectations ---------------------
-
-
-class Scripted(ScriptedEngine):
-    """Plays its script back, then eos; notes whether the text level closed it early."""
-
-    def __init__(self, tokenizer, script, n_ctx=1000):
-        super().__init__(tokenizer, script, n_ctx)
-        self.closed_early = False
-
-    def stream(self, prompt_ids, max_new_tokens, sampling=None, stop_ids=None):
-        stop = set(stop_ids or ())
-        try:
-            for i, t in enumerate([*self.script, self.tok.eos_token_id]):
-                if i == max_new_tokens or t in stop:
-                    return
-                yield t
-        except GeneratorExit:
-            self.closed_early = True
-            raise
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tiny_tokenizer()
-
-
-def test_stop_strings_are_cut_and_never_leak(tok):
-    script = tok("the Queen said off with her head", add_special_tokens=False)["input_ids"]
-    e = Scripted(tok, script)
-    chunks = list(e.stream_text("x", max_tokens=100, stop=["with her"]))
-    assert "".join(c.text for c in chunks) == "the Queen said off "
-    assert chunks[-1].finish_reason == "stop" and e.closed_early
-    # a stop string that starts in one token and ends in a later one
-    for c in chunks:
-        assert "with" not in c.text
-    # held back text comes out once it can no longer be a stop string
-    out = e.complete("x", max_tokens=100, stop=["said offx"])
-    assert out.text == "the Queen said off with her head" and out.finish_reason == "stop"  # eos
-
-
-def test_finish_reasons(tok):
-    script = tok("down the rabbit hole", add_special_tokens=False)["input_ids"]
-    assert Scripted(tok, script).complete("x", max_tokens=2).finish_reason == "length"
-    assert Scripted(tok, script).complete("x", max_tokens=100).finish_reason == "stop"  # eos, not yielded
-    full = Scripted(tok, script).complete("x", max_tokens=100)
-    assert full.token_ids == script and full.text == "down the rabbit hole"
-    ignored = Scripted(tok, script).complete("x", max_tokens=100, ignore_eos=True)
-    assert ignored.token_ids == [*script, tok.eos_token_id]
-    cancel = threading.Event()
-    cancel.set()
-    e = Scripted(tok, script)
-    last = list(e.stream_text("x", max_tokens=100, cancel=cancel))[-1]
-    assert last.finish_reason == "cancelled" and e.closed_early
-
-
-def test_multibyte_characters_are_never_split(tok):
-    text = "Alice said: héllo 🐇 — «fin»"
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    pieces = [IncrementalDetokenizer(tok)]
-    d = pieces[0]
-    out = [d.add(t) for t in ids]
-    assert "".join(out) + d.flush() == text
-    assert all("\ufffd" not in piece for piece in out)
-    assert len(ids) > len(text.encode("utf-8")) // 4  # byte-level tokens really do split the emoji
-    chunks = list(Scripted(tok, ids).stream_text("x", max_tokens=100))
-    assert "".join(c.text for c in chunks) == text
-
-
-def test_a_gguf_process_keeps_torch_out(artifacts):
-    import subprocess
-    import sys
-
-    code = ("import sys; from supertiny.runtime.engine import keep_torch_out, open_engine; "
-            "print(keep_torch_out(sys.argv[1])); e = open_engine(sys.argv[1], n_ctx=64); "
-            "print(e.complete('Alice', max_tokens=3, ignore_eos=True).completion_tokens, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(artifacts["llama.cpp"])], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["True", "3", "False"]
-    out = subprocess.run([sys.executable, "-c", code.split(";")[0] + "; from supertiny.runtime.engine import "
-                          "keep_torch_out; print(keep_torch_out(sys.argv[1]))", str(artifacts["torch"])],
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False"]  # a Hugging Face directory runs in torch

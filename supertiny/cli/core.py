@@ -15,11 +15,11 @@ import click
 from .. import __version__
 from ..errors import SupertinyError, UserError
 from ..models import DTYPES
-from ..runtime.engine import BACKENDS
+from ..runtime.engine import BACKENDS, PROVIDERS
 
 # Choices shared by the commands (the library checks the same tables).
 BACKEND_CHOICE = click.Choice(BACKENDS)
-PROVIDER_CHOICE = click.Choice(["cpu", "cuda", "dml"])  # the engine also takes "directml" for "dml"
+PROVIDER_CHOICE = click.Choice(tuple(PROVIDERS))  # the engine also takes its aliases ("directml")
 DTYPE_CHOICE = click.Choice(DTYPES)
 
 

@@ -7,11 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import InvalidInputError, UserError
+from ..compress import LAYER_METRICS
+from ..errors import InvalidInputError
+from ..export import (
+    GGUF_DTYPES,
+    GGUF_QUANT_TYPES,
+    ONNX_ACCURACY_LEVELS,
+    ONNX_BLOCK_SIZES,
+    ONNX_FORMATS,
+    ONNX_QUANTS,
+)
 from .core import BACKEND_CHOICE, DTYPE_CHOICE, PROVIDER_CHOICE, _human, _progress, _quiet_transformers, main
 
 if TYPE_CHECKING:
-    from ..evaluate import EvalReport
+    from ..eval_run import EvalReport
 
 
 def _print_info(info: dict[str, Any]) -> None:
@@ -64,40 +73,15 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
              no_generate: bool, backend: str, threads: int | None, provider: str, dtype: str,
              as_json: bool) -> None:
     """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations."""
-    from .. import evaluate as ev
-    from ..models import resolve
-    from ..runtime.engine import open_engine
+    from ..eval_run import EvalConfig, evaluate_model
+    from ..evaluate import DEFAULT_PROMPTS
 
     _quiet_transformers()
-    text_file = text_path or str(ev.default_corpus_path())
-    text = ev.read_text(text_file)
-    ev.windows(2, window, stride)  # validate the window options before any slow loading
-    resolve(model)
-    if teacher is not None:
-        resolve(teacher)
-    lm = open_engine(model, backend, dtype=dtype, n_ctx=window, threads=threads, provider=provider, logits=True)
-    ids = ev.tokenize_text(lm.tokenizer, text, max_tokens)
-    teacher_info, agreement = None, None
-    if teacher is None:
-        with _progress("perplexity") as bar:
-            score = ev.perplexity(lm.logits, ids, window, stride, bar)
-    else:
-        # the teacher runs where it natively runs, unless torch was asked for both
-        tm = open_engine(teacher, "torch" if backend == "torch" else "auto", dtype=dtype, n_ctx=window,
-                         threads=threads, provider=provider, logits=True)
-        if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            raise UserError("the teacher's tokenizer differs from the student's; agreement needs a shared vocabulary")
-        teacher_info = tm.info
-        with _progress("teacher vs student") as bar:
-            agreement = ev.agreement(tm.logits, lm.logits, ids, window, stride, bar)
-        score = agreement.student
-        tm.close()  # free the teacher before generating with the student
-        del tm
-    generations = [] if no_generate else ev.generate(
-        lm.generate, lm.tokenizer, prompts or ev.DEFAULT_PROMPTS, max_new_tokens
-    )
-    report = ev.EvalReport(model=lm.info, text=text_file, score=score, teacher=teacher_info,
-                           agreement=agreement, generations=generations)
+    config = EvalConfig(text=text_path, window=window, stride=stride, max_tokens=max_tokens,
+                        prompts=() if no_generate else prompts or DEFAULT_PROMPTS, max_new_tokens=max_new_tokens,
+                        backend=backend, threads=threads, provider=provider, dtype=dtype)
+    with _progress("perplexity" if teacher is None else "teacher vs student") as bar:
+        report = evaluate_model(model, config, teacher=teacher, progress=bar)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -120,7 +104,7 @@ def _width(value: str | None) -> float | None:
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--layers", type=int, default=None, help="Decoder layers to keep (depth pruning).")
 @click.option("--drop-layers", type=float, default=None, help="Fraction of decoder layers to drop, e.g. 0.5.")
-@click.option("--layer-metric", type=click.Choice(["block-influence", "loss"]), default="block-influence",
+@click.option("--layer-metric", type=click.Choice(LAYER_METRICS), default="block-influence",
               show_default=True, help="How layers are ranked: 1 - cos(in, out), or the loss increase when skipped "
               "(one pass per layer).")
 @click.option("--heads", default=None, help="Query heads to keep per layer (count, or fraction); a multiple of the "
@@ -178,10 +162,10 @@ def export_group() -> None:
 @export_group.command("gguf")
 @click.argument("model")
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True,
+@click.option("--dtype", type=click.Choice(GGUF_DTYPES), default="f16", show_default=True,
               help="Float type written before any quantization.")
 @click.option("--quant", default=None, metavar="TYPE",
-              help="llama.cpp quantization: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, ...")
+              help=f"llama.cpp quantization: {', '.join(GGUF_QUANT_TYPES)}.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch (recorded in the report).")
 @click.option("--verify-tokens", default=512, show_default=True, help="Tokens of text the parity check scores.")
 @click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
@@ -217,15 +201,17 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
 @export_group.command("onnx")
 @click.argument("model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--quant", type=click.Choice(["none", "int8", "int8-dynamic", "int4"]), default="none",
+@click.option("--quant", type=click.Choice(ONNX_QUANTS), default="none",
               show_default=True, help="int4/int8: weight-only MatMulNBits (W4A16/W8A16); int8-dynamic: int8 "
               "weights and activations (quantize_dynamic).")
-@click.option("--format", "graph_format", type=click.Choice(["optimum", "genai"]), default="optimum",
+@click.option("--format", "graph_format", type=click.Choice(ONNX_FORMATS), default="optimum",
               show_default=True, help="optimum: optimum's graph (ORTModelForCausalLM loads it); genai: "
               "onnxruntime-genai's fused graph, ~3x faster decoding on CPU (needs supertiny[genai]).")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
+@click.option("--block-size", type=click.Choice([str(b) for b in ONNX_BLOCK_SIZES]), default="32",
+              show_default=True,
               help="Weights per quantization block (int4/int8).")
-@click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
+@click.option("--accuracy-level", type=click.IntRange(min(ONNX_ACCURACY_LEVELS), max(ONNX_ACCURACY_LEVELS)),
+              default=4, show_default=True,
               help="MatMulNBits compute type: 4 int8 activations (fast on CPU), 1 float32, 0 kernel's choice.")
 @click.option("--symmetric/--asymmetric", default=None,
               help="Blocks without / with zero points [default: asymmetric for optimum, symmetric for genai].")

@@ -190,7 +190,8 @@ def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: i
               max_tokens_limit: int, timeout_s: float, threads: int | None, n_ctx: int | None, gpu_layers: int,
               provider: str, device: str, dtype: str, backend: str, model_name: str | None) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
-    from ..runtime.engine import EngineOptions, keep_torch_out
+    from ..runtime.engine import EngineOptions
+    from ..runtime.process import keep_torch_out
     from ..runtime.serve import ServeConfig, serve
 
     # Every option is checked here, before the model loads.

@@ -39,9 +39,9 @@ import torch
 from .. import __version__
 from ..errors import InvalidInputError
 from ..outdir import check_output_dir, install_dir, staging_dir
+from . import LAYER_METRICS
 from .importance import Importance, collect, decoder_layers
 
-LAYER_METRICS = ("block-influence", "loss")
 REPORT = "prune_report.json"
 
 # Which weights one unit of each prunable dimension spans: (module path, axis of the

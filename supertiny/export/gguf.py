@@ -33,13 +33,11 @@ from ..archs import ArchSpec, arch_for_model_type, tensor_name_map
 from ..errors import InvalidInputError, SupertinyError, UnsupportedArchitectureError
 from ..gguf_file import GGUFFile
 from ..models import LoadedModel, describe, load_model, resolve
+from . import GGUF_DTYPES, GGUF_QUANT_TYPES
 from .gguf_vocab import vocab_from_tokenizer, write_vocab
 from .parity import ExportVerificationError, check_export, describe_failure, sha256_file
 
-DTYPES = ("f32", "f16", "bf16")
-# llama.cpp quantization types that need no importance matrix (the IQ1/IQ2 ones do).
-QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
-               "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS")
+DTYPES, QUANT_TYPES = GGUF_DTYPES, GGUF_QUANT_TYPES  # the tables live in the package, free of numpy
 K_QUANT_BLOCK = 256  # K-quants pack rows in super-blocks of 256 weights
 
 Progress = Callable[[int, int], None]

@@ -52,15 +52,12 @@ from .. import __version__
 from ..errors import InvalidInputError, MissingExtraError, UnsupportedArchitectureError
 from ..models import LoadedModel, describe, load_model
 from ..outdir import check_output_dir, install_dir, staging_dir
+from . import ONNX_ACCURACY_LEVELS, ONNX_BLOCK_SIZES, ONNX_FORMATS, ONNX_QUANTS
 from .parity import ExportVerificationError, check_export, describe_failure, sha256_file
 
-QUANTS = ("none", "int8", "int8-dynamic", "int4")
-FORMATS = ("optimum", "genai")
+# the tables live in the package, free of onnx
+QUANTS, FORMATS, BLOCK_SIZES, ACCURACY_LEVELS = ONNX_QUANTS, ONNX_FORMATS, ONNX_BLOCK_SIZES, ONNX_ACCURACY_LEVELS
 GENAI_BUILDER = "onnxruntime_genai.models.builder"
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-# MatMulNBits accuracy levels: the type activations are computed in (0: the kernel
-# picks, 1: float32, 2: float16, 3: bfloat16, 4: int8, blockwise).
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 MANIFEST = "supertiny.json"
 # An unquantized float32 export computes what PyTorch computes up to summation order.
 FP32_LOGITS_ATOL = 1e-3

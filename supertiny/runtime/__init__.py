@@ -1,8 +1,12 @@
 """Runtime stage: what runs on the device.
 
 * :mod:`.engine` — one API over llama.cpp (:mod:`.llamacpp`), onnxruntime
-  (:mod:`.onnxrt`) and torch (:mod:`.torch_engine`): ``open_engine(artifact)``, chat
-  template, streaming text with stop strings, logits for evaluation.
+  (:mod:`.onnxrt`) and torch (:mod:`.torch_engine`): options, the backend registry,
+  ``open_engine(artifact)``, logits for evaluation.
+* :mod:`.text` — what every engine shares for text: streaming chunks, incremental
+  detokenization, stop strings, finish reasons; :mod:`.chat` — chat messages and the
+  chat template.
+* :mod:`.process` — the process guard that keeps torch out of a GGUF/ONNX process.
 * :mod:`.scheduler` — a bounded queue of requests over one or more engines.
 * :mod:`.bench` — load time, TTFT, decode speed, latency under concurrency, memory,
   judged against a :mod:`supertiny.targets` profile.

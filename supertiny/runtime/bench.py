@@ -363,7 +363,7 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
 def _child(artifact: str, config: BenchConfig, out: Any) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from .engine import keep_torch_out
+        from .process import keep_torch_out
 
         keep_torch_out(artifact, config.backend)  # peak RSS as a deployment sees it
         from transformers.utils import logging as hf_logging

@@ -3,10 +3,12 @@
 An :class:`Engine` runs one sequence at a time. Each backend implements three things:
 :meth:`Engine.logits` (every position of a window, for evaluation), :meth:`Engine.stream`
 (token ids one at a time, the backend's own decode loop) and how to find its tokenizer.
-Everything text-level is shared here, so it behaves the same on every backend: the
-chat template, incremental detokenization that never splits a UTF-8 character, stop
-strings (held back until they can no longer match), eos handling, cancellation and
-the finish reason.
+Everything text-level is shared, so it behaves the same on every backend: the chat
+template (:mod:`.chat`), eos handling, and incremental detokenization, stop strings,
+cancellation and the finish reason (:mod:`.text`).
+
+This module holds the options (:class:`EngineOptions`), the backend registry
+(:func:`register_engine`, :func:`open_engine`) and the :class:`Engine` base.
 
 The wrapper is thin on purpose: per token it adds one dictionary lookup and an
 incremental decode of a few tokens, which ``benchmarks/runtime_overhead.py``
@@ -27,27 +29,29 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import InvalidInputError, UserError
+from ..errors import InvalidInputError
 from ..models import DTYPES
+from .chat import chat_template_ids
 from .sampling import Sampling
+from .text import Chunk, Completion, text_chunks
 
-FINISH_REASONS = ("stop", "length", "cancelled")
 BACKENDS = ("auto", "llama.cpp", "onnxruntime", "torch")  # the shipped ones, for CLI choices
-# onnxruntime execution providers by the short name users type; DirectML covers Windows
-# GPUs and NPUs, CUDA covers Jetson-class boards and small discrete GPUs.
+# onnxruntime execution providers by the short name users type (the CLI's and the target
+# schema's choices); DirectML covers Windows GPUs and NPUs, CUDA covers Jetson-class
+# boards and small discrete GPUs.
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "dml": "DmlExecutionProvider",
-    "directml": "DmlExecutionProvider",
 }
+PROVIDER_ALIASES = {"directml": "dml"}  # accepted wherever a provider is, not offered as a choice
 Prompt = str | Sequence[int] | Sequence[dict[str, Any]]
 
 
@@ -81,45 +85,13 @@ class EngineOptions:
             raise InvalidInputError(f"n_ctx must be >= 1, got {self.n_ctx}")
         if self.gpu_layers < -1:
             raise InvalidInputError(f"gpu_layers must be -1 (all) or >= 0, got {self.gpu_layers}")
+        object.__setattr__(self, "provider", PROVIDER_ALIASES.get(self.provider, self.provider))
         if self.provider not in PROVIDERS:
             raise InvalidInputError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
         if not (self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device)):
             raise InvalidInputError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise InvalidInputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-
-
-@dataclass
-class Chunk:
-    """A piece of streamed text; the last chunk of a reply carries ``finish_reason``."""
-
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-
-
-@dataclass
-class Completion:
-    """A whole reply with its token counts and timings (seconds from the call)."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    finish_reason: str
-    ttft_s: float | None
-    total_s: float
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @classmethod
-    def from_chunks(cls, chunks: Sequence[Chunk], prompt_tokens: int, ttft_s: float | None,
-                    total_s: float) -> Completion:
-        """A reply put together from its streamed chunks (the last finish reason wins)."""
-        reason = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), "length")
-        return cls("".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids], prompt_tokens,
-                   reason, ttft_s, total_s)
 
 
 ENGINES: dict[str, type[Engine]] = {}
@@ -234,13 +206,7 @@ class Engine(abc.ABC):
 
     def chat_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         """Token ids of a chat, ending with the assistant's turn (the model's template)."""
-        msgs = check_messages(messages)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidInputError(f"{self.path.name} has no chat template; send a plain prompt instead")
-        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer transformers
-            ids = ids["input_ids"]
-        return list(ids)
+        return chat_template_ids(self.tokenizer, messages, self.path.name)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """A prompt as token ids: text (tokenized as is), ids, or chat messages."""
@@ -274,33 +240,11 @@ class Engine(abc.ABC):
         """
         ids = self.prompt_ids(prompt)
         budget = self.check_request(len(ids), max_tokens)
-        stops = [s for s in stop if s]
-        detok = IncrementalDetokenizer(self.tokenizer)
-        pending, pending_ids, produced = "", [], 0
         if budget == 0:
             yield Chunk("", [], "length")
             return
         tokens = self.stream(ids, budget, sampling=sampling, stop_ids=[] if ignore_eos else self.stop_ids)
-        try:
-            for token in tokens:
-                produced += 1
-                pending += detok.add(token)
-                pending_ids.append(token)
-                cut = _find_stop(pending, stops)
-                if cut is not None:
-                    yield Chunk(pending[:cut], pending_ids, "stop")
-                    return
-                if cancel is not None and cancel.is_set():
-                    yield Chunk(pending, pending_ids, "cancelled")
-                    return
-                keep = _held_back(pending, stops)
-                if len(pending) > keep:
-                    yield Chunk(pending[: len(pending) - keep], pending_ids)
-                    pending, pending_ids = pending[len(pending) - keep:], []
-        finally:
-            tokens.close()  # type: ignore[attr-defined]
-        pending += detok.flush()
-        yield Chunk(pending, pending_ids, "length" if produced >= budget else "stop")
+        yield from text_chunks(tokens, self.tokenizer, budget, stop, cancel)
 
     def complete(self, prompt: Prompt, max_tokens: int = 256, **kw: Any) -> Completion:
         """The whole reply of :meth:`stream_text` with token counts and timings."""
@@ -331,102 +275,6 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def check_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """Chat messages as the template wants them, or a clear error naming the bad one."""
-    out = []
-    if not messages:
-        raise InvalidInputError("messages is empty")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise InvalidInputError(f"messages[{i}] must be an object with role and content")
-        role, content = m.get("role"), m.get("content")
-        if role not in ("system", "user", "assistant", "tool", "developer"):
-            raise InvalidInputError(f"messages[{i}].role must be system, user, assistant or tool; got {role!r}")
-        if isinstance(content, list):  # OpenAI content parts: only text parts are meaningful here
-            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
-                raise InvalidInputError(f"messages[{i}].content: only text parts are supported")
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise InvalidInputError(f"messages[{i}].content must be a string")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
-    return out
-
-
-class IncrementalDetokenizer:
-    """Text of a growing token sequence, emitted only once it is final.
-
-    Byte-level tokens can end inside a UTF-8 character, and SentencePiece tokens
-    change the text before them (a leading space). So the new text is the decoded
-    tail past the last emitted point, decoded together with a few tokens before it,
-    and held back while it ends in U+FFFD (an unfinished character).
-    """
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # tokens before this only give context
-        self.read = 0  # text of ids[prefix:read] was already emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
-        if len(text) > len(before) and not text.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return text[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is still held back (a reply that ends inside a character)."""
-        before = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return text[len(before):]
-
-
-def _find_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [i for s in stops if (i := text.find(s)) >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters could still be the start of a stop string."""
-    keep = 0
-    for s in stops:
-        for j in range(min(len(s) - 1, len(text)), keep, -1):
-            if text.endswith(s[:j]):
-                keep = j
-                break
-    return keep
-
-
-def keep_torch_out(model: str | os.PathLike[str], backend: str = "auto") -> bool:
-    """Tell transformers not to import torch in this process when ``model`` runs without it.
-
-    A process that serves or benchmarks a GGUF file or an ONNX export needs only the
-    tokenizer from transformers, yet importing transformers imports torch when it is
-    installed: ~220 MB of resident memory a device pays for nothing. Call this before
-    transformers is first imported (the CLI's ``serve`` and the bench's child
-    processes do); it returns whether torch was kept out.
-    """
-    import sys
-
-    from ..models import resolve
-
-    try:
-        kind, _ = resolve(model)
-    except UserError:  # opening it will say what is wrong
-        return False
-    if kind == "hf" or backend == "torch" or "transformers" in sys.modules or "torch" in sys.modules:
-        return False
-    os.environ["USE_TORCH"] = "0"
-    return True
 
 
 def open_engine(model: str | os.PathLike[str], backend: str = "auto", options: EngineOptions | None = None,

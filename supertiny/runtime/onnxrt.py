@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, NotAModelError
 from ..models import ONNX_MODEL_FILE
-from .engine import PROVIDERS, Engine, EngineOptions, register_engine
+from .engine import PROVIDER_ALIASES, PROVIDERS, Engine, EngineOptions, register_engine
 from .sampling import Sampling, pick_token
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -78,6 +78,7 @@ class OnnxEngine(Engine):
                  n_ctx: int | None = None):
         ort = _ort()
         self.path = onnx_model_file(path)
+        provider = PROVIDER_ALIASES.get(provider, provider)
         if provider not in PROVIDERS:
             raise InvalidInputError(f"unknown execution provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         ep = PROVIDERS[provider]

@@ -27,8 +27,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError, SupertinyError
-from .engine import Chunk, Completion, Engine, Prompt
+from .engine import Engine, Prompt
 from .sampling import Sampling
+from .text import Chunk, Completion
 
 
 class QueueFull(SupertinyError):

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, MissingExtraError, UserError
-from .engine import BACKENDS, Chunk, EngineOptions
+from .engine import BACKENDS, EngineOptions
 from .openai_api import ApiError, CountRequests, Metrics, parse_request
 from .scheduler import Job, JobTimeout, QueueFull, Scheduler, ShuttingDown
+from .text import Chunk
 
 logger = logging.getLogger(__name__)
 

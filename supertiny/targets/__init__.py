@@ -32,6 +32,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from ..errors import TargetError
+from ..runtime.engine import PROVIDERS as ENGINE_PROVIDERS
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -39,7 +40,7 @@ ENV_VAR = "SUPERTINY_TARGETS"
 ARCHS = ("x86_64", "arm64")
 GPUS = ("none", "cuda", "dml")
 FORMATS = ("gguf", "onnx", "hf")
-PROVIDERS = ("cpu", "cuda", "dml")
+PROVIDERS = tuple(ENGINE_PROVIDERS)  # what runtime.provider may name: the engine's table
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 

@@ -1,0 +1,135 @@
+"""One evaluation of a model, as ``supertiny eval`` runs it: the text, the engines, the
+measures of :mod:`supertiny.evaluate`, the report.
+
+:func:`evaluate_model` opens the model (and a teacher) on its backend, scores a text
+(perplexity, or agreement with the teacher on the same windows), generates greedy
+replies and returns an :class:`EvalReport`. The CLI only builds the
+:class:`EvalConfig`, draws the progress bar and prints the report.
+
+Example::
+
+    report = evaluate_model("student/", EvalConfig(max_tokens=2048, prompts=()), teacher="default")
+    report.agreement.top1_agreement
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import evaluate as ev
+from .errors import InvalidInputError, UserError
+from .evaluate import Agreement, Generation, Progress, TextScore
+from .models import resolve
+from .runtime.engine import EngineOptions, open_engine
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation; bad values fail before anything loads.
+
+    Attributes:
+        text: UTF-8 text file to score (default: the corpus bundled with supertiny).
+        window: tokens per evaluation window.
+        stride: tokens each window moves (``1..window``).
+        max_tokens: score only the first N tokens of the text (at least 2).
+        prompts: prompts for greedy generation; empty: no generations.
+        max_new_tokens: tokens generated per prompt.
+        backend: ``auto`` (the artifact's native backend) or a backend name.
+        threads: llama.cpp / onnxruntime threads (default: all cores).
+        provider: onnxruntime execution provider.
+        dtype: the dtype the torch backend runs in.
+    """
+
+    text: str | os.PathLike[str] | None = None
+    window: int = ev.DEFAULT_WINDOW
+    stride: int = ev.DEFAULT_STRIDE
+    max_tokens: int | None = None
+    prompts: tuple[str, ...] = ev.DEFAULT_PROMPTS
+    max_new_tokens: int = 48
+    backend: str = "auto"
+    threads: int | None = None
+    provider: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        next(ev.windows(2, self.window, self.stride))  # the window checks, before any slow loading
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise InvalidInputError(f"max_tokens must be at least 2, got {self.max_tokens}")
+        if isinstance(self.prompts, str) or not all(isinstance(p, str) for p in self.prompts):
+            raise InvalidInputError("prompts must be a list of strings")
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.prompts and self.max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        self.engine_options()  # threads, provider and dtype checked by the engine's own rules
+
+    def engine_options(self) -> EngineOptions:
+        """The :class:`~supertiny.runtime.engine.EngineOptions` both engines open with."""
+        return EngineOptions(threads=self.threads, n_ctx=self.window, provider=self.provider, dtype=self.dtype,
+                             logits=True)
+
+    def text_path(self) -> str:
+        """The text file scored, as the report names it."""
+        return str(self.text) if self.text else str(ev.default_corpus_path())
+
+
+@dataclass
+class EvalReport:
+    """Everything ``supertiny eval`` measures, ready for JSON."""
+
+    model: dict[str, Any]
+    text: str
+    score: TextScore
+    teacher: dict[str, Any] | None = None
+    agreement: Agreement | None = None
+    generations: list[Generation] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for g, gd in zip(self.generations, d["generations"], strict=True):
+            gd["tokens_per_s"] = g.tokens_per_s
+        return d
+
+
+def evaluate_model(model: str | os.PathLike[str], config: EvalConfig | None = None,
+                   teacher: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> EvalReport:
+    """Measure ``model``: perplexity on a text, agreement with ``teacher``, greedy generations.
+
+    Args:
+        model: a ``.gguf`` file, an ONNX export, a Hugging Face directory or ``"default"``.
+        config: :class:`EvalConfig` (the defaults when None).
+        teacher: a model to compare with on the same windows: top-1 agreement and
+            KL(teacher‖student). It runs on its native backend unless ``config.backend``
+            is ``torch`` (then both run in torch), and must share the model's vocabulary.
+        progress: called with (windows done, windows in all) while the text is scored.
+
+    Raises:
+        UserError: a missing text or model, bad options, a teacher with another vocabulary.
+    """
+    config = config or EvalConfig()
+    text_file = config.text_path()
+    text = ev.read_text(text_file)
+    resolve(model)  # a missing model or teacher fails before anything slow loads
+    if teacher is not None:
+        resolve(teacher)
+    options = config.engine_options()
+    with open_engine(model, config.backend, options) as lm:
+        ids = ev.tokenize_text(lm.tokenizer, text, config.max_tokens)
+        teacher_info, agreement = None, None
+        if teacher is None:
+            score = ev.perplexity(lm.logits, ids, config.window, config.stride, progress)
+        else:
+            # the teacher runs where it natively runs, unless torch was asked for both
+            with open_engine(teacher, "torch" if config.backend == "torch" else "auto", options) as tm:
+                if tm.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+                    raise UserError("the teacher's tokenizer differs from the student's; "
+                                    "agreement needs a shared vocabulary")
+                teacher_info = tm.info
+                agreement = ev.agreement(tm.logits, lm.logits, ids, config.window, config.stride, progress)
+            # leaving the block freed the teacher before the student generates
+            score = agreement.student
+        generations = ev.generate(lm.generate, lm.tokenizer, config.prompts, config.max_new_tokens) \
+            if config.prompts else []
+        return EvalReport(model=lm.info, text=text_file, score=score, teacher=teacher_info, agreement=agreement,
+                          generations=generations)
