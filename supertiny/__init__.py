@@ -3,6 +3,7 @@
 The public API, re-exported from the stage modules::
 
     from supertiny import load_model, describe, perplexity, agreement, torch_logits
+    from supertiny import evaluate_model, EvalConfig
     from supertiny import open_engine, Sampling, load_target
 """
 
@@ -20,6 +21,7 @@ from .errors import (  # noqa: E402
     UnsupportedArchitectureError,
     UserError,
 )
+from .eval_run import EvalConfig, EvalReport, evaluate_model  # noqa: E402
 from .evaluate import agreement, generate, perplexity, torch_generate, torch_logits  # noqa: E402
 from .models import LoadedModel, ModelInfo, describe, load_model  # noqa: E402
 from .runtime.engine import Engine, EngineOptions, open_engine  # noqa: E402
@@ -29,6 +31,8 @@ from .targets import Target, list_targets, load_target  # noqa: E402
 __all__ = [
     "Engine",
     "EngineOptions",
+    "EvalConfig",
+    "EvalReport",
     "InvalidGGUFError",
     "InvalidInputError",
     "LoadedModel",
@@ -46,6 +50,7 @@ __all__ = [
     "__version__",
     "agreement",
     "describe",
+    "evaluate_model",
     "generate",
     "list_targets",
     "load_model",

@@ -104,6 +104,10 @@ def evaluate_model(model: str | os.PathLike[str], config: EvalConfig | None = No
             is ``torch`` (then both run in torch), and must share the model's vocabulary.
         progress: called with (windows done, windows in all) while the text is scored.
 
+    Returns:
+        :class:`EvalReport`: the model's description, the score, the teacher's
+        description and the agreement (with a teacher), the generations.
+
     Raises:
         UserError: a missing text or model, bad options, a teacher with another vocabulary.
     """
@@ -129,7 +133,8 @@ def evaluate_model(model: str | os.PathLike[str], config: EvalConfig | None = No
                 agreement = ev.agreement(tm.logits, lm.logits, ids, config.window, config.stride, progress)
             # leaving the block freed the teacher before the student generates
             score = agreement.student
-        generations = ev.generate(lm.generate, lm.tokenizer, config.prompts, config.max_new_tokens) \
-            if config.prompts else []
+        generations = []
+        if config.prompts:
+            generations = ev.generate(lm.generate, lm.tokenizer, config.prompts, config.max_new_tokens)
         return EvalReport(model=lm.info, text=text_file, score=score, teacher=teacher_info, agreement=agreement,
                           generations=generations)
