@@ -109,8 +109,8 @@ def main() -> None:
             report = prune("default", work / name, PruneConfig(overwrite=True, **kw))
         # else: the same student from a --keep folder
         q = report.quality
-        rows[name] = {"params": report.details["parameters"]["after"], "ppl": q["student_perplexity"], "kl": q["kl_mean"],
-                      "top1": q["top1_agreement"]}
+        rows[name] = {"params": report.details["parameters"]["after"], "ppl": q["student_perplexity"],
+                      "kl": q["kl_mean"], "top1": q["top1_agreement"]}
         rows["teacher"]["ppl"] = q["teacher_perplexity"]
         sources[name] = str(work / name)
     for name, src in sources.items():

@@ -234,7 +234,7 @@ def verify_artifact(path: str | os.PathLike[str]) -> Verification:
         ManifestError: ``path`` does not exist, has no manifest, or its manifest is invalid.
     """
     artifact = _artifact_of(Path(path).expanduser())
-    if not artifact.exists():
+    if not artifact.exists() and not manifest_path(artifact).is_file():
         raise ManifestError(f"no such file or directory: {artifact}")
     manifest = read_manifest(artifact)
     if manifest is None:

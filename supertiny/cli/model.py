@@ -227,7 +227,7 @@ def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_veri
 
 
 def _gguf_lines(out: str, m: Manifest) -> list[str]:
-    d, (name, file) = m.details, next(iter(m.files.items()))
+    d, file = m.details, next(iter(m.files.values()))
     return [f"artifact    {Path(out).expanduser()}  {_human(file['bytes'], 'B')}  {d['bits_per_weight']} bits/weight  "
             f"sha256 {file['sha256'][:16]}...",
             f"tensors     {', '.join(f'{k} x{v}' for k, v in d['tensor_types'].items())}",
