@@ -273,7 +273,7 @@ class StageRun:
         from .models import resolve
 
         self.stage, self.version, self.out, self.single_file = stage, version, Path(out), single_file
-        self.source_path = resolve(source)[1]
+        self.source_path = resolve(source)[1].resolve()  # absolute: the manifest may travel
         self.info, self.settings = info, settings
         self.seconds: dict[str, float] = {}
         self.notes: list[str] = []

@@ -99,8 +99,11 @@ def test_hash_path_of_a_file_and_a_directory(tmp_path):
 
 def test_verify_catches_a_modified_byte_in_a_gguf_export(make_tiny_dir, tmp_path):
     out = tmp_path / "m.gguf"
-    manifest = export_gguf(make_tiny_dir(), out, GGUFExportConfig(dtype="f32", verify=False))
-    assert read_manifest(out) == manifest and set(manifest.files) == {"m.gguf"}
+    printed = run("export", "gguf", make_tiny_dir(), out, "--dtype", "f32", "--no-verify", "--json")
+    assert printed.exit_code == 0, printed.output
+    manifest = read_manifest(out)
+    assert json.loads(printed.output[printed.output.index("{"):]) == manifest.to_dict()  # --json: the manifest
+    assert manifest.stage == "export-gguf" and set(manifest.files) == {"m.gguf"}
     assert {"load", "write", "hash"} <= set(manifest.seconds)
     ok = run("verify", out)
     assert ok.exit_code == 0 and ok.output.startswith("OK ") and "1 file" in ok.output, ok.output
