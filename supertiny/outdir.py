@@ -2,12 +2,16 @@
 
 Every stage that writes a directory (ONNX export, pruning, ...) builds it in a hidden
 ``.NAME.partial-PID`` next to the target and moves it into place only once it passed
-its checks, so a failure never leaves a folder that looks finished.
+its checks, so a failure never leaves a folder that looks finished. A single-file
+artifact (GGUF) is built in hidden ``.NAME.PID.TAG.partial`` files beside it and renamed
+into place. A stage killed with ``kill -9`` cannot clean up after itself: the next run
+for the same output removes the staging files whose process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -40,3 +44,54 @@ def install_dir(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(stage, out)
+
+
+def staging_file(out: Path, tag: str) -> Path:
+    """A hidden file beside ``out`` for one stage of building it (``tag`` names the stage)."""
+    return out.parent / f".{out.name}.{os.getpid()}.{tag}.partial"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts as alive)."""
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT there: never guess, keep the files
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove staging files and folders of ``out`` left by processes that are gone.
+
+    Matches ``.NAME.partial-PID`` folders (and their ``-SUFFIX`` siblings, such as the
+    genai builder's ``-hf`` input), ``.NAME.PID.TAG.partial`` files and
+    ``.NAME.old-PID`` folders of :func:`install_dir`. A live process's files are kept
+    (its PID answers ``os.kill(pid, 0)``); an ``.old`` folder is kept while ``out`` is
+    missing, since it is then the only copy of the previous output.
+
+    Returns:
+        The paths removed.
+    """
+    name = re.escape(out.name)
+    pattern = re.compile(rf"^\.{name}\.(?:(?P<kind>partial|old)-(?P<pid>\d+)(?:-[\w.-]+)?"
+                         rf"|(?P<fpid>\d+)\.[\w-]+\.partial)$")
+    removed = []
+    for p in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
+        m = pattern.match(p.name)
+        if not m:
+            continue
+        pid = int(m["pid"] or m["fpid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if m["kind"] == "old" and not out.exists():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

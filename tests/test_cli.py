@@ -103,7 +103,7 @@ def test_export_gguf_then_eval_it_in_llama_cpp(make_tiny_dir, tmp_path):
     out = tmp_path / "m.gguf"
     result = run("export", "gguf", src, out, "--dtype", "f32", "--verify-tokens", 128)
     assert result.exit_code == 0, result.output
-    assert "parity      PASS" in result.output and out.is_file() and (tmp_path / "m.gguf.json").is_file()
+    assert "parity      PASS" in result.output and out.is_file() and (tmp_path / "m.gguf.supertiny.json").is_file()
     on_cpp = run("eval", out, "--max-tokens", 200, "--no-generate", "--json")
     on_torch = run("eval", src, "--max-tokens", 200, "--no-generate", "--json")
     cpp = json.loads(on_cpp.output[on_cpp.output.index("{"):])

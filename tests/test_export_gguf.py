@@ -43,23 +43,23 @@ def test_f32_export_runs_in_llama_cpp_like_torch(make_tiny_dir, tmp_path, arch, 
     # Not bit-equal: llama.cpp keeps the KV cache in f16 by default and orders float sums
     # its own way; measured max difference 2e-4 on logits of magnitude ~10.
     np.testing.assert_allclose(llama_logits(out), torch_logits(reference), rtol=1e-3, atol=1e-3)
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["strict"] and parity["tokenization_equal"]
     assert parity["top1_agreement"] >= 0.995 and parity["kl_mean"] <= 1e-6
     assert parity["greedy_prefix_match"] == parity["greedy_tokens"]
-    saved = json.loads((tmp_path / f"{arch}.gguf.json").read_text())
-    assert saved == report
-    assert saved["artifact"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert saved["source"]["architecture"] == arch
+    saved = json.loads((tmp_path / f"{arch}.gguf.supertiny.json").read_text())
+    assert saved == report.to_dict() and saved["stage"] == "export-gguf"
+    assert saved["files"][out.name]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert saved["source"]["info"]["architecture"] == arch
     assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("dtype,kl_max", [("f16", 1e-4), ("bf16", 1e-2)])
 def test_half_precision_exports(make_tiny_dir, tmp_path, dtype, kl_max):
     report = export_gguf(make_tiny_dir(), tmp_path / "m.gguf", GGUFExportConfig(dtype=dtype))
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["kl_mean"] <= kl_max
-    types = report["artifact"]["tensor_types"]
+    types = report.details["tensor_types"]
     assert set(types) == {dtype.upper(), "F32"}  # norms stay F32
     assert parity["strict"] is (dtype == "f16")
 
@@ -113,29 +113,29 @@ def test_pruned_widths_export_and_k_quant_fallbacks_are_reported(make_tiny_dir, 
     src = make_tiny_dir("llama", tied=False, name="pruned", num_hidden_layers=3, hidden_size=96,
                         intermediate_size=160, num_attention_heads=6, num_key_value_heads=2)
     f32 = export_gguf(src, tmp_path / "p32.gguf", GGUFExportConfig(dtype="f32"))
-    assert f32["parity"]["passed"]
+    assert f32.quality["passed"]
     report = export_gguf(src, tmp_path / "pq.gguf", GGUFExportConfig(quant="Q4_K_M"))
-    fallbacks = report["artifact"]["k_quant_fallbacks"]
+    fallbacks = report.details["k_quant_fallbacks"]
     assert fallbacks["count"] == fallbacks["of_matrices"] > 0  # 96 and 160 are not multiples of 256
     assert set(fallbacks["row_widths"]) <= {96, 160} and "256" in fallbacks["reason"]
     assert not any(t.endswith("_K") for t in fallbacks["types"])
-    assert any("fell back from Q4_K_M" in n for n in report["notes"])
-    parity = report["parity"]
+    assert any("fell back from Q4_K_M" in n for n in report.notes)
+    parity = report.quality
     assert parity["strict"] is False and parity["tokenization_equal"] and parity["passed"]
     assert 0 < parity["kl_mean"] < 0.5
 
 
 def test_q8_0_export(make_tiny_dir, tmp_path):
     report = export_gguf(make_tiny_dir(), tmp_path / "q8.gguf", GGUFExportConfig(quant="q8_0"))
-    assert report["settings"]["quant"] == "Q8_0"
-    assert report["artifact"]["tensor_types"].get("Q8_0", 0) > 0
-    assert report["parity"]["passed"] and report["parity"]["kl_mean"] < 0.01
-    assert "k_quant_fallbacks" not in report["artifact"]
+    assert report.settings["quant"] == "Q8_0"
+    assert report.details["tensor_types"].get("Q8_0", 0) > 0
+    assert report.quality["passed"] and report.quality["kl_mean"] < 0.01
+    assert "k_quant_fallbacks" not in report.details
 
 
 def test_no_verify_is_recorded(make_tiny_dir, tmp_path):
     report = export_gguf(make_tiny_dir(), tmp_path / "m.gguf", GGUFExportConfig(verify=False))
-    assert "skipped" in report["parity"]
+    assert "skipped" in report.quality
 
 
 def test_a_failed_verification_leaves_no_artifact(make_tiny_dir, tmp_path, monkeypatch):
@@ -148,7 +148,7 @@ def test_a_failed_verification_leaves_no_artifact(make_tiny_dir, tmp_path, monke
     monkeypatch.setattr(gguf_export, "check_export", broken)
     with pytest.raises(ExportVerificationError, match="top-1 agreement 0.5000"):
         export_gguf(make_tiny_dir(), out, GGUFExportConfig())
-    assert not out.exists() and not (tmp_path / "m.gguf.json").exists()
+    assert not out.exists() and not (tmp_path / "m.gguf.supertiny.json").exists()
     assert leftovers(tmp_path) == []
 
 
@@ -202,13 +202,13 @@ def test_unknown_tokenizer_pre_tokenizer_is_refused(make_tiny_dir, tmp_path):
 @pytest.mark.parametrize("dtype,quant", [("f16", None), ("f16", "Q8_0")])
 def test_default_teacher_exports_and_passes_parity(tmp_path, dtype, quant):
     report = export_gguf("default", tmp_path / "t.gguf", GGUFExportConfig(dtype=dtype, quant=quant))
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["tokenization_equal"]
     if quant is None:  # measured: top-1 99.8%, KL 5e-6
         assert parity["strict"] and parity["top1_agreement"] >= 0.995 and parity["kl_mean"] <= 1e-3
     else:  # measured: top-1 95.9%, KL 0.004
         assert parity["kl_mean"] < 0.02 and parity["top1_agreement"] > 0.9
-    assert report["source"]["parameters"] == 134_515_008
+    assert report.source["info"]["parameters"] == 134_515_008
     gf = GGUFFile(tmp_path / "t.gguf")
     assert gf.get("tokenizer.ggml.pre") == "smollm" and gf.get("tokenizer.ggml.eos_token_id") == 2
     assert gf.n_parameters() == 134_515_008
@@ -234,7 +234,7 @@ def test_sentencepiece_model_exports(tmp_path):
     build_tiny_model("llama", tied=True).save_pretrained(src)
     tok.save_pretrained(src)
     report = export_gguf(src, tmp_path / "spm.gguf", GGUFExportConfig(dtype="f32"))
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["tokenization_equal"], parity["tokenization_mismatches"]
     gf = GGUFFile(tmp_path / "spm.gguf")
     assert gf.get("tokenizer.ggml.model") == "llama" and gf.get("tokenizer.ggml.add_bos_token") is True
@@ -248,8 +248,8 @@ def test_bfloat16_checkpoint_is_read_exactly(tmp_path, tiny_tokenizer):
     build_tiny_model().to(torch.bfloat16).save_pretrained(src)
     tiny_tokenizer.save_pretrained(src)
     report = export_gguf(src, tmp_path / "m.gguf", GGUFExportConfig(dtype="f32"))
-    assert report["source"]["dtype"] == "BF16" and report["parity"]["passed"]
-    assert report["parity"]["kl_mean"] <= 1e-6
+    assert report.source["info"]["dtype"] == "BF16" and report.quality["passed"]
+    assert report.quality["kl_mean"] <= 1e-6
 
 
 def test_importance_matrix_statistic_and_its_use(make_tiny_dir, tmp_path):
@@ -269,8 +269,8 @@ def test_importance_matrix_statistic_and_its_use(make_tiny_dir, tmp_path):
 
     report = export_gguf(make_tiny_dir(tied=False), tmp_path / "q.gguf",
                          GGUFExportConfig(quant="Q4_0", imatrix_tokens=256))
-    assert any("have importance matrix data with 15 entries" in n for n in report["notes"])
-    assert report["settings"]["imatrix_tokens"] == 256
+    assert any("have importance matrix data with 15 entries" in n for n in report.notes)
+    assert report.settings["imatrix_tokens"] == 256
     with pytest.raises(InvalidInputError, match="needs a quantization"):
         GGUFExportConfig(imatrix_tokens=256)
 

@@ -90,22 +90,22 @@ def test_fp32_export_matches_torch_with_and_without_cache(peaked_dir, tmp_path, 
     # multi-step decode through the cache: 1 prompt pass then 40 single-token steps
     np.testing.assert_allclose(engine.logits_stepwise(IDS, 37), torch_logits(reference), atol=ATOL, rtol=0)
     assert engine.generate(IDS[:10], 24, stop_ids=[]) == torch_greedy(reference, IDS[:10], 24)
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["strict"] and parity["tokenization_equal"]
     assert parity["logits_max_abs_diff"] <= 1e-3 and parity["kv_cache"]["max_abs_diff_vs_full_pass"] <= 1e-3
     assert parity["greedy_prefix_match"] == parity["greedy_tokens"]
     saved = json.loads((out / "supertiny.json").read_text())
-    assert saved == report
-    for name, meta in saved["artifact"]["files"].items():
+    assert saved == report.to_dict() and saved["stage"] == "export-onnx"
+    for name, meta in saved["files"].items():
         data = (out / name).read_bytes()
         assert meta["bytes"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
-    assert {"config.json", "generation_config.json", "tokenizer.json", "model.onnx"} <= set(saved["artifact"]["files"])
+    assert {"config.json", "generation_config.json", "tokenizer.json", "model.onnx"} <= set(saved["files"])
     assert leftovers(tmp_path) == []
     info = describe(out)
     assert (info.format, info.architecture, info.layers) == ("onnx", arch, reference.config.num_hidden_layers)
     cfg = reference.config
     assert info.head_dim == getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    assert info.parameters == saved["source"]["parameters"]
+    assert info.parameters == saved["source"]["info"]["parameters"]
 
 
 def test_optimum_loads_the_export(peaked_dir, tmp_path):
@@ -141,10 +141,10 @@ def test_quantized_exports(peaked_dir, tmp_path, quant, block, kl_max, top1_min)
     src = peaked_dir("llama", tied=True)  # tied: the output layer must be quantized too
     out = tmp_path / "q"
     report = export_onnx(src, out, OnnxExportConfig(quant=quant, block_size=block))
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and not parity["strict"] and parity["tokenization_equal"]
     assert parity["kl_mean"] <= kl_max and parity["top1_agreement"] >= top1_min
-    art = report["artifact"]
+    art = report.details
     assert art["weight_matmuls_float"] == 0  # every weight matrix, lm_head included
     ops = art["operators"]
     layers = 2
@@ -153,17 +153,17 @@ def test_quantized_exports(peaked_dir, tmp_path, quant, block, kl_max, top1_min)
     else:
         assert ops["MatMulNBits"] == 7 * layers + 1
         assert ops.get("GatherBlockQuantized", 0) == (1 if quant == "int4" else 0)
-    assert any("own copy" in n for n in report["notes"])
+    assert any("own copy" in n for n in report.notes)
     fp32 = export_onnx(src, tmp_path / "f", OnnxExportConfig(verify=False))
-    assert art["bytes"] < fp32["artifact"]["bytes"]
+    assert report.bytes < fp32.bytes
 
 
 def test_fp16_export_keeps_a_float16_cache(peaked_dir, tmp_path):
     report = export_onnx(peaked_dir(), tmp_path / "h", OnnxExportConfig(fp16=True))
     engine = OnnxEngine(tmp_path / "h")
     assert engine.kv_dtype == np.float16
-    assert report["parity"]["passed"] and report["parity"]["top1_agreement"] >= 0.98
-    assert report["parity"]["kl_mean"] <= 1e-3
+    assert report.quality["passed"] and report.quality["top1_agreement"] >= 0.98
+    assert report.quality["kl_mean"] <= 1e-3
 
 
 def test_graph_summary_counts_float_weights(peaked_dir, tmp_path):
@@ -250,11 +250,12 @@ def test_genai_fp32_matches_torch_with_the_cache_in_place(peaked_dir, tmp_path, 
     np.testing.assert_allclose(engine.logits(IDS), torch_logits(reference), atol=ATOL, rtol=0)
     np.testing.assert_allclose(engine.logits_stepwise(IDS, 37), torch_logits(reference), atol=ATOL, rtol=0)
     assert engine.generate(IDS[:10], 24, stop_ids=[]) == torch_greedy(reference, IDS[:10], 24)
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["strict"] and parity["kv_cache"]["max_abs_diff_vs_full_pass"] <= 1e-3
-    art = report["artifact"]
-    assert art["graph"] == "genai" and art["operators"]["GroupQueryAttention"] == reference.config.num_hidden_layers
-    assert {"config.json", "genai_config.json", "tokenizer.json", "model.onnx"} <= set(art["files"])
+    art = report.details
+    assert report.settings["format"] == "genai"
+    assert art["operators"]["GroupQueryAttention"] == reference.config.num_hidden_layers
+    assert {"config.json", "genai_config.json", "tokenizer.json", "model.onnx"} <= set(report.files)
     assert leftovers(tmp_path) == []
     assert describe(out).layers == reference.config.num_hidden_layers
 
@@ -269,12 +270,12 @@ def test_genai_quantized(peaked_dir, tmp_path, quant, symmetric, kl_max, top1_mi
     src = peaked_dir("llama", tied=True)
     report = export_onnx(src, tmp_path / "q", OnnxExportConfig(format="genai", quant=quant, block_size=16,
                                                                symmetric=symmetric))
-    parity = report["parity"]
+    parity = report.quality
     assert parity["passed"] and parity["kl_mean"] <= kl_max and parity["top1_agreement"] >= top1_min
-    art = report["artifact"]
+    art = report.details
     assert art["weight_matmuls_float"] == 0 and art["operators"]["MatMulNBits"] == 5 * 2 + 1  # qkv fused
     assert ("GatherBlockQuantized" in art["operators"]) == shared_table
-    assert report["settings"]["symmetric"] == (symmetric is None)
+    assert report.settings["symmetric"] == (symmetric is None)
 
 
 def test_genai_failures_are_clean(peaked_dir, tmp_path, monkeypatch):
@@ -378,11 +379,11 @@ def test_engine_rejects_what_it_cannot_run(tmp_path, tiny_onnx):
 def test_default_teacher_exports_to_int4_and_answers(tmp_path, graph):
     out = tmp_path / "teacher-int4"
     report = export_onnx("default", out, OnnxExportConfig(quant="int4", format=graph, verify_tokens=256, threads=2))
-    parity = report["parity"]
+    parity = report.quality
     # measured on 512 tokens: top-1 0.64 / 0.62, KL 0.35 / 0.41 nats (optimum asymmetric /
     # genai symmetric); 4-bit RTN on a 135M model is lossy
     assert parity["passed"] and parity["top1_agreement"] >= 0.5 and parity["kl_mean"] <= 0.6
-    assert report["artifact"]["bytes"] < 130e6 and report["artifact"]["weight_matmuls_float"] == 0
+    assert report.bytes < 130e6 and report.details["weight_matmuls_float"] == 0
     b = open_engine(out, threads=2)
     from supertiny.evaluate import generate
 

@@ -172,10 +172,10 @@ def test_prune_writes_a_plain_checkpoint_with_a_report(make_tiny_dir, tmp_path):
     report = prune(src, out, PruneConfig(drop_layers=0.5, mlp=0.5, calib_tokens=256, eval_tokens=128, window=64))
     loaded = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
     assert loaded.config.num_hidden_layers == 2 and loaded.config.intermediate_size == 64
-    assert json.loads((out / "prune_report.json").read_text()) == report
-    assert report["parameters"]["after"] == loaded.num_parameters() < report["parameters"]["before"]
-    assert report["pruned"]["layers"]["to"] == 2 and len(report["pruned"]["layers"]["dropped"]) == 2
-    q = report["quality"]
+    assert json.loads((out / "supertiny.json").read_text()) == report.to_dict() and report.stage == "prune"
+    assert report.details["parameters"]["after"] == loaded.num_parameters() < report.details["parameters"]["before"]
+    assert report.details["pruned"]["layers"]["to"] == 2 and len(report.details["pruned"]["layers"]["dropped"]) == 2
+    q = report.quality
     assert q["tokens"] == 128 and q["kl_mean"] > 0 and 0 <= q["top1_agreement"] <= 1
     assert (out / "tokenizer.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -195,10 +195,10 @@ def test_pruned_students_export_to_gguf_and_onnx(make_tiny_dir, tmp_path, arch, 
     # strict float parity with PyTorch: the exporters see non-standard shapes
     # (head_dim 16 != 96 / 2 heads) and a rescaled norm epsilon
     gguf = export_gguf(student, tmp_path / "s.gguf", GGUFExportConfig(dtype="f32", verify_tokens=128))
-    assert gguf["parity"]["passed"] and gguf["parity"]["strict"]
+    assert gguf.quality["passed"] and gguf.quality["strict"]
     for graph in ("optimum", "genai"):
         onnx = export_onnx(student, tmp_path / graph, OnnxExportConfig(format=graph, verify_tokens=128))
-        assert onnx["parity"]["passed"] and onnx["parity"]["strict"]
+        assert onnx.quality["passed"] and onnx.quality["strict"]
 
 
 def test_report_says_how_much_importance_went():

@@ -2,11 +2,11 @@
 
 User mistakes (:class:`supertiny.errors.UserError`) become one line on stderr and
 exit code 2; nothing a user can cause ends in a traceback. The commands live in
-:mod:`.model` (inspect, eval, prune, export) and :mod:`.runtime` (targets, bench,
-serve); importing them registers them on :func:`main`.
+:mod:`.model` (inspect, eval, prune, export), :mod:`.artifact` (verify) and
+:mod:`.runtime` (targets, bench, serve); importing them registers them on :func:`main`.
 """
 
-from . import model, runtime  # noqa: F401  (registers the commands)
+from . import artifact, model, runtime  # noqa: F401  (registers the commands)
 from .core import main
 
 __all__ = ["main"]

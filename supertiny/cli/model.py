@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,14 +24,15 @@ from .core import BACKEND_CHOICE, DTYPE_CHOICE, PROVIDER_CHOICE, _human, _progre
 
 if TYPE_CHECKING:
     from ..eval_run import EvalReport
+    from ..manifest import Manifest
 
 
-def _print_info(info: dict[str, Any]) -> None:
+def _print_info(info: dict[str, Any], extra: list[tuple[str, str]] | None = None) -> None:
     shown = dict(info)
     shown["parameters"] = f"{info['parameters']:,} ({_human(info['parameters'])})"
     shown["file_bytes"] = f"{info['file_bytes']:,} ({_human(info['file_bytes'], 'B')})"
     width = max(len(k) for k in shown)
-    for key, value in shown.items():
+    for key, value in [*shown.items(), *(extra or [])]:
         if value not in ("", None):
             click.echo(f"{key:<{width}}  {value}")
 
@@ -37,14 +41,19 @@ def _print_info(info: dict[str, Any]) -> None:
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def inspect(model: str, as_json: bool) -> None:
-    """Describe MODEL (a Hugging Face directory, a .gguf file or 'default') without loading its weights."""
-    from ..models import describe
+    """Describe MODEL (a Hugging Face directory, a .gguf file or 'default') without loading its weights.
+
+    An artifact a supertiny stage wrote also shows its manifest: stage, source and hashes.
+    """
+    from ..models import describe, resolve
+    from .artifact import manifest_rows
 
     info = describe(model).to_dict()
+    rows, manifest = manifest_rows(resolve(model)[1])
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps({**info, **({"manifest": manifest} if manifest is not None else {})}, indent=2))
     else:
-        _print_info(info)
+        _print_info(info, rows)
 
 
 
@@ -131,27 +140,41 @@ def prune_cmd(model: str, out_dir: str, layers: int | None, drop_layers: float |
     config = PruneConfig(layers=layers, drop_layers=drop_layers, layer_metric=layer_metric, heads=_width(heads),
                          kv_heads=_width(kv_heads), mlp=_width(mlp), hidden=_width(hidden), round_to=round_to,
                          calib=calib, calib_tokens=calib_tokens, eval_tokens=eval_tokens, overwrite=overwrite)
-    with _progress("calibration") as bar:
-        report = prune(model, out_dir, config, log=lambda m: click.echo(m, err=True), progress=bar)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    pr, params, q = report["pruned"], report["parameters"], report["quality"]
-    click.echo(f"student     {report['student']}  {_human(params['after'])} params "
-               f"({params['kept']:.0%} of {_human(params['before'])})")
+    _run_stage(partial(prune, model, out_dir, config), as_json, partial(_prune_lines, out_dir), "calibration")
+
+
+def _prune_lines(out: str, m: Manifest) -> list[str]:
+    pr, params, q = m.details["pruned"], m.details["parameters"], m.quality
     dropped = ", ".join(f"{d['index']} ({d['score']:.3f})" for d in pr["layers"]["dropped"]) or "none"
-    click.echo(f"layers      {pr['layers']['from']} -> {pr['layers']['to']}; dropped {dropped} "
-               f"[{pr['layers']['metric']}]")
+    lines = [f"student     {Path(out).expanduser()}  {_human(params['after'])} params "
+             f"({params['kept']:.0%} of {_human(params['before'])})",
+             f"layers      {pr['layers']['from']} -> {pr['layers']['to']}; dropped {dropped} "
+             f"[{pr['layers']['metric']}]"]
     for name in ("query_heads", "kv_heads", "mlp", "hidden"):
         lost = pr[name].get("importance_removed")
         share = f" ({lost:.1%} of their importance removed)" if lost else ""
-        click.echo(f"{name.replace('_', ' '):<11} {pr[name]['from']} -> {pr[name]['to']}{share}")
+        lines.append(f"{name.replace('_', ' '):<11} {pr[name]['from']} -> {pr[name]['to']}{share}")
     if "skipped" in q:
-        click.echo(f"quality     skipped: {q['skipped']}")
+        lines.append(f"quality     skipped: {q['skipped']}")
     else:
-        click.echo(f"quality     on {q['tokens']} held-out tokens: perplexity {q['student_perplexity']:.2f} "
-                   f"(teacher {q['teacher_perplexity']:.2f}), KL {q['kl_mean']:.3f} nats, "
-                   f"top-1 agreement {q['top1_agreement']:.1%}")
+        lines.append(f"quality     on {q['tokens']} held-out tokens: perplexity {q['student_perplexity']:.2f} "
+                     f"(teacher {q['teacher_perplexity']:.2f}), KL {q['kl_mean']:.3f} nats, "
+                     f"top-1 agreement {q['top1_agreement']:.1%}")
+    return lines
+
+
+def _run_stage(call: Callable[..., Manifest], as_json: bool, lines: Callable[[Manifest], list[str]],
+               bar: str | None = None) -> None:
+    """Run a stage (its log lines and a progress bar on stderr), then print its manifest as JSON or as text."""
+    def log(m: str) -> None:
+        click.echo(m, err=True)
+
+    if bar is None:
+        manifest = call(log=log)
+    else:
+        with _progress(bar) as update:
+            manifest = call(log=log, progress=update)
+    click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else "\n".join(lines(manifest)))
 
 
 @main.group("export")
@@ -178,24 +201,21 @@ def export_group() -> None:
 def export_gguf_cmd(model: str, out: str, dtype: str, quant: str | None, no_verify: bool, verify_tokens: int,
                     text_path: str | None, threads: int | None, pre: str | None, imatrix_tokens: int,
                     as_json: bool) -> None:
-    """Export MODEL to OUT (.gguf) for llama.cpp; the report goes to OUT.json."""
+    """Export MODEL to OUT (.gguf) for llama.cpp; its manifest goes to OUT.supertiny.json."""
     from ..export.gguf import GGUFExportConfig, export_gguf
 
     _quiet_transformers()
     config = GGUFExportConfig(dtype=dtype, quant=quant, verify=not no_verify, verify_tokens=verify_tokens,
                               text=text_path, threads=threads, pre=pre, imatrix_tokens=imatrix_tokens)
-    with _progress("writing tensors") as bar:
-        report = export_gguf(model, out, config, log=lambda m: click.echo(m, err=True), progress=bar)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    art, parity = report["artifact"], report["parity"]
-    click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  {art['bits_per_weight']} bits/weight  "
-               f"sha256 {art['sha256'][:16]}...")
-    click.echo(f"tensors     {', '.join(f'{k} x{v}' for k, v in art['tensor_types'].items())}")
-    _print_parity(parity)
-    for note in report["notes"]:
-        click.echo(f"note        {note}")
+    _run_stage(partial(export_gguf, model, out, config), as_json, partial(_gguf_lines, out), "writing tensors")
+
+
+def _gguf_lines(out: str, m: Manifest) -> list[str]:
+    d, file = m.details, next(iter(m.files.values()))
+    return [f"artifact    {Path(out).expanduser()}  {_human(file['bytes'], 'B')}  {d['bits_per_weight']} bits/weight  "
+            f"sha256 {file['sha256'][:16]}...",
+            f"tensors     {', '.join(f'{k} x{v}' for k, v in d['tensor_types'].items())}",
+            *_parity_lines(m.quality), *(f"note        {note}" for note in m.notes)]
 
 
 @export_group.command("onnx")
@@ -238,35 +258,32 @@ def export_onnx_cmd(model: str, out_dir: str, quant: str, graph_format: str, blo
                               quantize_embeddings=not keep_float_embeddings, fp16=fp16, opset=opset,
                               verify=not no_verify, verify_tokens=verify_tokens, text=text_path,
                               threads=threads, overwrite=overwrite)
-    report = export_onnx(model, out_dir, config, log=lambda m: click.echo(m, err=True))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    art, parity = report["artifact"], report["parity"]
-    click.echo(f"artifact    {art['path']}  {_human(art['bytes'], 'B')}  {art['graph']} graph: "
-               f"{', '.join(f'{k} x{v}' for k, v in art['operators'].items())}")
-    weights = ", ".join(f"{k} {_human(v, 'B')}" for k, v in art["weight_bytes"].items())
-    click.echo(f"weights     {weights}")
-    _print_parity(parity)
+    _run_stage(partial(export_onnx, model, out_dir, config), as_json, partial(_onnx_lines, out_dir))
+
+
+def _onnx_lines(out: str, m: Manifest) -> list[str]:
+    d, parity = m.details, m.quality
+    weights = ", ".join(f"{k} {_human(v, 'B')}" for k, v in d["weight_bytes"].items())
+    lines = [f"artifact    {Path(out).expanduser()}  {_human(m.bytes, 'B')}  {m.settings['format']} graph: "
+             f"{', '.join(f'{k} x{v}' for k, v in d['operators'].items())}",
+             f"weights     {weights}", *_parity_lines(parity)]
     if "kv_cache" in parity:
         kv = parity["kv_cache"]
-        click.echo(f"kv cache    {kv['steps']} cached steps vs one full pass: largest logit difference "
-                   f"{kv['max_abs_diff_vs_full_pass']:.1e}, top-1 equal {kv['top1_equal']:.0%}")
-    for note in report["notes"]:
-        click.echo(f"note        {note}")
+        lines.append(f"kv cache    {kv['steps']} cached steps vs one full pass: largest logit difference "
+                     f"{kv['max_abs_diff_vs_full_pass']:.1e}, top-1 equal {kv['top1_equal']:.0%}")
+    return lines + [f"note        {note}" for note in m.notes]
 
 
-def _print_parity(parity: dict[str, Any]) -> None:
+def _parity_lines(parity: dict[str, Any]) -> list[str]:
     if "skipped" in parity:
-        click.echo(f"parity      skipped: {parity['skipped']}")
-        return
+        return [f"parity      skipped: {parity['skipped']}"]
     close = (f", largest logit difference {parity['logits_max_abs_diff']:.1e}"
              if parity.get("logits_max_abs_diff") is not None else "")
-    click.echo(f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
-               f"KL {parity['kl_mean']:.2e} nats{close}, perplexity {parity['perplexity_artifact']:.3f} "
-               f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
-               f"{parity['greedy_tokens']} tokens equal, tokenization "
-               f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}")
+    return [f"parity      {'PASS' if parity['passed'] else 'FAIL'}: top-1 {parity['top1_agreement']:.2%}, "
+            f"KL {parity['kl_mean']:.2e} nats{close}, perplexity {parity['perplexity_artifact']:.3f} "
+            f"(torch {parity['perplexity_torch']:.3f}), greedy {parity['greedy_prefix_match']}/"
+            f"{parity['greedy_tokens']} tokens equal, tokenization "
+            f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}"]
 
 
 def _print_report(r: EvalReport) -> None:

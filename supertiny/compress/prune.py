@@ -17,8 +17,8 @@ norm epsilon by ``D / D'``, which makes the normalised values equal again.
 Example::
 
     from supertiny.compress.prune import PruneConfig, prune
-    report = prune("default", "student/", PruneConfig(drop_layers=0.5))
-    report["parameters"], report["quality"]["kl_mean"]
+    manifest = prune("default", "student/", PruneConfig(drop_layers=0.5))
+    manifest.details["parameters"], manifest.quality["kl_mean"]
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import copy
 import json
 import math
 import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,13 +34,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..errors import InvalidInputError
-from ..outdir import check_output_dir, install_dir, staging_dir
+from ..manifest import Manifest, StageRun
+from ..outdir import check_output_dir
 from . import LAYER_METRICS
 from .importance import Importance, collect, decoder_layers
 
-REPORT = "prune_report.json"
+STAGE, STAGE_VERSION = "prune", 1
 
 # Which weights one unit of each prunable dimension spans: (module path, axis of the
 # weight). Axis 0 slices output rows (and the bias), axis 1 input columns. ``{i}`` is
@@ -360,19 +358,20 @@ def prune(
     config: PruneConfig,
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Prune MODEL into a plain Hugging Face directory OUT (safetensors, config, tokenizer).
 
     Args:
         model: a Hugging Face directory, a ``.gguf`` file or ``"default"``.
-        out: the directory to create; ``prune_report.json`` inside says what was removed,
-            why (the scores), the parameter counts and the student's perplexity and KL
-            against the teacher on text after the calibration tokens.
+        out: the directory to create; its manifest ``supertiny.json`` says what was
+            removed and why (``details``: pruned, scores, parameters, calibration) and the
+            student's perplexity and KL against the teacher on text after the calibration
+            tokens (``quality``).
         config: :class:`PruneConfig`.
         log: receives one line per stage; progress: (done, total) of calibration passes.
 
     Returns:
-        The report.
+        The :class:`~supertiny.manifest.Manifest`.
     """
     from .. import evaluate as ev
     from ..models import describe, load_model
@@ -382,10 +381,9 @@ def prune(
     say = log or (lambda _m: None)
     source = describe(model).to_dict()
     text = calibration_text(config.calib)
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
+    run = StageRun(STAGE, STAGE_VERSION, out, source=model, info=source, settings=asdict(config))
     lm = load_model(model)
-    seconds["load"] = time.perf_counter() - t0
+    run.lap("load")
     ids = ev.tokenize_text(lm.tokenizer, text)
     if len(ids) < 64:
         raise InvalidInputError(f"the calibration text has {len(ids)} tokens; give at least 64")
@@ -400,9 +398,8 @@ def prune(
     windows = _windows(calib, config.window)
     say(f"scoring units on {len(calib)} calibration tokens ({len(windows)} windows"
         f"{', plus one pass per layer for the loss metric' if config.layer_metric == 'loss' else ''})")
-    t0 = time.perf_counter()
-    imp = collect(lm.model, windows, layer_loss=config.layer_metric == "loss", progress=progress)
-    seconds["importance"] = time.perf_counter() - t0
+    with run.step("importance"):
+        imp = collect(lm.model, windows, layer_loss=config.layer_metric == "loss", progress=progress)
     kept = plan(lm.model, imp, config)
     teacher_fn = None
     if held_out:
@@ -410,8 +407,8 @@ def prune(
         teacher_fn = ev.torch_logits(teacher)
     prune_(lm.model, kept)
     summary = _summary(lm.model, kept, imp, config, before)
-    stage = staging_dir(out)
-    try:
+    with run:
+        stage = run.dir
         say(f"writing the student ({lm.model.num_parameters():,} parameters) and reloading it with transformers")
         lm.model.save_pretrained(stage, safe_serialization=True)
         lm.tokenizer.save_pretrained(stage)
@@ -423,19 +420,14 @@ def prune(
         quality: dict[str, Any] = {"skipped": "no text left after the calibration tokens"}
         if held_out and teacher_fn is not None:
             say(f"comparing student and teacher on {len(held_out)} held-out tokens")
-            t0 = time.perf_counter()
-            window = min(config.window, len(held_out))
-            a = ev.agreement(teacher_fn, ev.torch_logits(student), held_out, window=window,
-                             stride=max(1, window // 2))
-            seconds["evaluate"] = time.perf_counter() - t0
+            with run.step("evaluate"):
+                window = min(config.window, len(held_out))
+                a = ev.agreement(teacher_fn, ev.torch_logits(student), held_out, window=window,
+                                 stride=max(1, window // 2))
             quality = {"tokens": len(held_out), "teacher_perplexity": a.teacher.perplexity,
                        "student_perplexity": a.student.perplexity, "kl_mean": a.kl_mean,
                        "top1_agreement": a.top1_agreement}
-        report = {
-            "supertiny_version": __version__,
-            "student": str(out),
-            "source": source,
-            "settings": asdict(config),
+        details = {
             "calibration": {"text": config.calib or "bundled corpus", "tokens": imp.tokens,
                             "loss": round(imp.loss, 6)},
             "pruned": summary,
@@ -444,11 +436,5 @@ def prune(
                        else [round(float(x), 6) for x in imp.loss_increase]},
             "parameters": {"before": params_before, "after": params_after,
                            "kept": round(params_after / params_before, 4)},
-            "quality": quality,
-            "seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
-        (stage / REPORT).write_text(json.dumps(report, indent=2))
-        install_dir(stage, out)
-        return report
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        return run.install(quality=quality, details=details)

@@ -4,41 +4,40 @@ Tensors stream from the source to the file one at a time (peak memory stays near
 the largest tensor, not the model), through gguf-py's writer and tensor-name table.
 Quantization is llama.cpp's own (``llama_model_quantize``). The file is then run in
 llama.cpp against the PyTorch model (:mod:`supertiny.export.parity`), and only a file
-that passes is moved into place, with its report next to it as ``OUT.gguf.json``.
+that passes is moved into place, with its manifest next to it as ``OUT.supertiny.json``
+(:mod:`supertiny.manifest`).
 
 Example::
 
     from supertiny.export.gguf import GGUFExportConfig, export_gguf
-    report = export_gguf("default", "smollm2-q4km.gguf", GGUFExportConfig(quant="Q4_K_M"))
-    report["parity"]["kl_mean"]
+    manifest = export_gguf("default", "smollm2-q4km.gguf", GGUFExportConfig(quant="Q4_K_M"))
+    manifest.quality["kl_mean"]
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import json
 import os
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..archs import ArchSpec, arch_for_model_type, tensor_name_map
 from ..errors import InvalidInputError, SupertinyError, UnsupportedArchitectureError
 from ..gguf_file import GGUFFile
+from ..manifest import Manifest, StageRun, manifest_path
 from ..models import LoadedModel, describe, load_model, resolve
 from . import GGUF_DTYPES, GGUF_QUANT_TYPES
 from .gguf_vocab import vocab_from_tokenizer, write_vocab
-from .parity import ExportVerificationError, check_export, describe_failure, sha256_file
+from .parity import ExportVerificationError, check_export, describe_failure
 
 DTYPES, QUANT_TYPES = GGUF_DTYPES, GGUF_QUANT_TYPES  # the tables live in the package, free of numpy
 K_QUANT_BLOCK = 256  # K-quants pack rows in super-blocks of 256 weights
+STAGE, STAGE_VERSION = "export-gguf", 1
 
 Progress = Callable[[int, int], None]
 
@@ -300,18 +299,13 @@ def _check_out(out: Path) -> None:
         raise InvalidInputError(f"the output folder {out.parent} does not exist")
 
 
-def _temp_paths(out: Path) -> Iterator[Path]:
-    for i in range(3):
-        yield out.with_name(f".{out.name}.{os.getpid()}.{i}.partial")
-
-
 def export_gguf(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
     config: GGUFExportConfig | None = None,
     log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Export MODEL to a verified GGUF file.
 
     Args:
@@ -322,7 +316,9 @@ def export_gguf(
         progress: called with (tensors written, tensors in all).
 
     Returns:
-        The report, also written to ``OUT.gguf.json``.
+        The :class:`~supertiny.manifest.Manifest`, also written to ``OUT.supertiny.json``:
+        ``quality`` is the parity check, ``details`` the tensor count and types, bits
+        per weight and K-quant fallbacks.
 
     Raises:
         UserError: bad input (path, options, unsupported architecture or tokenizer).
@@ -340,9 +336,9 @@ def export_gguf(
         from ..evaluate import default_corpus_path, read_text
 
         text = read_text(config.text or default_corpus_path())
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
-    t0 = time.perf_counter()
+    run = StageRun(STAGE, STAGE_VERSION, out, source=model, info=source_info,
+                   settings={**asdict(config), "quant": quant}, single_file=True)
+    notes = run.notes
     # A GGUF source is read through the dequantized torch model; a HF directory streams
     # from its safetensors, and its torch model is loaded only to verify, after writing.
     lm = load_model(model) if kind == "gguf" else None
@@ -363,28 +359,26 @@ def export_gguf(
         notes.append(f"heads x head_dim != hidden size: written as llama.cpp's llama graph "
                      f"(its {spec.gguf_arch} graph assumes they are equal)")
         spec = replace(spec, gguf_arch="llama", permute_qk_for_gguf=True)
-    seconds["load"] = time.perf_counter() - t0
+    run.lap("load")
 
-    raw, quantized, report_tmp = _temp_paths(out)
-    final = quantized if quant else raw
-    try:
+    with run:
+        raw = run.temp("raw")
+        quantized = run.temp("quant")
+        final = quantized if quant else raw
         say(f"writing {config.dtype} GGUF ({spec.gguf_arch} graph)")
-        t0 = time.perf_counter()
-        n_tensors = _write(raw, _Source(kind, src, lm), cfg, spec, tokenizer, config, notes, progress)
-        seconds["write"] = time.perf_counter() - t0
+        with run.step("write"):
+            n_tensors = _write(raw, _Source(kind, src, lm), cfg, spec, tokenizer, config, notes, progress)
         imatrix = None
         if quant and config.imatrix_tokens:
             say(f"collecting an importance matrix on {config.imatrix_tokens} tokens")
-            t0 = time.perf_counter()
-            lm = lm or load_model(model)
-            imatrix, calibration = _imatrix(lm, spec, text, config)
+            with run.step("imatrix"):
+                lm = lm or load_model(model)
+                imatrix, calibration = _imatrix(lm, spec, text, config)
             notes.append(calibration)
-            seconds["imatrix"] = time.perf_counter() - t0
         if quant:
             say(f"quantizing to {quant} with llama.cpp")
-            t0 = time.perf_counter()
-            native_log = _quantize(raw, quantized, quant, config.threads, imatrix)
-            seconds["quantize"] = time.perf_counter() - t0
+            with run.step("quantize"):
+                native_log = _quantize(raw, quantized, quant, config.threads, imatrix)
             if imatrix:  # llama.cpp says how many entries it took; record it rather than assume
                 used = [ln.strip() for ln in native_log if "importance matrix" in ln]
                 notes.append("llama.cpp: " + (used[0] if used else "did not report using the importance matrix"))
@@ -400,31 +394,14 @@ def export_gguf(
         parity: dict[str, Any] = {"skipped": "verification turned off (--no-verify)"}
         if config.verify:
             say(f"checking the export against PyTorch on {config.verify_tokens} tokens")
-            t0 = time.perf_counter()
-            parity = _verify(final, lm or load_model(model), text, config,
-                             strict=quant is None and config.dtype != "bf16")
-            seconds["verify"] = time.perf_counter() - t0
+            with run.step("verify"):
+                parity = _verify(final, lm or load_model(model), text, config,
+                                 strict=quant is None and config.dtype != "bf16")
             if not parity["passed"]:
                 raise ExportVerificationError(f"the GGUF export does not match the source: {describe_failure(parity)}")
-        report = {
-            "supertiny_version": __version__,
-            "artifact": {"path": str(out), "format": "gguf", "bytes": final.stat().st_size,
-                         "sha256": sha256_file(final), "tensors": n_tensors, **summary},
-            "source": source_info,
-            "settings": {**asdict(config), "quant": quant},
-            "parity": parity,
-            "seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "notes": notes,
-        }
-        report_tmp.write_text(json.dumps(report, indent=2))
-        os.replace(report_tmp, out.with_name(out.name + ".json"))
-        os.replace(final, out)
-        say(f"wrote {out} ({report['artifact']['bytes']:,} bytes) and {out.name}.json")
-        return report
-    finally:
-        for p in (raw, quantized, report_tmp):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        manifest = run.install(final, quality=parity, details={"tensors": n_tensors, **summary})
+    say(f"wrote {out} ({manifest.bytes:,} bytes) and {manifest_path(out).name}")
+    return manifest
 
 
 def _imatrix(lm: LoadedModel, spec: ArchSpec, text: str | None, config: GGUFExportConfig

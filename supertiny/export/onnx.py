@@ -21,14 +21,15 @@ export; otherwise the exported graph reads the embedding through a transposed vi
 that no quantizer touches, and every decoded token reads it in float32.
 
 The result is checked like the GGUF export (:mod:`supertiny.export.parity`) plus a
-KV-cache check, and only a directory that passed is moved to ``OUT_DIR``, with the
-manifest ``supertiny.json`` (files, hashes, settings, parity) inside.
+KV-cache check, and only a directory that passed is moved to ``OUT_DIR``, with its
+manifest ``supertiny.json`` (:mod:`supertiny.manifest`: files, hashes, settings,
+parity) inside.
 
 Example::
 
     from supertiny.export.onnx import OnnxExportConfig, export_onnx
-    report = export_onnx("default", "smollm2-int4", OnnxExportConfig(quant="int4"))
-    report["parity"]["kl_mean"]
+    manifest = export_onnx("default", "smollm2-int4", OnnxExportConfig(quant="int4"))
+    manifest.quality["kl_mean"]
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,17 +48,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import InvalidInputError, MissingExtraError, UnsupportedArchitectureError
+from ..manifest import Manifest, StageRun
 from ..models import LoadedModel, describe, load_model
-from ..outdir import check_output_dir, install_dir, staging_dir
+from ..outdir import check_output_dir
 from . import ONNX_ACCURACY_LEVELS, ONNX_BLOCK_SIZES, ONNX_FORMATS, ONNX_QUANTS
-from .parity import ExportVerificationError, check_export, describe_failure, sha256_file
+from .parity import ExportVerificationError, check_export, describe_failure
 
 # the tables live in the package, free of onnx
 QUANTS, FORMATS, BLOCK_SIZES, ACCURACY_LEVELS = ONNX_QUANTS, ONNX_FORMATS, ONNX_BLOCK_SIZES, ONNX_ACCURACY_LEVELS
 GENAI_BUILDER = "onnxruntime_genai.models.builder"
-MANIFEST = "supertiny.json"
+STAGE, STAGE_VERSION = "export-onnx", 1
 # An unquantized float32 export computes what PyTorch computes up to summation order.
 FP32_LOGITS_ATOL = 1e-3
 KV_CHECK_STEPS = 16
@@ -359,7 +359,7 @@ def export_onnx(
     out: str | os.PathLike[str],
     config: OnnxExportConfig | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Export MODEL to a verified ONNX directory.
 
     Args:
@@ -371,7 +371,8 @@ def export_onnx(
         log: receives one line per stage.
 
     Returns:
-        The manifest.
+        The :class:`~supertiny.manifest.Manifest` (``quality``: the parity and KV-cache
+        checks; ``details``: the model file, opset, operators and weight bytes).
 
     Raises:
         UserError: bad input (path, options, unsupported architecture).
@@ -388,76 +389,51 @@ def export_onnx(
         from ..evaluate import default_corpus_path, read_text
 
         text = read_text(config.text or default_corpus_path())
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
-    t0 = time.perf_counter()
+    run = StageRun(STAGE, STAGE_VERSION, out, source=model, info=source_info, settings=asdict(config))
     lm = load_model(model)
-    seconds["load"] = time.perf_counter() - t0
+    run.lap("load")
     if config.format == "optimum" and config.quant != "none" and untie_output_layer(lm):
-        notes.append("tied embeddings: the output layer got its own copy so that it is quantized too")
-    stage = staging_dir(out)
-    try:
-        t0 = time.perf_counter()
-        if config.format == "genai":
-            say(f"building the graph with onnxruntime-genai's model builder ({config.quant})")
-            _build_genai(lm, stage, config)
-        else:
-            say("exporting the graph with optimum (text-generation-with-past)")
-            with _quiet():
-                onnx_export_from_model(lm.model, stage, task="text-generation-with-past", do_validation=False,
-                                       opset=config.opset)
-        # optimum copies tokenizer files from the model's original folder, which a GGUF
-        # source does not have: save the tokenizer supertiny loaded (and checks) instead,
-        # for both formats, so they carry the same files.
-        lm.tokenizer.save_pretrained(stage)
-        seconds["export"] = time.perf_counter() - t0
+        run.note("tied embeddings: the output layer got its own copy so that it is quantized too")
+    with run:
+        stage = run.dir
+        with run.step("export"):
+            if config.format == "genai":
+                say(f"building the graph with onnxruntime-genai's model builder ({config.quant})")
+                _build_genai(lm, stage, config)
+            else:
+                say("exporting the graph with optimum (text-generation-with-past)")
+                with _quiet():
+                    onnx_export_from_model(lm.model, stage, task="text-generation-with-past",
+                                           do_validation=False, opset=config.opset)
+            # optimum copies tokenizer files from the model's original folder, which a GGUF
+            # source does not have: save the tokenizer supertiny loaded (and checks) instead,
+            # for both formats, so they carry the same files.
+            lm.tokenizer.save_pretrained(stage)
         model_file = stage / "model.onnx"
         # The genai builder quantizes (or converts to float16) by itself.
         if config.format == "optimum" and config.fp16:
             say("converting to float16")
-            t0 = time.perf_counter()
-            with _quiet():
+            with run.step("fp16"), _quiet():
                 _to_fp16(onnx, model_file)
-            seconds["fp16"] = time.perf_counter() - t0
         if config.format == "optimum" and config.quant != "none":
             say(f"quantizing to {config.quant} with onnxruntime")
-            t0 = time.perf_counter()
-            with _quiet():
+            with run.step("quantize"), _quiet():
                 _quantize(onnx, model_file, config)
-            seconds["quantize"] = time.perf_counter() - t0
         summary = graph_summary(model_file)
         if summary["weight_matmuls_float"] and config.quant != "none":
-            notes.append(f"{summary['weight_matmuls_float']} matrix products kept float weights")
+            run.note(f"{summary['weight_matmuls_float']} matrix products kept float weights")
         parity: dict[str, Any] = {"skipped": "verification turned off (--no-verify)"}
         if config.verify:
             strict = config.quant == "none" and not config.fp16
             say(f"checking the export against PyTorch on {config.verify_tokens} tokens")
-            t0 = time.perf_counter()
-            parity = _verify(stage, lm, text, config, strict)
-            seconds["verify"] = time.perf_counter() - t0
+            with run.step("verify"):
+                parity = _verify(stage, lm, text, config, strict)
             if not parity["passed"]:
                 why = describe_failure(parity)
                 cache_diff = parity["kv_cache"]["max_abs_diff_vs_full_pass"]
                 if parity["tokenization_equal"] and cache_diff > FP32_LOGITS_ATOL:
                     why += f"; cached decoding differs from a full pass by {cache_diff:.2e}"
                 raise ExportVerificationError(f"the ONNX export does not match the source: {why}")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in sorted(stage.iterdir()) if p.is_file()}
-        manifest = {
-            "supertiny_version": __version__,
-            "artifact": {"path": str(out), "format": "onnx", "graph": config.format, "model_file": model_file.name,
-                         "bytes": sum(f["bytes"] for f in files.values()), "files": files, **summary},
-            "source": source_info,
-            "settings": asdict(config),
-            "parity": parity,
-            "seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "notes": notes,
-        }
-        import json
-
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        install_dir(stage, out)
-        say(f"wrote {out} ({manifest['artifact']['bytes']:,} bytes)")
-        return manifest
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        manifest = run.install(quality=parity, details={"model_file": model_file.name, **summary})
+    say(f"wrote {out} ({manifest.bytes:,} bytes)")
+    return manifest

@@ -7,8 +7,6 @@ their greedy continuations agree.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +32,6 @@ TRICKY_STRINGS = (
 
 class ExportVerificationError(SupertinyError):
     """The exported artifact does not compute what the source model computes."""
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # An unquantized export computes what PyTorch computes up to float rounding.
