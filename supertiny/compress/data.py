@@ -14,9 +14,10 @@
 
 Example::
 
-    from supertiny.compress.data import calibrate, calibration_text, spans, token_windows
-    calib, held_out = spans(ids, 2048, 2048)
-    (scores,) = calibrate(model, token_windows(calib, 512), [ImportanceStatistic(model)])
+    from supertiny.compress.data import LMLoss, calibrate, spans, token_windows
+    from supertiny.export.imatrix import ImatrixStatistic
+    calib, held_out = spans(ids, 2048, 2048)  # what pruning scores on, then what it evaluates on
+    imatrix, loss = calibrate(model, token_windows(calib, 512), [ImatrixStatistic(spec), LMLoss()])
 """
 
 from __future__ import annotations

@@ -351,9 +351,9 @@ def prune(
     calib, held_out = spans(ids, config.calib_tokens, config.eval_tokens)
     cfg = lm.model.config
     targets(cfg, config)  # an impossible request fails now, not after calibration
-    s = shape(cfg)
-    before = {"layers": s.layers, "heads": s.heads, "kv_heads": s.kv_heads, "mlp": s.intermediate,
-              "hidden": s.hidden}
+    dims = shape(cfg)
+    before = {"layers": dims.layers, "heads": dims.heads, "kv_heads": dims.kv_heads, "mlp": dims.intermediate,
+              "hidden": dims.hidden}
     params_before = lm.model.num_parameters()
     windows = token_windows(calib, config.window)
     say(f"scoring units on {len(calib)} calibration tokens ({len(windows)} windows"
