@@ -52,6 +52,7 @@ def test_jsonl_records_and_their_fields(tmp_path):
     assert (first.line, second.line) == (1, 3) and first.data == {"q": "a", "n": 3, "ok": True}
     assert first.field("q") == "a" and first.field("n", int) == 3 and first.field("ok", bool) is True
     assert first.field("missing", required=False) is None
+    assert first.field("n", float) == 3
     with pytest.raises(InvalidInputError, match=r'f.jsonl:1: missing field "answer"'):
         first.field("answer")
     with pytest.raises(InvalidInputError, match=r'f.jsonl:3: field "q" must be a string, got an integer'):

@@ -93,6 +93,8 @@ class Record:
             return None
         value = self.data[name]
         kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds:  # JSON writes 2.0 as 2
+            kinds = (*kinds, int)
         # JSON true/false are Python bools, which are ints too: only accept them where asked
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
