@@ -75,9 +75,10 @@ def onnx_raw(folder: Path, threads: int):
     dtype = np.float16 if inputs[pasts[0]].type == "tensor(float16)" else np.float32
     import json
 
-    cfg = json.loads((folder / "config.json").read_text())
-    kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    from supertiny.archs import shape
+
+    dims = shape(json.loads((folder / "config.json").read_text()))
+    kv, hd = dims.kv_heads, dims.head_dim
 
     def run(prompt: list[int], new: int) -> list[float]:
         t0 = time.perf_counter()

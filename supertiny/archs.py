@@ -1,15 +1,92 @@
 """Architecture facts as data: one row per supported decoder architecture.
 
 Every stage asks this table instead of branching on names: the loader checks that a
-model is supported, the exporters will look up GGUF names here, the pruner its
-prunable groups. Adding an architecture is adding a row.
+model is supported, the exporters look up GGUF names here, the pruner and the
+calibration hooks find modules through the row's :class:`Layout`, and every stage
+reads head counts and sizes through :func:`shape`. Adding an architecture that follows
+the llama layout is adding a row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from .errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a decoder keeps its modules: dotted paths in the ``*ForCausalLM`` model,
+    ``{bid}`` standing for the block (decoder layer) index, as in gguf-py's tables.
+
+    Example:
+        >>> LLAMA_LAYOUT.path("down", 3)
+        'model.layers.3.mlp.down_proj'
+    """
+
+    layers: str  # the nn.ModuleList of decoder layers
+    attention: str  # a layer's attention module (holds layer_idx and the head counts)
+    q: str
+    k: str
+    v: str
+    o: str
+    gate: str
+    up: str
+    down: str
+    attn_norm: str  # the norm before attention
+    ffn_norm: str  # the norm before the MLP
+    final_norm: str
+    embed: str
+    lm_head: str
+
+    # the matrices of one decoder layer, in the order the layer runs them
+    LINEARS: ClassVar[tuple[str, ...]] = ("q", "k", "v", "o", "gate", "up", "down")
+
+    def per_layer(self, role: str) -> bool:
+        """Whether ``role`` names one module per decoder layer (its path has ``{bid}``)."""
+        return "{bid}" in getattr(self, role)
+
+    def path(self, role: str, bid: int | None = None) -> str:
+        """The dotted module path of ``role`` (in layer ``bid`` for per-layer roles)."""
+        template = getattr(self, role)
+        if "{bid}" in template:
+            if bid is None:
+                raise ValueError(f"{role} is a per-layer module: give its layer index")
+            return template.format(bid=bid)
+        return template
+
+    def module(self, model: Any, role: str, bid: int | None = None) -> Any:
+        """The ``role`` module of ``model`` (in layer ``bid`` for per-layer roles)."""
+        return model.get_submodule(self.path(role, bid))
+
+    def decoder_layers(self, model: Any) -> Any:
+        """The ``nn.ModuleList`` of decoder layers."""
+        return model.get_submodule(self.layers)
+
+    def set_decoder_layers(self, model: Any, layers: Any) -> None:
+        """Replace the decoder layer list (depth pruning)."""
+        parent, _, name = self.layers.rpartition(".")
+        setattr(model.get_submodule(parent), name, layers)
+
+
+LLAMA_LAYOUT = Layout(
+    layers="model.layers",
+    attention="model.layers.{bid}.self_attn",
+    q="model.layers.{bid}.self_attn.q_proj",
+    k="model.layers.{bid}.self_attn.k_proj",
+    v="model.layers.{bid}.self_attn.v_proj",
+    o="model.layers.{bid}.self_attn.o_proj",
+    gate="model.layers.{bid}.mlp.gate_proj",
+    up="model.layers.{bid}.mlp.up_proj",
+    down="model.layers.{bid}.mlp.down_proj",
+    attn_norm="model.layers.{bid}.input_layernorm",
+    ffn_norm="model.layers.{bid}.post_attention_layernorm",
+    final_norm="model.norm",
+    embed="model.embed_tokens",
+    lm_head="lm_head",
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +101,7 @@ class ArchSpec:
         permute_qk_for_gguf: whether llama.cpp expects q/k rows permuted from the HF
             rotary layout (true for the LLAMA graph, false for QWEN2, which uses
             the NEOX rope layout).
+        layout: where the model keeps its modules (:class:`Layout`).
     """
 
     model_type: str
@@ -31,14 +109,18 @@ class ArchSpec:
     gguf_arch: str
     qkv_bias: bool
     permute_qk_for_gguf: bool
+    layout: Layout
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.model_type: spec
     for spec in (
-        ArchSpec("llama", "LlamaForCausalLM", "llama", qkv_bias=False, permute_qk_for_gguf=True),
-        ArchSpec("mistral", "MistralForCausalLM", "llama", qkv_bias=False, permute_qk_for_gguf=True),
-        ArchSpec("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, permute_qk_for_gguf=False),
+        ArchSpec("llama", "LlamaForCausalLM", "llama", qkv_bias=False, permute_qk_for_gguf=True,
+                 layout=LLAMA_LAYOUT),
+        ArchSpec("mistral", "MistralForCausalLM", "llama", qkv_bias=False, permute_qk_for_gguf=True,
+                 layout=LLAMA_LAYOUT),
+        ArchSpec("qwen2", "Qwen2ForCausalLM", "qwen2", qkv_bias=True, permute_qk_for_gguf=False,
+                 layout=LLAMA_LAYOUT),
     )
 }
 
@@ -93,3 +175,79 @@ def arch_for_gguf(gguf_arch: str | None) -> ArchSpec:
         raise UnsupportedArchitectureError(
             f"unsupported GGUF architecture {gguf_arch!r}; supported: {', '.join(sorted(_BY_GGUF_ARCH))}"
         ) from None
+
+
+def layout_of(model: Any) -> Layout:
+    """The module layout of a loaded ``*ForCausalLM`` model (by its ``config.model_type``)."""
+    return arch_for_model_type(model.config.model_type).layout
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a decoder, with the implicit ones filled in.
+
+    Attributes:
+        layers: decoder layers.
+        heads: query heads per layer.
+        kv_heads: key/value heads per layer (``heads`` when the config names none).
+        head_dim: size of one head (``hidden // heads`` when the config names none;
+            a pruned student's differs).
+        hidden: hidden (embedding) width.
+        intermediate: MLP width.
+        vocab: vocabulary size.
+        tied: whether the output layer shares the embedding table.
+        context_length: ``max_position_embeddings`` (``None`` when absent).
+    """
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    context_length: int | None
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.heads // self.kv_heads
+
+
+def shape(config: Any) -> Shape:
+    """The :class:`Shape` of a transformers config object or a ``config.json`` dict.
+
+    Raises:
+        KeyError: a required size is missing (named in the error); TypeError,
+            ValueError or ZeroDivisionError when one is not a positive number.
+
+    Example:
+        >>> s = shape({"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64,
+        ...            "intermediate_size": 128, "vocab_size": 400})
+        >>> (s.kv_heads, s.head_dim, s.tied)
+        (4, 16, False)
+    """
+    if isinstance(config, Mapping):
+        get, need = config.get, config.__getitem__
+    else:
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(config, key, default)
+
+        def need(key: str) -> Any:
+            if not hasattr(config, key):
+                raise KeyError(key)
+            return getattr(config, key)
+    heads = int(need("num_attention_heads"))
+    hidden = int(need("hidden_size"))
+    return Shape(
+        layers=int(need("num_hidden_layers")),
+        heads=heads,
+        kv_heads=int(get("num_key_value_heads") or heads),
+        head_dim=int(get("head_dim") or hidden // heads),
+        hidden=hidden,
+        intermediate=int(need("intermediate_size")),
+        vocab=int(need("vocab_size")),
+        tied=bool(get("tie_word_embeddings", False)),
+        context_length=get("max_position_embeddings"),
+    )

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .compress.data import read_text  # noqa: F401 - it lives with the other readers; kept importable here
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -38,24 +39,6 @@ DEFAULT_PROMPTS = (
 def default_corpus_path() -> Path:
     """The evaluation text shipped with the package (see ``supertiny/data/README.md``)."""
     return Path(str(resources.files("supertiny") / "data" / "eval_corpus.txt"))
-
-
-def read_text(path: str | Path) -> str:
-    """Read an evaluation text file (UTF-8).
-
-    Raises:
-        InvalidInputError: missing, not a file, not UTF-8 or empty.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"no such text file: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not text.strip():
-        raise InvalidInputError(f"{p} is empty")
-    return text
 
 
 def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | None = None) -> list[int]:

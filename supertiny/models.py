@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .archs import arch_for_gguf, arch_for_model_type
+from .archs import arch_for_gguf, arch_for_model_type, shape
 from .errors import (
     InvalidGGUFError,
     MissingExtraError,
@@ -205,19 +205,10 @@ def safetensors_header(f: Path) -> tuple[dict[str, Any], int]:
 
 def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     """Shape facts from a HF config dict (the same keys for every row of the arch table)."""
-    heads = int(cfg["num_attention_heads"])
-    hidden = int(cfg["hidden_size"])
-    return dict(
-        layers=int(cfg["num_hidden_layers"]),
-        heads=heads,
-        kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or hidden // heads),
-        hidden=hidden,
-        intermediate=int(cfg["intermediate_size"]),
-        vocab=int(cfg["vocab_size"]),
-        context_length=cfg.get("max_position_embeddings"),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-    )
+    s = shape(cfg)
+    return dict(layers=s.layers, heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim, hidden=s.hidden,
+                intermediate=s.intermediate, vocab=s.vocab, context_length=s.context_length,
+                tied_embeddings=s.tied)
 
 
 def _has_chat_template(p: Path) -> bool:

@@ -1,6 +1,7 @@
 """How much each prunable unit of a decoder matters, measured on calibration text.
 
-One pass of forward hooks collects, per calibration window:
+One calibration pass (:func:`supertiny.compress.data.calibrate`) with forward hooks on
+the modules the architecture row names collects, per calibration window:
 
 * **layers** — block influence (ShortGPT): ``1 - cos(h_in, h_out)`` of each decoder
   layer's input and output hidden states, averaged over tokens. A layer that barely
@@ -20,10 +21,13 @@ deterministic for the same model and text.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+
+from ..archs import Layout, shape
+from .data import LMLoss, Statistic, calibrate, lm_loss
 
 Progress = Callable[[int, int], None]
 
@@ -52,25 +56,74 @@ class Importance:
     loss: float
 
 
-def decoder_layers(model: Any) -> Any:
-    """The ``nn.ModuleList`` of decoder layers (llama, mistral and qwen2 keep it at ``model.model.layers``)."""
-    return model.model.layers
+class ImportanceStatistic(Statistic):
+    """Block influence, head, MLP-channel and hidden-channel scores (see the module
+    docstring) and the LM loss, accumulated over the calibration windows; :meth:`finish`
+    averages them into an :class:`Importance` (without the layer-skip losses)."""
+
+    def __init__(self, model: Any):
+        s = shape(model.config)
+        self.n_heads, self.head_dim = s.heads, s.head_dim
+        self.bi = torch.zeros(s.layers, dtype=torch.float64)
+        self.heads = torch.zeros(s.layers, s.heads, dtype=torch.float64)
+        self.mlp = torch.zeros(s.layers, s.intermediate, dtype=torch.float64)
+        self.hidden = torch.zeros(s.hidden, dtype=torch.float64)
+        self.tokens, self.predicted, self.loss_sum = 0, 0, 0.0
+
+    def attach(self, model: Any, layout: Layout) -> list[Any]:
+        bi, heads, mlp, hidden = self.bi, self.heads, self.mlp, self.hidden
+        n_heads, head_dim = self.n_heads, self.head_dim
+
+        def on_layer(i: int) -> Callable[..., None]:
+            def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+                h_in = (args[0] if args else kwargs["hidden_states"])[0].double()
+                h_out = _hidden(out)[0].double()
+                bi[i] += (1 - torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)).sum()
+
+            return hook
+
+        def on_o_proj(i: int) -> Callable[..., None]:
+            def hook(_module: Any, args: tuple[Any, ...]) -> None:
+                x = args[0][0].double().reshape(-1, n_heads, head_dim)
+                heads[i] += x.norm(dim=-1).sum(0)
+
+            return hook
+
+        def on_down_proj(i: int) -> Callable[..., None]:
+            def hook(_module: Any, args: tuple[Any, ...]) -> None:
+                mlp[i] += args[0][0].double().abs().sum(0)
+
+            return hook
+
+        def on_norm(_module: Any, _args: Any, out: Any) -> None:
+            hidden.add_(out[0].double().abs().sum(0))
+
+        handles = []
+        for i, layer in enumerate(layout.decoder_layers(model)):
+            handles += [
+                layer.register_forward_hook(on_layer(i), with_kwargs=True),
+                layout.module(model, "o", i).register_forward_pre_hook(on_o_proj(i)),
+                layout.module(model, "down", i).register_forward_pre_hook(on_down_proj(i)),
+                layout.module(model, "attn_norm", i).register_forward_hook(on_norm),
+                layout.module(model, "ffn_norm", i).register_forward_hook(on_norm),
+            ]
+        handles.append(layout.module(model, "final_norm").register_forward_hook(on_norm))
+        return handles
+
+    def window(self, ids: torch.Tensor, output: Any) -> None:
+        self.tokens += ids.shape[1]
+        self.predicted += ids.shape[1] - 1
+        self.loss_sum += lm_loss(ids, output)
+
+    def finish(self) -> Importance:
+        tokens = self.tokens
+        return Importance(block_influence=self.bi / tokens, loss_increase=None, heads=self.heads / tokens,
+                          mlp=self.mlp / tokens, hidden=self.hidden / tokens, tokens=tokens,
+                          loss=self.loss_sum / self.predicted)
 
 
 def _hidden(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
-
-
-def _lm_loss(model: Any, x: torch.Tensor) -> float:
-    """Summed next-token loss (nats) of one window."""
-    logits = model(input_ids=x).logits[0, :-1].double()
-    return float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
-
-
-def _skip(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
-    """Forward hook that makes a decoder layer an identity: its input passes through."""
-    h = args[0] if args else kwargs["hidden_states"]
-    return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
 def collect(model: Any, windows: Sequence[Sequence[int]], layer_loss: bool = False,
@@ -78,7 +131,7 @@ def collect(model: Any, windows: Sequence[Sequence[int]], layer_loss: bool = Fal
     """Run ``model`` over calibration ``windows`` (lists of token ids) and score every unit.
 
     Args:
-        model: a llama/mistral/qwen2 ``*ForCausalLM`` in eval mode.
+        model: a ``*ForCausalLM`` of a supported architecture, in eval mode.
         windows: token windows; each is one forward pass.
         layer_loss: also measure the loss increase of skipping each layer (one more
             pass per layer and window).
@@ -87,85 +140,17 @@ def collect(model: Any, windows: Sequence[Sequence[int]], layer_loss: bool = Fal
     Returns:
         :class:`Importance`.
     """
-    cfg = model.config
-    layers = decoder_layers(model)
-    n_layers, n_heads = len(layers), cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    bi = torch.zeros(n_layers, dtype=torch.float64)
-    heads = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    mlp = torch.zeros(n_layers, cfg.intermediate_size, dtype=torch.float64)
-    hidden = torch.zeros(cfg.hidden_size, dtype=torch.float64)
-    handles = []
-
-    def on_layer(i: int) -> Callable[..., None]:
-        def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            h_in = (args[0] if args else kwargs["hidden_states"])[0].double()
-            h_out = _hidden(out)[0].double()
-            bi[i] += (1 - torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)).sum()
-
-        return hook
-
-    def on_o_proj(i: int) -> Callable[..., None]:
-        def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0][0].double().reshape(-1, n_heads, head_dim)
-            heads[i] += x.norm(dim=-1).sum(0)
-
-        return hook
-
-    def on_down_proj(i: int) -> Callable[..., None]:
-        def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            mlp[i] += args[0][0].double().abs().sum(0)
-
-        return hook
-
-    def on_norm(_module: Any, _args: Any, out: Any) -> None:
-        hidden.add_(out[0].double().abs().sum(0))
-
-    for i, layer in enumerate(layers):
-        handles += [
-            layer.register_forward_hook(on_layer(i), with_kwargs=True),
-            layer.self_attn.o_proj.register_forward_pre_hook(on_o_proj(i)),
-            layer.mlp.down_proj.register_forward_pre_hook(on_down_proj(i)),
-            layer.input_layernorm.register_forward_hook(on_norm),
-            layer.post_attention_layernorm.register_forward_hook(on_norm),
-        ]
-    handles.append(model.model.norm.register_forward_hook(on_norm))
+    n_layers = shape(model.config).layers
     total = len(windows) * (1 + (n_layers if layer_loss else 0))
-    done, tokens, loss_sum = 0, 0, 0.0
-    try:
-        with torch.inference_mode():
-            for ids in windows:
-                x = torch.tensor([list(ids)], dtype=torch.long)
-                loss_sum += _lm_loss(model, x)
-                tokens += len(ids)
-                done += 1
-                if progress:
-                    progress(done, total)
-    finally:
-        for h in handles:
-            h.remove()
-    predicted = sum(len(w) - 1 for w in windows)
-    loss_increase = None
-    if layer_loss:
-        skipped = torch.zeros(n_layers, dtype=torch.float64)
-        for i, layer in enumerate(layers):
-            h = layer.register_forward_hook(_skip, with_kwargs=True)
-            try:
-                with torch.inference_mode():
-                    for ids in windows:
-                        skipped[i] += _lm_loss(model, torch.tensor([list(ids)], dtype=torch.long))
-                        done += 1
-                        if progress:
-                            progress(done, total)
-            finally:
-                h.remove()
-        loss_increase = (skipped - loss_sum) / predicted
-    return Importance(
-        block_influence=bi / tokens,
-        loss_increase=loss_increase,
-        heads=heads / tokens,
-        mlp=mlp / tokens,
-        hidden=hidden / tokens,
-        tokens=tokens,
-        loss=loss_sum / predicted,
-    )
+
+    def passes(offset: int) -> Progress | None:
+        return None if progress is None else lambda done, _n: progress(offset + done, total)
+
+    stat = ImportanceStatistic(model)
+    (imp,) = calibrate(model, windows, [stat], passes(0))
+    if not layer_loss:
+        return imp
+    skipped = torch.zeros(n_layers, dtype=torch.float64)
+    for i in range(n_layers):
+        skipped[i] = calibrate(model, windows, [LMLoss(skip=i)], passes((1 + i) * len(windows)))[0]
+    return replace(imp, loss_increase=(skipped - stat.loss_sum) / stat.predicted)

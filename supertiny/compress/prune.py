@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from collections.abc import Callable
@@ -34,29 +33,26 @@ from typing import Any
 
 import torch
 
+from ..archs import layout_of, shape
 from ..errors import InvalidInputError
 from ..manifest import Manifest, StageRun
 from ..outdir import check_output_dir
 from . import LAYER_METRICS
-from .importance import Importance, collect, decoder_layers
+from .data import calibration_text, spans, token_windows
+from .importance import Importance, collect
 
 STAGE, STAGE_VERSION = "prune", 1
 
-# Which weights one unit of each prunable dimension spans: (module path, axis of the
-# weight). Axis 0 slices output rows (and the bias), axis 1 input columns. ``{i}`` is
-# the layer index; paths without it are global. Facts as data: an architecture with
-# other module names adds its own table.
+# Which weights one unit of each prunable dimension spans: (module role, axis of the
+# weight). Axis 0 slices output rows (and the bias), axis 1 input columns. Roles are
+# the architecture row's :class:`~supertiny.archs.Layout` fields, which give the module
+# paths (per layer or global).
 WIDTH_GROUPS: dict[str, tuple[tuple[str, int], ...]] = {
-    "query_heads": (("model.layers.{i}.self_attn.q_proj", 0), ("model.layers.{i}.self_attn.o_proj", 1)),
-    "kv_heads": (("model.layers.{i}.self_attn.k_proj", 0), ("model.layers.{i}.self_attn.v_proj", 0)),
-    "mlp": (("model.layers.{i}.mlp.gate_proj", 0), ("model.layers.{i}.mlp.up_proj", 0),
-            ("model.layers.{i}.mlp.down_proj", 1)),
-    "hidden": (("model.layers.{i}.self_attn.q_proj", 1), ("model.layers.{i}.self_attn.k_proj", 1),
-               ("model.layers.{i}.self_attn.v_proj", 1), ("model.layers.{i}.self_attn.o_proj", 0),
-               ("model.layers.{i}.mlp.gate_proj", 1), ("model.layers.{i}.mlp.up_proj", 1),
-               ("model.layers.{i}.mlp.down_proj", 0), ("model.layers.{i}.input_layernorm", 0),
-               ("model.layers.{i}.post_attention_layernorm", 0), ("model.embed_tokens", 1),
-               ("model.norm", 0), ("lm_head", 1)),
+    "query_heads": (("q", 0), ("o", 1)),
+    "kv_heads": (("k", 0), ("v", 0)),
+    "mlp": (("gate", 0), ("up", 0), ("down", 1)),
+    "hidden": (("q", 1), ("k", 1), ("v", 1), ("o", 0), ("gate", 1), ("up", 1), ("down", 0), ("attn_norm", 0),
+               ("ffn_norm", 0), ("embed", 1), ("final_norm", 0), ("lm_head", 1)),
 }
 
 
@@ -162,9 +158,8 @@ class _Targets:
 
 def targets(cfg: Any, config: PruneConfig) -> _Targets:
     """How many units of each kind survive; checked against the model's config before any slow work."""
-    n_layers = cfg.num_hidden_layers
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
-    group = n_heads // n_kv
+    s = shape(cfg)
+    n_layers, n_heads, n_kv, group = s.layers, s.heads, s.kv_heads, s.group
     if config.layers is not None:
         keep_layers = int(config.layers)
     elif config.drop_layers is not None:
@@ -183,16 +178,15 @@ def targets(cfg: Any, config: PruneConfig) -> _Targets:
             f"(the model has {n_heads} query and {n_kv} KV heads); choose a multiple of {kv_keep} up to "
             f"{kv_keep * group}")
     return _Targets(layers=keep_layers, kv_heads=kv_keep, per_group=q_keep // kv_keep,
-                    mlp=_count(config.mlp, cfg.intermediate_size, "MLP channels", config.round_to),
-                    hidden=_count(config.hidden, cfg.hidden_size, "hidden channels", config.round_to))
+                    mlp=_count(config.mlp, s.intermediate, "MLP channels", config.round_to),
+                    hidden=_count(config.hidden, s.hidden, "hidden channels", config.round_to))
 
 
 def plan(model: Any, imp: Importance, config: PruneConfig) -> PrunePlan:
     """Choose the units to keep from the scores (see :class:`PruneConfig`)."""
-    cfg = model.config
-    t = targets(cfg, config)
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
-    group = n_heads // n_kv
+    t = targets(model.config, config)
+    s = shape(model.config)
+    n_kv, group = s.kv_heads, s.group
     layer_scores = imp.loss_increase if config.layer_metric == "loss" else imp.block_influence
     if layer_scores is None:
         raise InvalidInputError("the loss metric needs importance collected with layer_loss=True")
@@ -234,35 +228,34 @@ def _slice_(module: torch.nn.Module, idx: torch.Tensor, axis: int, scale: float 
 def prune_(model: Any, p: PrunePlan) -> None:
     """Apply ``p`` to ``model`` in place: drop layers, slice weights, update the config."""
     cfg = model.config
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    s = shape(cfg)
+    layout = layout_of(model)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    old = decoder_layers(model)
-    model.model.layers = torch.nn.ModuleList([old[i] for i in p.layers])
-    for new_i, layer in enumerate(model.model.layers):  # the KV cache is indexed by position in the stack
-        layer.self_attn.layer_idx = new_i
-    modules = dict(model.named_modules())
+    old = layout.decoder_layers(model)
+    layout.set_decoder_layers(model, torch.nn.ModuleList([old[i] for i in p.layers]))
+    for new_i in range(len(p.layers)):  # the KV cache is indexed by position in the stack
+        layout.module(model, "attention", new_i).layer_idx = new_i
 
     def each(group: str, idx_for: Callable[[int], torch.Tensor], scale: float = 1.0) -> None:
         """Slice every weight of ``group`` in every kept layer (a tied output layer follows the embedding)."""
-        for path, axis in WIDTH_GROUPS[group]:
-            if "{i}" in path:
+        for role, axis in WIDTH_GROUPS[group]:
+            if layout.per_layer(role):
                 for new_i in range(len(p.layers)):
-                    _slice_(modules[path.format(i=new_i)], idx_for(new_i), axis, scale)
-            elif not (tied and path == "lm_head"):
-                _slice_(modules[path], idx_for(0), axis, scale)
+                    _slice_(layout.module(model, role, new_i), idx_for(new_i), axis, scale)
+            elif not (tied and role == "lm_head"):
+                _slice_(layout.module(model, role), idx_for(0), axis, scale)
 
-    if len(p.kv_heads[0]) < n_kv:
-        each("kv_heads", lambda i: _rows(p.kv_heads[i], head_dim))
-    if len(p.query_heads[0]) < n_heads:
-        each("query_heads", lambda i: _rows(p.query_heads[i], head_dim))
-    if len(p.mlp[0]) < cfg.intermediate_size:
+    if len(p.kv_heads[0]) < s.kv_heads:
+        each("kv_heads", lambda i: _rows(p.kv_heads[i], s.head_dim))
+    if len(p.query_heads[0]) < s.heads:
+        each("query_heads", lambda i: _rows(p.query_heads[i], s.head_dim))
+    if len(p.mlp[0]) < s.intermediate:
         each("mlp", lambda i: torch.tensor(p.mlp[i], dtype=torch.long))
     hidden = len(p.hidden)
-    if hidden < cfg.hidden_size:
+    if hidden < s.hidden:
         # RMSNorm divides by the mean square over the channels it sees: rescaling the
         # weights and epsilon keeps each kept channel's normalised value unchanged.
-        ratio = cfg.hidden_size / hidden
+        ratio = s.hidden / hidden
         idx = torch.tensor(p.hidden, dtype=torch.long)
         each("hidden", lambda _i: idx, scale=math.sqrt(ratio))  # the scale applies to norm weights only
         cfg.rms_norm_eps = cfg.rms_norm_eps * ratio
@@ -270,7 +263,7 @@ def prune_(model: Any, p: PrunePlan) -> None:
             if hasattr(m, "variance_epsilon"):
                 m.variance_epsilon = cfg.rms_norm_eps
     if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     cfg.num_hidden_layers = len(p.layers)
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = [cfg.layer_types[i] for i in p.layers]
@@ -278,50 +271,15 @@ def prune_(model: Any, p: PrunePlan) -> None:
         cfg.max_window_layers = min(cfg.max_window_layers, len(p.layers))
     cfg.num_key_value_heads = len(p.kv_heads[0])
     cfg.num_attention_heads = len(p.query_heads[0])
-    cfg.head_dim = head_dim  # no longer hidden_size / heads in general
+    cfg.head_dim = s.head_dim  # no longer hidden_size / heads in general
     cfg.intermediate_size = len(p.mlp[0])
     cfg.hidden_size = hidden
-    for layer in model.model.layers:
-        attn = layer.self_attn
+    for new_i in range(len(p.layers)):
+        attn = layout.module(model, "attention", new_i)
         attn.num_key_value_groups = cfg.num_attention_heads // cfg.num_key_value_heads
         for name in ("num_heads", "num_key_value_heads"):
             if hasattr(attn, name):
                 setattr(attn, name, getattr(cfg, "num_attention_heads" if name == "num_heads" else name))
-
-
-def calibration_text(path: str | None) -> str:
-    """The calibration text: a ``.txt`` file, a ``.jsonl`` file of records, or the bundled corpus."""
-    from ..evaluate import default_corpus_path, read_text
-
-    if path is None:
-        return read_text(default_corpus_path())
-    p = Path(path).expanduser()
-    if p.suffix != ".jsonl":
-        return read_text(p)
-    if not p.is_file():
-        raise InvalidInputError(f"calibration file {p} does not exist")
-    parts = []
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise InvalidInputError(f"{p}:{n}: not a JSON object") from None
-        if not isinstance(rec, dict):
-            raise InvalidInputError(f"{p}:{n}: expected a JSON object, got {type(rec).__name__}")
-        text = rec.get("text") or "\n".join(
-            str(rec[k]) for k in ("prompt", "response", "completion") if isinstance(rec.get(k), str))
-        if not text:
-            raise InvalidInputError(f"{p}:{n}: needs a \"text\" field or \"prompt\"/\"response\" fields")
-        parts.append(text)
-    if not parts:
-        raise InvalidInputError(f"{p} holds no records")
-    return "\n\n".join(parts)
-
-
-def _windows(ids: list[int], window: int) -> list[list[int]]:
-    return [ids[i:i + window] for i in range(0, len(ids), window) if len(ids[i:i + window]) >= 16]
 
 
 def _removed_share(scores: torch.Tensor, kept: list[list[int]], rows: list[int]) -> float:
@@ -387,15 +345,14 @@ def prune(
     ids = ev.tokenize_text(lm.tokenizer, text)
     if len(ids) < 64:
         raise InvalidInputError(f"the calibration text has {len(ids)} tokens; give at least 64")
-    calib = ids[:config.calib_tokens]
-    held_out = ids[config.calib_tokens:config.calib_tokens + config.eval_tokens]
+    calib, held_out = spans(ids, config.calib_tokens, config.eval_tokens)
     cfg = lm.model.config
     targets(cfg, config)  # an impossible request fails now, not after calibration
-    before = {"layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
-              "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
-              "mlp": cfg.intermediate_size, "hidden": cfg.hidden_size}
+    dims = shape(cfg)
+    before = {"layers": dims.layers, "heads": dims.heads, "kv_heads": dims.kv_heads, "mlp": dims.intermediate,
+              "hidden": dims.hidden}
     params_before = lm.model.num_parameters()
-    windows = _windows(calib, config.window)
+    windows = token_windows(calib, config.window)
     say(f"scoring units on {len(calib)} calibration tokens ({len(windows)} windows"
         f"{', plus one pass per layer for the loss metric' if config.layer_metric == 'loss' else ''})")
     with run.step("importance"):

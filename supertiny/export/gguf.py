@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..archs import ArchSpec, arch_for_model_type, tensor_name_map
+from ..archs import ArchSpec, arch_for_model_type, shape, tensor_name_map
 from ..errors import InvalidInputError, SupertinyError, UnsupportedArchitectureError
 from ..gguf_file import GGUFFile
 from ..manifest import Manifest, StageRun, manifest_path
@@ -168,8 +168,8 @@ def _plan(source: _Source, cfg: Any, spec: ArchSpec, dtype: str) -> list[tuple[s
 def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str]) -> None:
     import gguf
 
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    s = shape(cfg)
+    heads, head_dim = s.heads, s.head_dim
     w.add_name(name)
     w.add_type("model")
     w.add_context_length(cfg.max_position_embeddings)
@@ -177,7 +177,7 @@ def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str]) -> N
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(heads)
-    w.add_head_count_kv(cfg.num_key_value_heads or heads)
+    w.add_head_count_kv(s.kv_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
     w.add_rope_dimension_count(head_dim)
@@ -214,17 +214,18 @@ def _write(path: Path, source: _Source, cfg: Any, spec: ArchSpec, tokenizer: Any
     _add_hparams(w, cfg, source.path.stem if source.kind == "gguf" else source.path.name, config.dtype, notes)
     write_vocab(w, vocab_from_tokenizer(tokenizer, cfg.vocab_size, pre=config.pre))
     np_types = {"F32": np.float32, "F16": np.float16}
-    for _, gguf_name, shape, kind in plan:
-        n = int(np.prod(shape))
+    for _, gguf_name, tshape, kind in plan:
+        n = int(np.prod(tshape))
         if kind == "BF16":
-            w.add_tensor_info(gguf_name, (*shape[:-1], shape[-1] * 2), np.dtype(np.uint8), n * 2,
+            w.add_tensor_info(gguf_name, (*tshape[:-1], tshape[-1] * 2), np.dtype(np.uint8), n * 2,
                               raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
-            w.add_tensor_info(gguf_name, shape, np.dtype(np_types[kind]), n * np.dtype(np_types[kind]).itemsize)
+            w.add_tensor_info(gguf_name, tshape, np.dtype(np_types[kind]), n * np.dtype(np_types[kind]).itemsize)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    dims = shape(cfg)
+    heads, kv_heads = dims.heads, dims.kv_heads
     for i, (hf_name, _, _, kind) in enumerate(plan):
         data = source.get(hf_name)
         if spec.permute_qk_for_gguf and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -350,9 +351,8 @@ def export_gguf(
         cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     spec = arch_for_model_type(cfg.model_type)
-    heads = cfg.num_attention_heads
-    if not spec.permute_qk_for_gguf and (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads) * heads \
-            != cfg.hidden_size:
+    dims = shape(cfg)
+    if not spec.permute_qk_for_gguf and dims.head_dim * dims.heads != dims.hidden:
         # llama.cpp's QWEN2 graph sizes q/o as hidden x hidden; a pruned student whose
         # heads x head_dim differs runs in its LLAMA graph instead, which reads the head
         # size from the file and takes optional q/k/v biases (rotary pairs permuted).
@@ -406,13 +406,14 @@ def export_gguf(
 
 def _imatrix(lm: LoadedModel, spec: ArchSpec, text: str | None, config: GGUFExportConfig
              ) -> tuple[dict[str, np.ndarray], str]:
+    from ..compress.data import spans
     from ..evaluate import tokenize_text
     from .imatrix import collect_imatrix
 
     assert text is not None
     ids = tokenize_text(lm.tokenizer, text)
     skip = config.verify_tokens if config.verify else 0
-    calib = ids[skip : skip + config.imatrix_tokens]
+    _, calib = spans(ids, skip, config.imatrix_tokens)
     if len(calib) < 64:
         raise InvalidInputError(
             f"the text has {len(ids)} tokens; the importance matrix needs at least 64 after the "

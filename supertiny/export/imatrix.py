@@ -4,7 +4,8 @@ llama.cpp's quantizers weigh each input column of a weight matrix by how large t
 activations feeding it are (the mean of x² over calibration tokens), so columns
 that matter keep more precision. llama.cpp's own ``llama-imatrix`` tool is not in
 the Python bindings; the same statistic is collected here with forward hooks on the
-source model's linear layers and handed to ``llama_model_quantize`` as its
+source model's linear layers (a statistic of the shared calibration pass,
+:func:`supertiny.compress.data.calibrate`) and handed to ``llama_model_quantize`` as its
 null-terminated ``llama_model_imatrix_data`` array.
 """
 
@@ -16,10 +17,48 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..archs import ArchSpec, tensor_name_map
+from ..archs import ArchSpec, Layout, shape, tensor_name_map
+from ..compress.data import Statistic, calibrate, token_windows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+
+class ImatrixStatistic(Statistic):
+    """Sum and count of squared input activations per column of every quantizable matrix
+    (each layer's attention and MLP matrices, and an untied output layer), keyed by GGUF
+    tensor name; :meth:`finish` returns their means."""
+
+    def __init__(self, spec: ArchSpec):
+        self.spec = spec  # names the tensors (the GGUF graph the file is written as)
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def attach(self, model: Any, layout: Layout) -> list[Any]:
+        s = shape(model.config)
+        names = tensor_name_map(self.spec, s.layers)
+        paths = [layout.path(role, bid) for bid in range(s.layers) for role in Layout.LINEARS]
+        if not s.tied:  # a tied output layer is the embedding table: the file has no output matrix
+            paths.append(layout.path("lm_head"))
+        sums, counts = self.sums, self.counts
+
+        def hook_for(gguf_name: str):
+            def hook(_module: Any, args: tuple[Any, ...]) -> None:
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+                sums[gguf_name] = sums.get(gguf_name, 0) + (x * x).sum(0)
+                counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
+
+            return hook
+
+        handles = []
+        for path in paths:
+            gguf_name = names.get_name(path + ".weight", try_suffixes=(".weight",))
+            if gguf_name is not None:
+                handles.append(model.get_submodule(path).register_forward_pre_hook(hook_for(gguf_name)))
+        return handles
+
+    def finish(self) -> dict[str, np.ndarray]:
+        return {name: (self.sums[name] / self.counts[name]).numpy().astype(np.float32) for name in self.sums}
 
 
 def collect_imatrix(
@@ -35,38 +74,9 @@ def collect_imatrix(
     Returns:
         GGUF tensor name -> float32 vector of the matrix's input width.
     """
-    import torch
-
-    names = tensor_name_map(spec, model.config.num_hidden_layers)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    hooks = []
-
-    def hook_for(gguf_name: str):
-        def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sums[gguf_name] = sums.get(gguf_name, 0) + (x * x).sum(0)
-            counts[gguf_name] = counts.get(gguf_name, 0) + x.shape[0]
-
-        return hook
-
-    tied = model.config.tie_word_embeddings
-    for module_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or (tied and module is model.get_output_embeddings()):
-            continue
-        gguf_name = names.get_name(module_name + ".weight", try_suffixes=(".weight",))
-        if gguf_name is not None:
-            hooks.append(module.register_forward_pre_hook(hook_for(gguf_name)))
-    try:
-        with torch.inference_mode():
-            for begin in range(0, len(ids), window):
-                chunk = list(ids[begin : begin + window])
-                if len(chunk) > 1:
-                    model(input_ids=torch.tensor([chunk]))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: (sums[name] / counts[name]).numpy().astype(np.float32) for name in sums}
+    # a last window of a single token is left out
+    (data,) = calibrate(model, token_windows(ids, window, min_len=2), [ImatrixStatistic(spec)])
+    return data
 
 
 class ImatrixArray:

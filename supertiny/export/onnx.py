@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..archs import shape
 from ..errors import InvalidInputError, MissingExtraError, UnsupportedArchitectureError
 from ..manifest import Manifest, StageRun
 from ..models import LoadedModel, describe, load_model
@@ -154,7 +155,7 @@ def _build_genai(lm: LoadedModel, stage: Path, config: OnnxExportConfig) -> None
         raise MissingExtraError("--format genai needs onnxruntime-genai's model builder: "
                                 "pip install 'supertiny[genai]' (onnxruntime-genai==0.15.2)")
     cfg = lm.model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    head_dim = shape(cfg).head_dim
     if head_dim % 16:
         # onnxruntime's GroupQueryAttention kernel refuses other sizes at run time
         raise UnsupportedArchitectureError(
