@@ -33,7 +33,7 @@ def extract_json(text: str | None) -> dict[str, Any] | None:
     while start != -1:
         try:
             obj, _ = _DECODER.raw_decode(text, start)
-        except ValueError:  # JSONDecodeError, or RecursionError's cousin for absurd nesting
+        except (ValueError, RecursionError):  # not JSON here, or nested deeper than Python recurses
             obj = None
         if isinstance(obj, dict):
             return obj
