@@ -79,7 +79,8 @@ def test_unknown_key_suggests_the_known_one():
 def test_wrong_types_and_missing_keys():
     assert "schema_version: expected 1, got 2" in errors(valid(schema_version=2))
     assert "instruction: expected a non-empty string, got ''" in errors(valid(instruction=""))
-    assert "output.x.type: expected one of string, bool, enum, got 'int'" in errors(valid(output={"x": {"type": "int"}}))
+    assert "output.x.type: expected one of string, bool, enum, got 'int'" in errors(
+        valid(output={"x": {"type": "int"}}))
     assert "output.x.type: required key is missing" in errors(valid(output={"x": {}}))
     assert "output: expected a table with at least one field" in errors(valid(output={}))
     assert "output.x.pattern: expected a valid regular expression" in errors(

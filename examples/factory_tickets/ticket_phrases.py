@@ -22,7 +22,8 @@ FAULTS = {
     ],
     "mechanical": [
         ("main bearing grinding", "SD"), ("spindle bearing noisy", "D"), ("gearbox making a grinding noise", "DS"),
-        ("drive belt slipping", "DX"), ("timing belt worn", "DX"), ("belt snapped", "S"), ("chain came off the sprocket", "S"),
+        ("drive belt slipping", "DX"), ("timing belt worn", "DX"), ("belt snapped", "S"),
+        ("chain came off the sprocket", "S"),
         ("chain stretched, skipping teeth", "DXS"), ("coupling worn, lots of play", "DS"),
         ("shaft misaligned, vibrating", "DX"), ("heavy vibration on the gearbox", "DS"),
         ("jammed, parts stuck in the infeed", "S"), ("keeps jamming at the transfer", "SDR"),
@@ -48,7 +49,8 @@ FAULTS = {
         ("compressed air pressure low, {n} bar", "DSX"), ("pneumatic cylinder sticking", "DXS"),
         ("air cylinder not extending", "S"), ("solenoid valve stuck", "SDR"), ("regulator won't hold pressure", "DX"),
         ("air dryer fault, water in the lines", "D"), ("water in the air lines", "DX"), ("gripper losing air", "XDS"),
-        ("blow-off nozzle leaking air", "D"), ("valve bank leaking air", "D"), ("no air at all on the main header", "S"),
+        ("blow-off nozzle leaking air", "D"), ("valve bank leaking air", "D"),
+        ("no air at all on the main header", "S"),
         ("pneumatic clamp not closing", "S"), ("quick coupler on the air line leaking", "D"),
     ],
     "control": [
@@ -62,7 +64,8 @@ FAULTS = {
     ],
     "sensor": [
         ("prox switch {sid} not switching", "SXD"), ("limit switch on the door not making", "S"),
-        ("encoder counts drifting", "XD"), ("encoder giving garbage", "SX"), ("vision camera rejecting good parts", "XD"),
+        ("encoder counts drifting", "XD"), ("encoder giving garbage", "SX"),
+        ("vision camera rejecting good parts", "XD"),
         ("vision camera not triggering", "S"), ("thermocouple reading 0", "SD"),
         ("thermocouple reading way high, oven itself is fine", "DX"), ("level sensor stuck", "DS"),
         ("photo eye {sid} misaligned, sees nothing", "SDR"), ("pressure transducer drifting", "DX"),
@@ -140,9 +143,11 @@ LOW = [  # templates over {tag}, {part}, {pm}, {q}, {cosmetic}
     "{tag} {cosmetic}", "{tag}: {cosmetic}, whenever you have time",
 ]
 
-FAULT_SENTENCES = ["{tag} {f}", "{f} on {tag}", "{tag}: {f}", "{tag} - {f}", "{eq} {tag} {f}", "problem with {tag}, {f}",
+FAULT_SENTENCES = ["{tag} {f}", "{f} on {tag}", "{tag}: {f}", "{tag} - {f}", "{eq} {tag} {f}",
+                   "problem with {tag}, {f}",
                    "{f} at {tag}", "re {tag}: {f}", "{tag} {f} again", "looks like {tag} {f}",
-                   "{o} is fine but {tag} {f}", "while working on {o} noticed {tag} {f}", "after {o} was fixed, {tag} {f}"]
+                   "{o} is fine but {tag} {f}", "while working on {o} noticed {tag} {f}",
+                   "after {o} was fixed, {tag} {f}"]
 BYSTANDER = ["same thing happened on {o} last week", "{o} next to it is fine", "borrowed a spare from {o} for now",
              "{o} downstream is waiting on parts", "tech is busy on {o}, pls send someone else",
              "moved the operator to {o}", "not the same issue as {o}", "started after the work on {o} yesterday",
@@ -165,7 +170,8 @@ EQUIPMENT = {"CNC": "cnc", "PRESS": "press", "CONV": "conveyor", "ROB": "robot",
              "OVEN": "oven", "WLD": "welder", "PKG": "packer", "FILL": "filler", "LBL": "labeler", "EXT": "extruder",
              "MIX": "mixer", "HPU": "power unit", "SAW": "saw", "MILL": "mill", "GRND": "grinder", "PAL": "palletizer",
              "WRAP": "wrapper", "IMM": "molder", "AGV": "AGV", "LATHE": "lathe", "DRL": "drill", "CUT": "cutter",
-             "SORT": "sorter", "LIFT": "lift", "CRANE": "crane", "BNDR": "bender", "TRIM": "trimmer", "CAPPER": "capper"}
+             "SORT": "sorter", "LIFT": "lift", "CRANE": "crane", "BNDR": "bender", "TRIM": "trimmer",
+             "CAPPER": "capper"}
 # operator shorthand: a word and what it may be written as
 SHORTHAND = {"machine": ["mc", "m/c", "mach"], "please": ["pls", "plz"], "with": ["w/"], "hydraulic": ["hyd", "hydr"],
              "pneumatic": ["pneu"], "temperature": ["temp"], "maintenance": ["maint", "mtce"], "because": ["bc", "b/c"],

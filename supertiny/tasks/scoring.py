@@ -68,7 +68,7 @@ class TaskEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.score.to_dict(), "predictions": [
-            {"output": o, **p.to_dict()} for o, p in zip(self.outputs, self.parsed)]}
+            {"output": o, **p.to_dict()} for o, p in zip(self.outputs, self.parsed, strict=True)]}
 
 
 def field_matches(task: Task, parsed: ParsedOutput, label: dict[str, Any]) -> dict[str, bool]:
