@@ -262,6 +262,8 @@ def test_data_errors_name_file_and_line(task, tmp_path, lines, message):
 def test_data_file_missing_or_not_utf8(task, tmp_path):
     with pytest.raises(InvalidInputError, match=r"nope\.jsonl: no such file"):
         read_task_data(tmp_path / "nope.jsonl", task)
+    (tmp_path / "bom.jsonl").write_bytes('\ufeff{"input": "caf\u00e9"}\n'.encode())
+    assert read_task_data(tmp_path / "bom.jsonl", task)[0].input == "caf\u00e9"
     (tmp_path / "latin.jsonl").write_bytes(b'{"input": "caf\xe9"}\n')
     with pytest.raises(InvalidInputError, match=r"latin\.jsonl: not UTF-8 text"):
         read_task_data(tmp_path / "latin.jsonl", task)

@@ -94,15 +94,17 @@ def score(task: Task, predictions: Sequence[str | None], labels: Sequence[dict[s
     >>> s.task_score, s.json_valid, s.fields["asset"]
     (0.5, 0.5, 0.5)
     """
-    if len(predictions) != len(labels):
+    if len(predictions) != len(labels):  # checked before parsing anything
         raise TaskError(f"{task.name}: {len(predictions)} predictions for {len(labels)} labels")
-    if not labels:
-        raise TaskError(f"{task.name}: nothing to score (no records)")
     return score_parsed(task, [task.parse(p) for p in predictions], labels)
 
 
 def score_parsed(task: Task, parsed: Sequence[ParsedOutput], labels: Sequence[dict[str, Any]]) -> TaskScore:
     """:func:`score` for outputs already parsed with ``task.parse``."""
+    if len(parsed) != len(labels):
+        raise TaskError(f"{task.name}: {len(parsed)} predictions for {len(labels)} labels")
+    if not labels:
+        raise TaskError(f"{task.name}: nothing to score (no records)")
     hits = dict.fromkeys(task.field_names, 0)
     for i, (p, raw) in enumerate(zip(parsed, labels, strict=True)):
         label, why = task.check_label(raw, f"labels[{i}]")
@@ -115,8 +117,9 @@ def score_parsed(task: Task, parsed: Sequence[ParsedOutput], labels: Sequence[di
                      {name: k / n for name, k in hits.items()})
 
 
-def _record(task: Task, obj: Any, where: str) -> TaskRecord:
-    """One decoded line as a record, or :class:`InvalidInputError` naming ``where`` (file:line)."""
+def _record(task: Task, obj: Any, path: Path, number: int) -> TaskRecord:
+    """One decoded line as a record, or :class:`InvalidInputError` naming the file and line."""
+    where = f"{path}:{number}"
     if not isinstance(obj, dict):
         raise InvalidInputError(f"{where}: expected an object like {{\"input\": ..., \"label\": ...}}, "
                                 f"got {type(obj).__name__}")
@@ -134,7 +137,7 @@ def _record(task: Task, obj: Any, where: str) -> TaskRecord:
         label, why = task.check_label(obj["label"])
         if label is None:
             raise InvalidInputError(f"{where}: " + "; ".join(why))
-    return TaskRecord(text, label, int(where.rsplit(":", 1)[1]), where.rsplit(":", 1)[0])
+    return TaskRecord(text, label, number, str(path))
 
 
 def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = False) -> list[TaskRecord]:
@@ -151,7 +154,7 @@ def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = Fa
     """
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:  # -sig: a byte-order mark some editors write is not data
             lines = fh.readlines()
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
@@ -169,7 +172,7 @@ def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = Fa
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"{path}:{number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-        record = _record(task, obj, f"{path}:{number}")
+        record = _record(task, obj, path, number)
         if labelled and record.label is None:
             raise InvalidInputError(f"{path}:{number}: label: required here (evaluation needs the answers)")
         records.append(record)
