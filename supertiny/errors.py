@@ -46,3 +46,7 @@ class MissingExtraError(UserError):
 
 class TargetError(UserError):
     """A device target profile that is missing, unreadable or invalid; the message names the file."""
+
+
+class TaskError(UserError):
+    """A task file that is missing, unreadable or invalid, or labels that do not fit it; names the file."""

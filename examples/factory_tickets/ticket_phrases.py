@@ -1,0 +1,179 @@
+"""The factory-tickets generator's vocabulary: facts as data, one table per kind of phrase.
+
+Fault phrases are fragments that read well both as "CNC-07 <fault>" and "<fault> on CNC-07".
+Each fault lists the impacts it can have: S stopped now, X producing scrap, D degraded but
+running, R stopped earlier and running again. Slots: {code} a drive/robot fault code,
+{alarm} an alarm text, {sid} a sensor id, {n} a number. No phrase may contain a tag-shaped
+token (2-6 letters, dash, digits): the only tags in a ticket are the asset and the bystander.
+"""
+
+# category -> [(fault fragment, impacts)]
+FAULTS = {
+    "electrical": [
+        ("main breaker tripped", "SR"), ("breaker keeps tripping", "SDR"), ("blown fuse in the panel", "S"),
+        ("fuse F{n} blown again", "SR"), ("VFD showing fault {code}", "SRD"), ("drive faulted on overcurrent", "SRD"),
+        ("motor tripping on overcurrent", "DRS"), ("motor windings burnt, megger reads low", "S"),
+        ("no power to the cabinet", "S"), ("contactor chattering", "DS"), ("loose wire on the motor terminal", "DS"),
+        ("main contactor won't pull in", "S"), ("24V supply dropping out", "DSR"),
+        ("conveyor motor humming but not turning", "S"), ("phase loss alarm on the drive", "SR"),
+        ("overload relay tripped on the pump motor", "SR"), ("spindle drive fault {code}", "SR"),
+        ("motor running hot, drive current way up", "D"), ("cable to the motor chafed through", "S"),
+        ("lights on the panel flickering, drive resets", "DR"),
+    ],
+    "mechanical": [
+        ("main bearing grinding", "SD"), ("spindle bearing noisy", "D"), ("gearbox making a grinding noise", "DS"),
+        ("drive belt slipping", "DX"), ("timing belt worn", "DX"), ("belt snapped", "S"),
+        ("chain came off the sprocket", "S"),
+        ("chain stretched, skipping teeth", "DXS"), ("coupling worn, lots of play", "DS"),
+        ("shaft misaligned, vibrating", "DX"), ("heavy vibration on the gearbox", "DS"),
+        ("jammed, parts stuck in the infeed", "S"), ("keeps jamming at the transfer", "SDR"),
+        ("mounting bracket cracked", "DS"), ("broken bracket on the guide rail", "SD"),
+        ("gearbox oil seal leaking", "DS"), ("oil dripping from the gearbox seal", "D"),
+        ("gear box output seal weeping oil", "D"), ("worn guide rail, parts catching", "XD"),
+        ("knocking noise from the crank", "DS"), ("clamp jaws worn, parts slipping", "X"),
+        ("roller seized", "S"), ("idler pulley squealing", "D"), ("sprocket teeth worn", "DX"),
+        ("cam follower broken", "S"),
+    ],
+    "hydraulic": [
+        ("hydraulic hose leaking at the fitting", "DS"), ("hyd hose burst", "S"), ("hydraulic pressure low", "DSX"),
+        ("hyd pressure dropping during the cycle", "DX"), ("hydraulic pump whining", "D"),
+        ("hyd pump not building pressure", "S"), ("hydraulic oil temp high, {n}C on the unit", "DSR"),
+        ("hyd oil level low, topped up {n}L", "D"), ("cylinder drifting down", "DXS"),
+        ("main cylinder leaking past the seals", "DS"), ("hydraulic unit overheating", "DSR"),
+        ("clamp cylinder slow", "DX"), ("puddle of hydraulic oil under the power unit", "DS"),
+        ("hydraulic filter clogged, pressure alarm", "DR"), ("relief valve chattering on the hyd unit", "D"),
+        ("ram not holding pressure", "XS"),
+    ],
+    "pneumatic": [
+        ("air leak hissing at the manifold", "D"), ("big air leak on the main line", "DS"),
+        ("compressed air pressure low, {n} bar", "DSX"), ("pneumatic cylinder sticking", "DXS"),
+        ("air cylinder not extending", "S"), ("solenoid valve stuck", "SDR"), ("regulator won't hold pressure", "DX"),
+        ("air dryer fault, water in the lines", "D"), ("water in the air lines", "DX"), ("gripper losing air", "XDS"),
+        ("blow-off nozzle leaking air", "D"), ("valve bank leaking air", "D"),
+        ("no air at all on the main header", "S"),
+        ("pneumatic clamp not closing", "S"), ("quick coupler on the air line leaking", "D"),
+    ],
+    "control": [
+        ("PLC in fault, red light on the CPU", "S"), ("PLC lost comms with the drive", "SR"), ("HMI frozen", "SDR"),
+        ("HMI screen black, machine still responds", "D"), ("wrong recipe loaded", "X"),
+        ("recipe parameters reset after a power cycle", "XS"), ("program crashed, watchdog fault", "SR"),
+        ("network keeps dropping, robot loses connection", "DRS"), ("alarm '{alarm}' but sensors checked ok", "DR"),
+        ("software update broke the part counter", "D"), ("comm fault to the remote IO rack", "SR"),
+        ("robot controller error {code}", "SR"), ("SCADA not showing data", "D"), ("batch count wrong on the HMI", "D"),
+        ("PLC program lost its offsets", "XS"), ("touch screen not responding", "DS"),
+    ],
+    "sensor": [
+        ("prox switch {sid} not switching", "SXD"), ("limit switch on the door not making", "S"),
+        ("encoder counts drifting", "XD"), ("encoder giving garbage", "SX"),
+        ("vision camera rejecting good parts", "XD"),
+        ("vision camera not triggering", "S"), ("thermocouple reading 0", "SD"),
+        ("thermocouple reading way high, oven itself is fine", "DX"), ("level sensor stuck", "DS"),
+        ("photo eye {sid} misaligned, sees nothing", "SDR"), ("pressure transducer drifting", "DX"),
+        ("home sensor not detecting", "S"), ("part-present sensor flickering", "DR"),
+        ("temp probe reading drifts 20 degrees", "DX"), ("load cell reading wrong weights", "X"),
+    ],
+}
+# a failed sensor often shows up as a PLC alarm or a stop; the category stays sensor
+SENSOR_ALARMS = ["PLC alarm '{alarm}'", "HMI says '{alarm}'", "PLC throws '{alarm}'", "alarm on the panel: '{alarm}'"]
+
+# danger to people: safety and critical whatever else is true (some look electrical or hydraulic)
+DANGER = [
+    "safety guard cracked", "guard missing on the infeed", "guard door interlock bypassed with a zip tie",
+    "light curtain not stopping the ram", "e-stop button doesn't stop the machine", "e-stop broken off",
+    "operator cut his hand on the blade", "operator got a finger pinched in the clamp",
+    "near miss: part flew out of the chuck", "near miss, forklift nearly hit someone by the infeed",
+    "smoke coming out of the motor", "small fire in the control cabinet, put out with the extinguisher",
+    "burning smell and smoke from the VFD", "hydraulic hose burst and sprayed oil on an operator",
+    "air hose whipped loose and nearly hit someone", "lockout point missing on the main disconnect",
+    "someone removed a lock during LOTO", "door interlock not working, runs with the door open",
+    "two-hand control bypassed", "sparks coming out of the panel", "hot oil sprayed, operator burned his arm",
+    "guard rail came loose, someone almost fell", "safety mat not detecting people",
+]
+
+IMPACTS = {
+    "S": ["line down", "machine is down", "it's stopped", "we had to stop it", "not running", "down since {time}",
+          "whole line stopped", "won't start", "dead", "locked out until fixed", "shut it down", "cell is stopped",
+          "production stopped", "stopped at {time}", "mc down", "no output, line stopped", "line {line} down",
+          "we're down", "machine won't cycle"],
+    "X": ["making scrap", "parts out of tolerance", "rejects piling up", "every part failing QC",
+          "bad parts coming off", "scrapped {n} pcs so far", "dims out, QC flagged it", "all parts NG"],
+    "D": ["still running", "running but slow", "running at reduced speed", "cycle time up {n}%",
+          "keeps running for now", "slowing the line down", "comes and goes", "happens every hour or so",
+          "we can keep going for now", "running, just not right", "intermittent, still producing"],
+    "R": ["was down {n} min, reset it and it's running again", "stopped earlier, restarted ok",
+          "happened twice this morning, running now", "back up after a reset", "line was down at {time}, running again",
+          "cleared it, machine back in production"],
+}
+DANGER_STOPPED = ["hit the e-stop, everything stopped", "shut down and tagged out", "area taped off, line down",
+                  "LOTO'd, line is stopped", "stopped the machine", "line down until safety checks it"]
+DANGER_RUNNING = ["still running!", "production wants to keep running", "machine is still running",
+                  "supervisor says keep running", ""]
+
+# low: no current impact. category -> parts, preventive work, questions
+PARTS = {
+    "electrical": ["fuses", "contactors", "a spare breaker", "motor brushes", "a spare VFD"],
+    "mechanical": ["belts", "bearings", "chain links", "couplings", "gearbox oil seals"],
+    "hydraulic": ["hydraulic hoses", "hyd filters", "a seal kit for the cylinder", "hydraulic oil"],
+    "pneumatic": ["air fittings", "solenoid valves", "a regulator", "dryer filters"],
+    "control": ["a spare HMI", "PLC batteries", "a network switch"],
+    "sensor": ["prox switches", "a limit switch", "an encoder", "thermocouples", "photo eyes"],
+}
+PM = {
+    "electrical": ["thermal scan of the panel", "tightening the terminals", "cleaning the drive fans"],
+    "mechanical": ["greasing the bearings", "belt tension check", "gearbox oil change", "chain lube"],
+    "hydraulic": ["hyd oil change", "hydraulic filter change", "hose inspection"],
+    "pneumatic": ["draining the air filter bowls", "dryer service", "checking for air leaks"],
+    "control": ["PLC program backup", "HMI software update"],
+    "sensor": ["thermocouple calibration", "cleaning the vision camera lens", "encoder check"],
+}
+QUESTIONS = {
+    "electrical": ["which breaker feeds the conveyor motor", "what size fuse goes in F{n}"],
+    "mechanical": ["what is the torque spec for the coupling bolts", "which grease do we use on the bearings"],
+    "hydraulic": ["which oil grade goes in the hyd unit", "what should the hydraulic pressure be"],
+    "pneumatic": ["what pressure should the regulator be set to", "where is the air shutoff valve"],
+    "control": ["how do I load the new recipe", "who has the HMI password", "can we get a new user on the HMI"],
+    "sensor": ["what gap should the prox switch have", "how do I teach the vision camera a new part"],
+}
+COSMETIC = ["cover panel scratched, cosmetic only", "paint peeling on the frame", "dent in the side door, works fine",
+            "warning label faded", "scuffed housing, no effect on parts"]
+LOW = [  # templates over {tag}, {part}, {pm}, {q}, {cosmetic}
+    "need {n} spare {part} for {tag}, no rush", "can we order {part} for {tag}? running fine",
+    "pls restock {part} for {tag}, we used the last one", "{tag} due for {pm}", "PM on {tag}: {pm} next week",
+    "schedule {pm} on {tag} when convenient", "question on {tag}: {q}?", "quick question - {q} on {tag}?",
+    "{tag} {cosmetic}", "{tag}: {cosmetic}, whenever you have time",
+]
+
+FAULT_SENTENCES = ["{tag} {f}", "{f} on {tag}", "{tag}: {f}", "{tag} - {f}", "{eq} {tag} {f}",
+                   "problem with {tag}, {f}",
+                   "{f} at {tag}", "re {tag}: {f}", "{tag} {f} again", "looks like {tag} {f}",
+                   "{o} is fine but {tag} {f}", "while working on {o} noticed {tag} {f}",
+                   "after {o} was fixed, {tag} {f}"]
+BYSTANDER = ["same thing happened on {o} last week", "{o} next to it is fine", "borrowed a spare from {o} for now",
+             "{o} downstream is waiting on parts", "tech is busy on {o}, pls send someone else",
+             "moved the operator to {o}", "not the same issue as {o}", "started after the work on {o} yesterday",
+             "{o} is running normal", "please don't touch {o}, it's fine"]
+DETAILS = ["{name} on 2nd shift noticed it", "started after lunch", "checked it twice", "ticket #{n}", "tried a reset",
+           "no spare on the shelf", "see photo", "happened before in march", "night shift reported it",
+           "first time we see this", "operator says it started around {time}", "{name} has the details"]
+GREETINGS = ["hi,", "Hi maint team,", "2nd shift -", "night shift:", "fyi", "Hello,", "maint pls:", "@maint",
+             "Line {line}:", "from {name}:"]
+SIGNOFFS = ["thx", "thanks", "- {name}", "call {name} ext {n}", "cheers", "ty", "{name}", "thanks in advance"]
+URGENT = ["URGENT", "asap pls", "need help now"]  # only on high and critical tickets
+
+NAMES = ["Mike", "Ana", "Jose", "Priya", "Tom", "Kasia", "Ahmed", "Lena", "Dave", "Mei", "Raj", "Sven"]
+CODES = ["F0004", "OC1", "E07", "F30001", "Err 21", "A-fault 7", "code 2310", "F12"]
+ALARMS = ["part not present", "clamp not closed", "door open", "home position lost", "temperature out of range",
+          "axis following error", "level low"]
+SIDS = ["PX3", "B12", "S4", "LS2", "PE7", "B101", "S17"]
+# asset tag prefixes (2-6 letters) with what an operator calls the machine
+EQUIPMENT = {"CNC": "cnc", "PRESS": "press", "CONV": "conveyor", "ROB": "robot", "PMP": "pump", "CMP": "compressor",
+             "OVEN": "oven", "WLD": "welder", "PKG": "packer", "FILL": "filler", "LBL": "labeler", "EXT": "extruder",
+             "MIX": "mixer", "HPU": "power unit", "SAW": "saw", "MILL": "mill", "GRND": "grinder", "PAL": "palletizer",
+             "WRAP": "wrapper", "IMM": "molder", "AGV": "AGV", "LATHE": "lathe", "DRL": "drill", "CUT": "cutter",
+             "SORT": "sorter", "LIFT": "lift", "CRANE": "crane", "BNDR": "bender", "TRIM": "trimmer",
+             "CAPPER": "capper"}
+# operator shorthand: a word and what it may be written as
+SHORTHAND = {"machine": ["mc", "m/c", "mach"], "please": ["pls", "plz"], "with": ["w/"], "hydraulic": ["hyd", "hydr"],
+             "pneumatic": ["pneu"], "temperature": ["temp"], "maintenance": ["maint", "mtce"], "because": ["bc", "b/c"],
+             "operator": ["op", "opr"], "pieces": ["pcs"], "running": ["runnin"], "again": ["agn"],
+             "thanks": ["thx", "tks"], "minutes": ["min", "mins"], "and": ["&"]}

@@ -1,0 +1,40 @@
+"""Structured-output tasks: a TOML schema, the chat prompt, a robust parser, the metric and data files.
+
+A task turns a free-text input into a JSON object with named fields (``string``, ``bool``
+or ``enum``). Shipped tasks sit next to this module (``factory-tickets``); users pass a
+path to their own file. See :mod:`supertiny.tasks.spec` for the file format.
+
+>>> task = load_task("factory-tickets")
+>>> p = task.parse('Here you go: {"asset": "press-3", "category": "hydraulic", '
+...                '"severity": "medium", "line_stopped": false}')
+>>> p.schema_valid, p.answer["asset"]
+(True, 'PRESS-3')
+>>> score(task, ['{"asset": "PRESS-3"}'], [p.answer]).to_dict()["task_score"]
+0.25
+"""
+
+from __future__ import annotations
+
+from .fields import NORMALIZE, TYPES, OutputField, check_value
+from .output import ParsedOutput, extract_json, parse_output
+from .scoring import (
+    Complete,
+    Progress,
+    TaskEvaluation,
+    TaskRecord,
+    TaskScore,
+    engine_complete,
+    evaluate_task,
+    field_matches,
+    read_task_data,
+    score,
+    score_parsed,
+)
+from .spec import SCHEMA_VERSION, SHIPPED_DIR, Task, TaskExample, list_tasks, load_task, parse_task
+
+__all__ = [
+    "NORMALIZE", "SCHEMA_VERSION", "SHIPPED_DIR", "TYPES", "Complete", "OutputField", "ParsedOutput", "Progress",
+    "Task", "TaskEvaluation", "TaskExample", "TaskRecord", "TaskScore", "check_value", "engine_complete",
+    "evaluate_task", "extract_json", "field_matches", "list_tasks", "load_task", "parse_output", "parse_task",
+    "read_task_data", "score", "score_parsed",
+]

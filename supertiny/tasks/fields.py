@@ -1,0 +1,77 @@
+"""The output fields of a task and how one value is checked against its field.
+
+A field is ``string`` (optionally normalized, then matched against a regex ``pattern``),
+``bool`` (JSON ``true``/``false`` only: the string ``"true"`` is a wrong type, so a model
+is held to the schema it was shown), or ``enum`` (a string from ``values``). ``normalize``
+(``upper``, ``lower`` or ``strip``; upper and lower strip too) applies to predictions and
+labels alike, so both are compared in the same canonical form.
+
+>>> f = OutputField("asset", "string", pattern="[A-Z]{2,6}-[0-9]{1,4}", normalize="upper")
+>>> check_value(f, " cnc-07 ")
+('CNC-07', None)
+>>> check_value(f, "CNC07")
+(None, "expected a string matching '[A-Z]{2,6}-[0-9]{1,4}', got 'CNC07'")
+>>> check_value(OutputField("ok", "bool"), "true")
+(None, "expected true or false, got 'true'")
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+TYPES = ("string", "bool", "enum")
+NORMALIZE = ("upper", "lower", "strip")
+_NORMALIZERS = {"upper": lambda s: s.strip().upper(), "lower": lambda s: s.strip().lower(),
+                "strip": lambda s: s.strip(), None: lambda s: s}
+
+
+@dataclass(frozen=True)
+class OutputField:
+    """One key of the task's JSON output; ``values`` only for ``enum``, ``pattern`` only for ``string``."""
+
+    name: str
+    type: str
+    description: str = ""
+    values: tuple[str, ...] = ()
+    pattern: str | None = None
+    normalize: str | None = None
+
+    def normalized(self, text: str) -> str:
+        """``text`` in the field's canonical form (what predictions and labels are compared in)."""
+        return _NORMALIZERS[self.normalize](text)
+
+    def schema_line(self) -> str:
+        """How the field is described to the model: ``- "severity": one of "low", "high". What it is.``"""
+        if self.type == "bool":
+            kind = "true or false (JSON boolean)"
+        elif self.type == "enum":
+            kind = "one of " + ", ".join(json.dumps(v) for v in self.values)
+        else:
+            case = {"upper": " in upper case", "lower": " in lower case"}.get(self.normalize or "", "")
+            kind = f"a string{case}" + (f" matching the regex {self.pattern}" if self.pattern else "")
+        text = f"- {json.dumps(self.name)}: {kind}."
+        return f"{text} {self.description}" if self.description else text
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value(field: OutputField, value: Any) -> tuple[Any, str | None]:
+    """``(canonical value, None)`` when ``value`` is valid for ``field``, else ``(None, why not)``."""
+    if field.type == "bool":
+        if isinstance(value, bool):
+            return value, None
+        return None, f"expected true or false, got {_show(value)}"
+    if not isinstance(value, str):
+        return None, f"expected a string, got {_show(value)}"
+    text = field.normalized(value)
+    if field.type == "enum" and text not in field.values:
+        return None, f"expected one of {', '.join(field.values)}, got {_show(value)}"
+    if field.pattern is not None and re.fullmatch(field.pattern, text) is None:
+        return None, f"expected a string matching {field.pattern!r}, got {_show(value)}"
+    return text, None

@@ -1,0 +1,214 @@
+"""A task's built-in metric, its data files, and evaluating any model on it.
+
+The metric: per-field exact match (on canonical values, after the field's ``normalize``),
+the JSON-valid and schema-valid rates, and ``task_score`` = the mean over fields of the
+field accuracy. An output with no JSON object (or no output) is wrong on every field; a
+JSON object is scored field by field, a missing or invalid field counting as wrong.
+
+Data files are JSON Lines, one ``{"input": "...", "label": {...}}`` per line; ``label`` is
+optional (unlabelled prompts) and blank lines are skipped. Errors name the file and line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError, TaskError
+from .output import ParsedOutput
+from .spec import Message, Task
+
+Progress = Callable[[int, int], None]  # (records done, records in all)
+Complete = Callable[[list[Message]], str]  # chat messages -> the model's greedy reply
+_RECORD_KEYS = ("input", "label")
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One line of a data file: the input, its canonical label (None: unlabelled), and where it came from."""
+
+    input: str
+    label: dict[str, Any] | None
+    line: int = 0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """The metric over ``n`` records; rates and accuracies are fractions in [0, 1]."""
+
+    task: str
+    n: int
+    json_valid: float
+    schema_valid: float
+    fields: dict[str, float]
+
+    @property
+    def task_score(self) -> float:
+        """Mean field accuracy."""
+        return sum(self.fields.values()) / len(self.fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "task_score": self.task_score, "n": self.n, "json_valid": self.json_valid,
+                "schema_valid": self.schema_valid, "fields": dict(self.fields)}
+
+
+@dataclass(frozen=True)
+class TaskEvaluation:
+    """What :func:`evaluate_task` returns: the score, and each record's raw output and parse."""
+
+    score: TaskScore
+    outputs: list[str | None]
+    parsed: list[ParsedOutput]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.score.to_dict(), "predictions": [
+            {"output": o, **p.to_dict()} for o, p in zip(self.outputs, self.parsed, strict=True)]}
+
+
+def field_matches(task: Task, parsed: ParsedOutput, label: dict[str, Any]) -> dict[str, bool]:
+    """Per field: does the parsed answer equal the (canonical) label? The seam a reward can use."""
+    return {f.name: f.name in parsed.values and parsed.values[f.name] == label[f.name] for f in task.fields}
+
+
+def score(task: Task, predictions: Sequence[str | None], labels: Sequence[dict[str, Any]]) -> TaskScore:
+    """The task metric of raw model outputs against ground-truth labels.
+
+    Args:
+        task: the task whose schema and fields are scored.
+        predictions: the model's text per record (None: no output, wrong on every field).
+        labels: the answers, as dicts of field values (checked and normalized here).
+
+    Returns:
+        A :class:`TaskScore`. Raises :class:`TaskError` for mismatched lengths, no records or a bad label.
+
+    >>> from supertiny.tasks import load_task
+    >>> t = load_task("factory-tickets")
+    >>> gold = {"asset": "CNC-07", "category": "electrical", "severity": "high", "line_stopped": True}
+    >>> s = score(t, [t.format_answer(gold), "no idea"], [gold, gold])
+    >>> s.task_score, s.json_valid, s.fields["asset"]
+    (0.5, 0.5, 0.5)
+    """
+    if len(predictions) != len(labels):  # checked before parsing anything
+        raise TaskError(f"{task.name}: {len(predictions)} predictions for {len(labels)} labels")
+    return score_parsed(task, [task.parse(p) for p in predictions], labels)
+
+
+def score_parsed(task: Task, parsed: Sequence[ParsedOutput], labels: Sequence[dict[str, Any]]) -> TaskScore:
+    """:func:`score` for outputs already parsed with ``task.parse``."""
+    if len(parsed) != len(labels):
+        raise TaskError(f"{task.name}: {len(parsed)} predictions for {len(labels)} labels")
+    if not labels:
+        raise TaskError(f"{task.name}: nothing to score (no records)")
+    hits = dict.fromkeys(task.field_names, 0)
+    for i, (p, raw) in enumerate(zip(parsed, labels, strict=True)):
+        label, why = task.check_label(raw, f"labels[{i}]")
+        if label is None:
+            raise TaskError(f"{task.name}: " + "; ".join(why))
+        for name, ok in field_matches(task, p, label).items():
+            hits[name] += ok
+    n = len(labels)
+    return TaskScore(task.name, n, sum(p.json_valid for p in parsed) / n, sum(p.schema_valid for p in parsed) / n,
+                     {name: k / n for name, k in hits.items()})
+
+
+def _record(task: Task, obj: Any, path: Path, number: int) -> TaskRecord:
+    """One decoded line as a record, or :class:`InvalidInputError` naming the file and line."""
+    where = f"{path}:{number}"
+    if not isinstance(obj, dict):
+        raise InvalidInputError(f"{where}: expected an object like {{\"input\": ..., \"label\": ...}}, "
+                                f"got {type(obj).__name__}")
+    for key in obj:
+        if key not in _RECORD_KEYS:
+            close = difflib.get_close_matches(key, _RECORD_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InvalidInputError(f"{where}: unknown key {key!r} ({hint}known: input, label)")
+    text = obj.get("input")
+    if not isinstance(text, str) or not text.strip():
+        got = "it is missing" if "input" not in obj else f"got {json.dumps(text)[:40]}"
+        raise InvalidInputError(f"{where}: input: expected a non-empty string, {got}")
+    label = None
+    if "label" in obj:
+        label, why = task.check_label(obj["label"])
+        if label is None:
+            raise InvalidInputError(f"{where}: " + "; ".join(why))
+    return TaskRecord(text, label, number, str(path))
+
+
+def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = False) -> list[TaskRecord]:
+    """The records of a JSON Lines data file, checked against ``task``.
+
+    Args:
+        path: the ``.jsonl`` file.
+        task: labels must be valid answers of this task (known keys, all fields, allowed values).
+        labelled: require a label on every line (evaluation data).
+
+    Returns:
+        The records in file order. Raises :class:`InvalidInputError` naming the file and line of the
+        first problem: unreadable or empty file, bad JSON, not an object, missing ``input``, bad label.
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8-sig") as fh:  # -sig: a byte-order mark some editors write is not data
+            lines = fh.readlines()
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{path}: is a directory, expected a .jsonl file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        record = _record(task, obj, path, number)
+        if labelled and record.label is None:
+            raise InvalidInputError(f"{path}:{number}: label: required here (evaluation needs the answers)")
+        records.append(record)
+    if not records:
+        raise InvalidInputError(f"{path}: no records (the file is empty); expected one JSON object a line")
+    return records
+
+
+def engine_complete(engine: Any, max_tokens: int = 128) -> Complete:
+    """A :data:`Complete` over a :class:`supertiny.runtime.engine.Engine` (greedy, its chat template)."""
+    return lambda messages: engine.complete(messages, max_tokens=max_tokens).text
+
+
+def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
+                  progress: Progress | None = None) -> TaskEvaluation:
+    """Run a model on labelled records and score it with the task metric.
+
+    Args:
+        complete: chat messages -> reply text (greedy); any backend (see :func:`engine_complete`).
+        task: the task (its prompt, parser and metric).
+        records: labelled records, e.g. from :func:`read_task_data`.
+        progress: called with (records done, records in all).
+
+    Returns:
+        A :class:`TaskEvaluation`: the :class:`TaskScore` and each record's output and parse.
+    """
+    if not records:
+        raise TaskError(f"{task.name}: nothing to evaluate (no records)")
+    for r in records:
+        if r.label is None:
+            raise InvalidInputError(f"{r.source or 'records'}:{r.line}: label: required for evaluation")
+    outputs, parsed = [], []
+    for k, r in enumerate(records):
+        text = complete(task.messages(r.input))
+        outputs.append(text)
+        parsed.append(task.parse(text))
+        if progress:
+            progress(k + 1, len(records))
+    return TaskEvaluation(score_parsed(task, parsed, [r.label for r in records]), outputs, parsed)

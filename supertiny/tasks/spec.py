@@ -1,0 +1,338 @@
+"""Task files: validation, lookup by name or path, and the chat prompt of a task.
+
+A task is a small TOML file (schema version 1)::
+
+    schema_version = 1
+    name = "my-task"                 # a-z, 0-9, '.', '_', '-'
+    description = "one line"         # optional
+    input = "ticket"                 # what the input is called in the prompt
+    instruction = "What to do, with the definitions the model needs."
+
+    [output.asset]                   # one table per JSON key, in the order shown to the model
+    type = "string"                  # string | bool | enum
+    pattern = "[A-Z]{2,6}-[0-9]{1,4}"  # string only: the whole (normalized) value must match
+    normalize = "upper"              # string or enum: upper | lower | strip
+    description = "..."              # optional, shown to the model
+
+    [output.severity]
+    type = "enum"
+    values = ["low", "high"]
+
+    [[examples]]                     # optional few-shot examples, checked against the schema
+    input = "..."
+    output = { asset = "CNC-07", severity = "high" }
+
+Every key is validated and unknown keys are rejected with a suggestion; all problems of a
+file are reported in one :class:`~supertiny.errors.TaskError` line that starts with the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from ..errors import TaskError
+from .fields import NORMALIZE, TYPES, OutputField, check_value
+from .output import ParsedOutput, parse_output
+
+SCHEMA_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """A few-shot example: an input and its (canonical) answer."""
+
+    input: str
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A validated structured-output task; ``source`` is the file it came from."""
+
+    name: str
+    description: str
+    input: str
+    instruction: str
+    fields: tuple[OutputField, ...]
+    examples: tuple[TaskExample, ...]
+    source: Path
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def system_prompt(self) -> str:
+        """The instruction, then the exact JSON schema with every allowed value."""
+        schema = "\n".join(f.schema_line() for f in self.fields)
+        return (f"{self.instruction.strip()}\n\nAnswer with one JSON object and nothing else, with exactly "
+                f"these keys:\n{schema}")
+
+    def user_prompt(self, input_text: str) -> str:
+        """The input as the user turn: ``'Ticket:\\n<text>'``."""
+        return f"{self.input[:1].upper()}{self.input[1:]}:\n{input_text}"
+
+    def messages(self, input_text: str) -> list[Message]:
+        """Chat messages for one input: system (instruction and schema), examples as turns, then the input.
+
+        >>> t = load_task("factory-tickets")
+        >>> [m["role"] for m in t.messages("CNC-07 down, no power")]
+        ['system', 'user']
+        """
+        out = [{"role": "system", "content": self.system_prompt()}]
+        for ex in self.examples:
+            out += [{"role": "user", "content": self.user_prompt(ex.input)},
+                    {"role": "assistant", "content": self.format_answer(ex.output)}]
+        return out + [{"role": "user", "content": self.user_prompt(input_text)}]
+
+    def format_answer(self, answer: Mapping[str, Any]) -> str:
+        """The answer as the model should write it: one line of JSON, keys in field order.
+
+        >>> load_task("factory-tickets").format_answer(
+        ...     {"line_stopped": True, "asset": "CNC-07", "category": "electrical", "severity": "high"})
+        '{"asset": "CNC-07", "category": "electrical", "severity": "high", "line_stopped": true}'
+        """
+        return json.dumps({n: answer[n] for n in self.field_names}, ensure_ascii=False)
+
+    def parse(self, output_text: str | None) -> ParsedOutput:
+        """The model's answer checked field by field (see :mod:`supertiny.tasks.output`).
+
+        >>> p = load_task("factory-tickets").parse('```json\\n{"asset": "cnc-07", "category": "wiring"}\\n```')
+        >>> p.json_valid, p.schema_valid, p.values, p.problems["line_stopped"]
+        (True, False, {'asset': 'CNC-07'}, 'missing')
+        """
+        return parse_output(self.fields, output_text)
+
+    def check_label(self, label: Any, where: str = "label") -> tuple[dict[str, Any] | None, list[str]]:
+        """A ground-truth answer in canonical form, or None and what is wrong with it (unknown keys
+        with a suggestion, missing keys, bad values), each problem starting with ``where``."""
+        if not isinstance(label, dict):
+            return None, [f"{where}: expected an object with keys {', '.join(self.field_names)}, got {_show(label)}"]
+        problems = [_unknown(key, self.field_names, where) for key in label if key not in self.field_names]
+        values = {}
+        for f in self.fields:
+            if f.name not in label:
+                problems.append(f"{where}.{f.name}: required key is missing")
+                continue
+            value, why = check_value(f, label[f.name])
+            if why:
+                problems.append(f"{where}.{f.name}: {why}")
+            values[f.name] = value
+        return (None, problems) if problems else (values, [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The task as plain data (the TOML schema), plus ``source``."""
+        out = {f.name: {"type": f.type, "description": f.description, "values": list(f.values),
+                        "pattern": f.pattern, "normalize": f.normalize} for f in self.fields}
+        return {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
+                "input": self.input, "instruction": self.instruction,
+                "output": {k: {a: b for a, b in v.items() if b not in (None, "", [])} for k, v in out.items()},
+                "examples": [{"input": e.input, "output": e.output} for e in self.examples],
+                "source": str(self.source)}
+
+
+# -- validation: one check per key, as in supertiny.targets --
+
+class _Bad(Exception):
+    """A value is wrong; the message says what was expected and what came."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is(ok: Callable[[Any], bool], what: str) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if not ok(v):
+            raise _Bad(f"expected {what}, got {_show(v)}")
+        return v
+    return check
+
+
+def _regex(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise _Bad(f"expected a regular expression (a non-empty string), got {_show(v)}")
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise _Bad(f"expected a valid regular expression, got {_show(v)} ({exc})") from None
+    return v
+
+
+def _values(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s.strip() for s in v):
+        raise _Bad(f"expected a non-empty list of non-empty strings, got {_show(v)}")
+    if len(set(v)) != len(v):
+        raise _Bad(f"expected no repeated values, got {_show(v)}")
+    return tuple(v)
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    return _is(lambda v: isinstance(v, str) and v in choices, f"one of {', '.join(choices)}")
+
+
+_text = _is(lambda v: isinstance(v, str), "a string")
+_non_empty = _is(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+_table = _is(lambda v: isinstance(v, dict), "a table")
+_TOP: dict[str, Callable[[Any], Any]] = {
+    "schema_version": _is(lambda v: type(v) is int and v == SCHEMA_VERSION, str(SCHEMA_VERSION)),
+    "name": _is(lambda v: isinstance(v, str) and _NAME.fullmatch(v) is not None,
+                "a name of a-z, 0-9, '.', '_', '-' starting with a letter or digit"),
+    "description": _text, "input": _non_empty, "instruction": _non_empty,
+    "output": _is(lambda v: isinstance(v, dict) and v != {}, "a table with at least one field"),
+    "examples": _is(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v),
+                    "a list of tables ([[examples]])"),
+}
+_FIELD: dict[str, Callable[[Any], Any]] = {
+    "type": _one_of(*TYPES), "description": _text, "values": _values, "pattern": _regex,
+    "normalize": _one_of(*NORMALIZE),
+}
+_ONLY_FOR = {"values": ("enum",), "pattern": ("string",), "normalize": ("string", "enum")}
+_EXAMPLE: dict[str, Callable[[Any], Any]] = {"input": _non_empty, "output": _table}
+
+
+def _unknown(key: str, known: Any, where: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{where}: unknown key {key!r} ({hint}known: {', '.join(known)})"
+
+
+def _fields(data: dict[str, Any], checks: Mapping[str, Callable[[Any], Any]], required: set[str], where: str,
+            problems: list[str]) -> dict[str, Any]:
+    """Validated values of the keys present; unknown, missing and bad keys go to ``problems``."""
+    problems += [_unknown(key, checks, where or "top level") for key in data if key not in checks]
+    out = {}
+    for key, check in checks.items():
+        name = f"{where}.{key}" if where else key
+        if key not in data:
+            if key in required:
+                problems.append(f"{name}: required key is missing")
+            continue
+        try:
+            out[key] = check(data[key])
+        except _Bad as exc:
+            problems.append(f"{name}: {exc}")
+    return out
+
+
+def _output_field(name: str, spec: Any, problems: list[str]) -> OutputField | None:
+    where = f"output.{name}"
+    if _KEY.fullmatch(name) is None:
+        problems.append(f"{where}: expected a field name of letters, digits and '_' (not starting with a digit)")
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: expected a table with a type, got {_show(spec)}")
+        return None
+    n = len(problems)
+    got = _fields(spec, _FIELD, {"type"}, where, problems)
+    kind = got.get("type")
+    if kind == "enum" and "values" not in spec:
+        problems.append(f"{where}.values: an enum needs its allowed values, e.g. values = [\"a\", \"b\"]")
+    for key, types in _ONLY_FOR.items():
+        if kind and key in spec and kind not in types:
+            problems.append(f"{where}.{key}: only a {' or '.join(types)} field takes {key}, this one is {kind}")
+    if len(problems) > n:
+        return None
+    f = OutputField(name, kind, got.get("description", ""), got.get("values", ()), got.get("pattern"),
+                    got.get("normalize"))
+    # a value that normalizing changes could never be matched: the schema would be unsatisfiable
+    if changed := [v for v in f.values if f.normalized(v) != v]:
+        problems.append(f"{where}.values: {changed[0]!r} is not in its normalized form "
+                        f"({f.normalize}: {f.normalized(changed[0])!r}), so no answer could match it")
+        return None
+    return f
+
+
+def parse_task(data: Mapping[str, Any], source: str | os.PathLike[str]) -> Task:
+    """Validate a task given as a dict (parsed TOML) and build a :class:`Task`.
+
+    Raises :class:`TaskError` listing every problem, in one line that starts with ``source``.
+
+    >>> parse_task({"schema_version": 1, "name": "t", "input": "text", "instruction": "Classify.",
+    ...             "output": {"label": {"type": "enum", "valus": ["a"]}}}, "t.toml")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    supertiny.errors.TaskError: t.toml: output.label: unknown key 'valus' (did you mean 'values'? ...); ...
+    """
+    if not isinstance(data, Mapping):
+        raise TaskError(f"{source}: expected a table of keys, got {_show(data)}")
+    problems: list[str] = []
+    top = _fields(dict(data), _TOP, {"schema_version", "name", "input", "instruction", "output"}, "", problems)
+    fields = [_output_field(name, spec, problems) for name, spec in top.get("output", {}).items()]
+    examples = []
+    if all(fields) and "output" in top:
+        task = Task(top.get("name", ""), "", "", "", tuple(fields), (), Path(source))
+        for i, ex in enumerate(top.get("examples", [])):
+            got = _fields(ex, _EXAMPLE, {"input", "output"}, f"examples[{i}]", problems)
+            if "output" in got:
+                answer, why = task.check_label(got["output"], f"examples[{i}].output")
+                problems += why
+                if answer is not None and "input" in got:
+                    examples.append(TaskExample(got["input"], answer))
+    if problems:
+        raise TaskError(f"{source}: " + "; ".join(problems))
+    return Task(name=top["name"], description=top.get("description", ""), input=top["input"],
+                instruction=top["instruction"], fields=tuple(fields), examples=tuple(examples), source=Path(source))
+
+
+def _read(path: Path) -> Task:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise TaskError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TaskError(f"{path}: is a directory, expected a task .toml file") from None
+    except OSError as exc:
+        raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: not valid TOML: not UTF-8 (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
+    return parse_task(data, path)
+
+
+def list_tasks() -> list[str]:
+    """The names of the shipped tasks (``supertiny/tasks/*.toml``).
+
+    >>> "factory-tickets" in list_tasks()
+    True
+    """
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))
+
+
+def load_task(name_or_path: str | os.PathLike[str]) -> Task:
+    """A shipped task by name (``'factory-tickets'``) or a user's task file by path.
+
+    Anything ending in ``.toml`` or containing a path separator is a path. Raises
+    :class:`TaskError` for an unknown name (listing the shipped ones) or a bad file.
+
+    >>> load_task("factory-tickets").field_names
+    ('asset', 'category', 'severity', 'line_stopped')
+    """
+    text = os.fspath(name_or_path)
+    if isinstance(name_or_path, os.PathLike) or text.endswith(".toml") or "/" in text or os.sep in text:
+        return _read(Path(text))
+    path = SHIPPED_DIR / f"{text}.toml"
+    if not path.is_file():
+        raise TaskError(f"unknown task {text!r}; shipped: {', '.join(list_tasks()) or 'none'} "
+                        "(or pass a path to a .toml file)")
+    task = _read(path)
+    if task.name != text:
+        raise TaskError(f"{path}: name: expected {text!r} (the file's name), got {task.name!r}")
+    return task
