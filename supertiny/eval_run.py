@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import evaluate as ev
 from .errors import InvalidInputError, UserError
 from .evaluate import Agreement, Generation, Progress, TextScore
 from .models import resolve
 from .runtime.engine import EngineOptions, open_engine
+
+if TYPE_CHECKING:
+    from .tasks import TaskEvaluation
+
+# A task's answer is one JSON object: ~30-60 tokens for factory-tickets; room for more fields.
+TASK_MAX_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,14 @@ class EvalReport:
     teacher: dict[str, Any] | None = None
     agreement: Agreement | None = None
     generations: list[Generation] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None  # what the artifact's manifest says it is, when it has one
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for g, gd in zip(self.generations, d["generations"], strict=True):
             gd["tokens_per_s"] = g.tokens_per_s
+        if self.manifest is None:
+            del d["manifest"]
         return d
 
 
@@ -137,4 +146,84 @@ def evaluate_model(model: str | os.PathLike[str], config: EvalConfig | None = No
         if config.prompts:
             generations = ev.generate(lm.generate, lm.tokenizer, config.prompts, config.max_new_tokens)
         return EvalReport(model=lm.info, text=text_file, score=score, teacher=teacher_info, agreement=agreement,
-                          generations=generations)
+                          generations=generations, manifest=manifest_summary(model))
+
+
+@dataclass
+class TaskReport:
+    """What ``supertiny eval MODEL --task TASK --data FILE`` measures, ready for JSON."""
+
+    model: dict[str, Any]
+    data: str
+    evaluation: TaskEvaluation
+    seconds: float
+    max_new_tokens: int
+    manifest: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"model": self.model, "data": self.data, **self.evaluation.to_dict(),
+             "max_new_tokens": self.max_new_tokens, "seconds": self.seconds}
+        if self.manifest is not None:
+            d["manifest"] = self.manifest
+        return d
+
+
+def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[str], data: str | os.PathLike[str],
+                        config: EvalConfig | None = None, max_new_tokens: int = TASK_MAX_NEW_TOKENS,
+                        limit: int | None = None, progress: Progress | None = None) -> TaskReport:
+    """Score ``model`` on a structured-output task: its chat template, greedy replies, the task metric.
+
+    Args:
+        model: a ``.gguf`` file, an ONNX export, a Hugging Face directory or ``"default"``.
+        task: a shipped task's name (``factory-tickets``) or a task ``.toml`` file.
+        data: labelled JSON Lines (``{"input": ..., "label": {...}}`` a line).
+        config: backend, threads, provider and dtype are read from it.
+        max_new_tokens: reply length limit (an answer cut short is JSON-invalid).
+        limit: score only the first N records.
+        progress: called with (records done, records in all).
+
+    Returns:
+        :class:`TaskReport`: ``evaluation.score.task_score`` is the mean field accuracy.
+
+    Example::
+
+        r = evaluate_task_model("default", "factory-tickets", "examples/factory_tickets/data/dev.jsonl", limit=5)
+        r.evaluation.score.task_score
+    """
+    import time
+
+    from .tasks import engine_complete, evaluate_task, load_task, read_task_data
+
+    config = config or EvalConfig()
+    if max_new_tokens < 1:
+        raise InvalidInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if limit is not None and limit < 1:
+        raise InvalidInputError(f"limit must be at least 1, got {limit}")
+    spec = load_task(task)
+    records = read_task_data(data, spec, labelled=True)[:limit]  # bad files fail before the model loads
+    resolve(model)
+    options = EngineOptions(threads=config.threads, provider=config.provider, dtype=config.dtype)
+    start = time.perf_counter()
+    with open_engine(model, config.backend, options) as engine:
+        evaluation = evaluate_task(engine_complete(engine, max_new_tokens), spec, records, progress)
+        info = engine.info
+    return TaskReport(model=info, data=str(data), evaluation=evaluation, seconds=time.perf_counter() - start,
+                      max_new_tokens=max_new_tokens, manifest=manifest_summary(model))
+
+
+def manifest_summary(model: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What an artifact's manifest says it is (stage, source, files), or None without one."""
+    from .manifest import ManifestError, read_manifest
+    from .models import DEFAULT_TEACHER
+
+    if str(model) == DEFAULT_TEACHER:
+        return None
+    try:
+        m = read_manifest(resolve(model)[1])
+    except ManifestError as exc:  # a broken sidecar does not stop an evaluation; it is reported
+        return {"error": str(exc)}
+    if m is None:
+        return None
+    return {"stage": m.stage, "stage_version": m.stage_version, "source": m.source.get("path"),
+            "source_sha256": m.source.get("sha256"), "created": m.created, "files": len(m.files),
+            "bytes": m.bytes}

@@ -96,3 +96,96 @@ def test_missing_inputs_fail_before_any_engine_opens(make_tiny_dir, monkeypatch)
         evaluate_model(make_tiny_dir(), EvalConfig(text="/no/such.txt"))
     with pytest.raises(UserError, match="no such file or directory"):
         evaluate_model(make_tiny_dir(), EvalConfig(), teacher="/no/teacher")
+
+
+TINY_TASK = """
+schema_version = 1
+name = "tiny"
+input = "note"
+instruction = "Say the colour."
+[output.colour]
+type = "enum"
+values = ["red", "blue"]
+[output.urgent]
+type = "bool"
+"""
+
+
+def _task_data(tmp_path, n=3):
+    import json
+
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"input": f"red {i}", "label": {"colour": "red", "urgent": False}}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+@pytest.fixture
+def tiny_task(tmp_path):
+    path = tmp_path / "tiny.toml"  # short: the tiny model's context is 1024 tokens of a tiny vocabulary
+    path.write_text(TINY_TASK)
+    return path
+
+
+def test_task_report_scores_the_models_replies(make_tiny_dir, tmp_path, tiny_task):
+    from supertiny.eval_run import evaluate_task_model
+
+    path, data = make_tiny_dir(), _task_data(tmp_path)
+    seen = []
+    report = evaluate_task_model(path, tiny_task, data, EvalConfig(prompts=()), max_new_tokens=6, limit=2,
+                                 progress=lambda done, total: seen.append((done, total)))
+    s = report.evaluation.score
+    assert s.n == 2 and seen[-1] == (2, 2) and report.max_new_tokens == 6
+    assert set(s.fields) == {"colour", "urgent"}
+    # a random tiny model writes no JSON object in 6 tokens: wrong on every field
+    assert s.json_valid == 0.0 and s.task_score == 0.0 and len(report.evaluation.outputs) == 2
+    d = report.to_dict()
+    assert d["task_score"] == 0.0 and d["n"] == 2 and "manifest" not in d and d["model"]["backend"].startswith("torch")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+    ({"limit": 0}, "limit must be at least 1"),
+    ({"task": "no-such-task"}, "no-such-task"),
+])
+def test_task_report_rejects_bad_settings_before_loading(tmp_path, kw, match):
+    from supertiny.eval_run import evaluate_task_model
+
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"input": "x", "label": {"asset": "AB-1", "category": "mechanical", "severity": "low", '
+                    '"line_stopped": false}}\n')
+    args = {"model": tmp_path / "missing-model", "task": "factory-tickets", "data": data, **kw}
+    with pytest.raises(UserError, match=match):
+        evaluate_task_model(**args)
+
+
+def test_task_data_errors_name_the_line_before_the_model_loads(tmp_path):
+    from supertiny.eval_run import evaluate_task_model
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"input": "x", "label": {"asset": "AB-1", "category": "mechanical", "severity": "low", '
+                    '"line_stopped": false}}\n{"input": 3}\n')
+    with pytest.raises(UserError, match="bad.jsonl:2"):
+        evaluate_task_model(tmp_path / "missing-model", "factory-tickets", data)
+
+
+def test_eval_cli_task_mode(make_tiny_dir, tmp_path, tiny_task):
+    import json
+
+    from click.testing import CliRunner
+
+    from supertiny.cli import main
+
+    path, data = make_tiny_dir(), _task_data(tmp_path, n=2)
+    result = CliRunner().invoke(main, ["eval", str(path), "--task", str(tiny_task), "--data", str(data),
+                                       "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "task score  0.000" in result.output and "colour 0.0%" in result.output and "2 records" in result.output
+    result = CliRunner().invoke(main, ["eval", str(path), "--task", str(tiny_task), "--data", str(data),
+                                       "--max-new-tokens", "4", "--limit", "1", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["n"] == 1
+    for args, message in ((["--task", str(tiny_task)], "--task and --data go together"),
+                          (["--limit", "2"], "--limit counts task records"),
+                          (["--task", str(tiny_task), "--data", str(data), "--teacher", str(path)], "do not apply")):
+        result = CliRunner().invoke(main, ["eval", str(path), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

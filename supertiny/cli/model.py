@@ -23,7 +23,7 @@ from ..export import (
 from .core import BACKEND_CHOICE, DTYPE_CHOICE, PROVIDER_CHOICE, _human, _progress, _quiet_transformers, main
 
 if TYPE_CHECKING:
-    from ..eval_run import EvalReport
+    from ..eval_run import EvalReport, TaskReport
     from ..manifest import Manifest
 
 
@@ -66,8 +66,14 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--stride", default=256, show_default=True, help="Tokens each window moves (<= window).")
 @click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens of the text.")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt for greedy generation (repeatable).")
-@click.option("--max-new-tokens", default=48, show_default=True, help="Tokens generated per prompt.")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Tokens generated per prompt [default: 48; with --task 128, a whole JSON answer].")
 @click.option("--no-generate", is_flag=True, help="Skip the generation samples.")
+@click.option("--task", default=None, help="Score a structured-output task instead: a shipped task's name "
+              "(factory-tickets) or a task .toml file; needs --data.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
+              help="With --task: labelled JSON Lines, one {\"input\": ..., \"label\": {...}} a line.")
+@click.option("--limit", type=int, default=None, help="With --task: score only the first N records.")
 @click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True, help="auto: what you deploy on: llama.cpp for .gguf files, onnxruntime for ONNX "
               "exports; torch for Hugging Face directories.")
@@ -78,16 +84,34 @@ def inspect(model: str, as_json: bool) -> None:
               show_default=True, help="Dtype the model runs in.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int, stride: int,
-             max_tokens: int | None, prompts: tuple[str, ...], max_new_tokens: int,
-             no_generate: bool, backend: str, threads: int | None, provider: str, dtype: str,
-             as_json: bool) -> None:
-    """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations."""
-    from ..eval_run import EvalConfig, evaluate_model
+             max_tokens: int | None, prompts: tuple[str, ...], max_new_tokens: int | None,
+             no_generate: bool, task: str | None, data_path: str | None, limit: int | None, backend: str,
+             threads: int | None, provider: str, dtype: str, as_json: bool) -> None:
+    """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations;
+    or, with --task and --data, its score on a structured-output task."""
+    from ..eval_run import TASK_MAX_NEW_TOKENS, EvalConfig, evaluate_model, evaluate_task_model
     from ..evaluate import DEFAULT_PROMPTS
 
     _quiet_transformers()
+    if (task is None) != (data_path is None):
+        raise InvalidInputError("--task and --data go together: a task and the labelled records to score it on")
+    if task is None and limit is not None:
+        raise InvalidInputError("--limit counts task records; it needs --task and --data")
+    if task is not None:
+        if teacher is not None or text_path is not None:
+            raise InvalidInputError("--task scores replies to the task's records; --teacher and --text do not apply")
+        config = EvalConfig(prompts=(), backend=backend, threads=threads, provider=provider, dtype=dtype)
+        with _progress(f"task {task}") as bar:
+            task_report = evaluate_task_model(model, task, data_path, config, limit=limit, progress=bar,
+                                              max_new_tokens=max_new_tokens or TASK_MAX_NEW_TOKENS)
+        if as_json:
+            click.echo(json.dumps(task_report.to_dict(), indent=2))
+        else:
+            _print_task_report(task_report)
+        return
     config = EvalConfig(text=text_path, window=window, stride=stride, max_tokens=max_tokens,
-                        prompts=() if no_generate else prompts or DEFAULT_PROMPTS, max_new_tokens=max_new_tokens,
+                        prompts=() if no_generate else prompts or DEFAULT_PROMPTS,
+                        max_new_tokens=48 if max_new_tokens is None else max_new_tokens,
                         backend=backend, threads=threads, provider=provider, dtype=dtype)
     with _progress("perplexity" if teacher is None else "teacher vs student") as bar:
         report = evaluate_model(model, config, teacher=teacher, progress=bar)
@@ -286,10 +310,27 @@ def _parity_lines(parity: dict[str, Any]) -> list[str]:
             f"{'equal' if parity['tokenization_equal'] else 'DIFFERS'}"]
 
 
-def _print_report(r: EvalReport) -> None:
-    m, s = r.model, r.score
+def _print_model(m: dict[str, Any], manifest: dict[str, Any] | None) -> None:
     click.echo(f"model       {m['source']} ({m['architecture']}, {_human(m['parameters'])} params, {m['dtype']}, "
                f"{m['backend']})")
+    if manifest is not None:
+        click.echo("artifact    " + (f"manifest unreadable: {manifest['error']}" if "error" in manifest else
+                                     f"{manifest['stage']} v{manifest['stage_version']} of {manifest['source']} "
+                                     f"({manifest['created']}; `supertiny verify` re-checks its files)"))
+
+
+def _print_task_report(r: TaskReport) -> None:
+    s = r.evaluation.score
+    _print_model(r.model, r.manifest)
+    click.echo(f"task        {s.task} on {r.data}: {s.n} records, {r.seconds:.1f} s "
+               f"(greedy, up to {r.max_new_tokens} new tokens)")
+    click.echo(f"task score  {s.task_score:.3f}   JSON valid {s.json_valid:.1%}   schema valid {s.schema_valid:.1%}")
+    click.echo("fields      " + "   ".join(f"{name} {acc:.1%}" for name, acc in s.fields.items()))
+
+
+def _print_report(r: EvalReport) -> None:
+    m, s = r.model, r.score
+    _print_model(m, r.manifest)
     click.echo(f"text        {r.text}: {s.tokens:,} tokens, window {s.window}, stride {s.stride}")
     click.echo(f"perplexity  {s.perplexity:.3f}  ({s.nll_mean:.4f} nats/token over {s.tokens_scored:,} tokens, "
                f"{s.seconds:.1f} s)")
