@@ -46,3 +46,8 @@ class MissingExtraError(UserError):
 
 class TargetError(UserError):
     """A device target profile that is missing, unreadable or invalid; the message names the file."""
+
+
+class BrokenCheckpointError(UserError):
+    """Weights that parse but cannot be the model: missing, unexpected, mis-shaped or non-finite
+    tensors (the message names them), or a backend returning non-finite logits."""

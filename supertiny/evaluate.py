@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInputError
+from .errors import BrokenCheckpointError, InvalidInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,7 +153,16 @@ def _rows(fn: LogitsFn, ids: Sequence[int], begin: int, end: int, first: int) ->
         raise InvalidInputError(
             f"logits function returned shape {tuple(logits.shape)} for {end - begin} tokens"
         )
-    return _log_softmax(logits[first - 1 - begin : end - 1 - begin])
+    rows = _log_softmax(logits[first - 1 - begin : end - 1 - begin])
+    # NaN or +Inf logits (a -Inf logit is a masked token, fine) make NaN log-probabilities,
+    # which would be reported as `perplexity nan`.
+    if bool(rows.isnan().any()):
+        bad = int(rows.isnan().any(-1).sum())
+        raise BrokenCheckpointError(
+            f"the model returned non-finite logits (NaN/Inf) at {bad} of {end - first} scored positions of "
+            f"tokens {begin}..{end}: its weights are broken"
+        )
+    return rows
 
 
 def _score(
