@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # Tensors llama.cpp may store that a HF model recomputes (transformers skips them too).
 DERIVED_TENSORS = ("rope_freqs.weight",)
+_ROWS = 64  # rows dequantized at once: 4x fewer numpy calls than 16, temporaries still in cache
 
 
 def config_dict(gf: GGUFFile) -> dict[str, Any]:
@@ -78,6 +79,27 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def dequantize(data: np.ndarray, qtype: Any) -> np.ndarray:
+    """gguf-py's dequantizer, over chunks of rows instead of its groups of 16.
+
+    ``gguf.quants.dequantize`` splits a tensor into groups of 16 rows and concatenates
+    the results; for the default teacher's 49k-row embedding that bookkeeping cost
+    more than the arithmetic. The per-block arithmetic is the same function on the
+    same bytes (elementwise, no reductions), so the values are bit-equal.
+    """
+    import gguf
+    import numpy as np
+
+    traits = gguf.quants._type_traits.get(qtype)  # gguf is pinned: its per-type classes
+    if traits is None or data.ndim != 2 or data.shape[0] <= _ROWS:
+        return gguf.quants.dequantize(data, qtype)
+    traits.init_grid()
+    out = np.empty((data.shape[0], data.shape[1] // traits.type_size * traits.block_size), dtype=np.float32)
+    for i in range(0, data.shape[0], _ROWS):
+        out[i : i + _ROWS] = traits.dequantize_rows(data[i : i + _ROWS])
+    return out
+
+
 def _reverse_names(spec: ArchSpec, n_layers: int, hf_names: list[str]) -> dict[str, str]:
     """GGUF name -> HF name for every tensor the HF model holds, from one name table."""
     table = tensor_name_map(spec, n_layers)
@@ -101,7 +123,6 @@ def load_gguf(gf: GGUFFile, dtype: torch.dtype) -> PreTrainedModel:
         BrokenCheckpointError: missing, unexpected or mis-shaped tensors (after the
             name mapping), NaN/Inf values, or tensors gguf-py cannot dequantize.
     """
-    import gguf
     import numpy as np
     import torch
 
@@ -124,7 +145,7 @@ def load_gguf(gf: GGUFFile, dtype: torch.dtype) -> PreTrainedModel:
         if t.name not in reverse:
             continue
         try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
+            w = dequantize(t.data, t.tensor_type)
         except (NotImplementedError, ValueError) as exc:
             raise BrokenCheckpointError(f"{gf.path}: cannot dequantize {t.name} "
                                         f"({t.tensor_type.name}): {exc}") from None
