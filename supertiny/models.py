@@ -18,14 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .archs import arch_for_gguf, arch_for_model_type
-from .checkpoint import (
-    PICKLE_SUFFIXES,
-    align_special_ids,
-    check_finite,
-    check_hf_files,
-    safetensors_files,
-    safetensors_header,
-)
+from .checkpoint import PICKLE_SUFFIXES, align_special_ids, check_hf_files, safetensors_files, safetensors_header
 from .errors import (
     InvalidGGUFError,
     MissingExtraError,
@@ -367,7 +360,7 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
     else:
         from transformers import AutoTokenizer
 
-        from .checkpoint import load_hf
+        from .checkpoint import check_finite, load_hf
 
         disk_info = _describe_hf(p)
         try:
