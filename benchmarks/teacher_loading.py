@@ -1,11 +1,14 @@
 """Loading the default teacher: where the time goes, and what each tokenizer gets right.
 
 Prints one table, measured in one run on this machine:
-  - describe (metadata only) vs load_model (dequantize to float32),
+  - describe (metadata only) vs load_model (dequantize to float32), and load_model's
+    GGUF path as it was (transformers' ``from_pretrained(dir, gguf_file=...)``) against
+    supertiny's own loader (:mod:`supertiny.gguf_load`), each with the same validation
+    and tokenizer steps, alternated so machine noise hits both,
   - supertiny's GGUF tokenizer vs transformers' own GGUF tokenizer conversion: build
     time, eos/add_bos, and agreement with llama.cpp's tokenization of the bundled text.
 
-Run:  .venv/bin/python benchmarks/teacher_loading.py
+Run:  .venv/bin/python benchmarks/teacher_loading.py [--repeat 2]
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ def timed(fn):
 
 
 def main() -> None:
+    import argparse
+
+    import torch
     from llama_cpp import Llama
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -30,8 +36,11 @@ def main() -> None:
     from supertiny.evaluate import default_corpus_path
     from supertiny.gguf_file import GGUFFile
     from supertiny.gguf_tokenizer import tokenizer_from_gguf
-    from supertiny.models import default_teacher_path, describe, load_model
+    from supertiny.models import default_teacher_path, describe, describe_gguf, load_model
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=2, help="timed loads per loader (the minimum is shown)")
+    args = ap.parse_args()
     hf_logging.set_verbosity_error()
     path = default_teacher_path()
     text = default_corpus_path().read_text(encoding="utf-8")
@@ -39,11 +48,24 @@ def main() -> None:
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     reference = llm.tokenize(text.encode(), add_bos=False, special=True)
 
+    def transformers_load():  # load_model's GGUF path before supertiny.gguf_load
+        from transformers import AutoModelForCausalLM
+
+        gf = GGUFFile(path)
+        describe_gguf(gf)
+        tokenizer_from_gguf(gf)
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+
     rows = []
     _, t = timed(lambda: describe("default"))
     rows.append(("describe (metadata only)", t, "", "", ""))
-    _, t = timed(lambda: load_model("default"))
-    rows.append(("load_model (float32)", t, "", "", ""))
+    load_model("default")  # warm imports and the page cache for both
+    before, after = [], []
+    for _ in range(args.repeat):
+        before.append(timed(transformers_load)[1])
+        after.append(timed(lambda: load_model("default"))[1])
+    rows.append(("load_model (f32), transformers' GGUF loader", min(before), "", "", ""))
+    rows.append(("load_model (f32), supertiny's GGUF loader", min(after), "", "", ""))
 
     def check(tok):
         adds_bos = tok("x")["input_ids"][:1] == [tok.bos_token_id]
@@ -70,7 +92,9 @@ def main() -> None:
         cells = [r[0], f"{r[1]:.1f}", r[2], r[3], r[4]]
         print(" | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
     print(f"\nllama.cpp reference: {len(reference)} tokens of {default_corpus_path().name}; "
-          f"teacher file {path.name}, {os.cpu_count()} CPUs, torch threads default.")
+          f"teacher file {path.name}, {os.cpu_count()} CPUs, torch threads default; load times are the "
+          f"minimum of {args.repeat} alternated runs (before: {', '.join(f'{t:.1f}' for t in before)} s; "
+          f"after: {', '.join(f'{t:.1f}' for t in after)} s).")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,8 @@ class TargetError(UserError):
 
 class TaskError(UserError):
     """A task file that is missing, unreadable or invalid, or labels that do not fit it; names the file."""
+
+
+class BrokenCheckpointError(UserError):
+    """Weights that parse but cannot be the model: missing, unexpected, mis-shaped or non-finite
+    tensors (the message names them), or a backend returning non-finite logits."""

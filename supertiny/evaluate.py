@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compress.data import read_text  # noqa: F401 - it lives with the other readers; kept importable here
-from .errors import InvalidInputError
+from .errors import BrokenCheckpointError, InvalidInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,7 +136,16 @@ def _rows(fn: LogitsFn, ids: Sequence[int], begin: int, end: int, first: int) ->
         raise InvalidInputError(
             f"logits function returned shape {tuple(logits.shape)} for {end - begin} tokens"
         )
-    return _log_softmax(logits[first - 1 - begin : end - 1 - begin])
+    rows = _log_softmax(logits[first - 1 - begin : end - 1 - begin])
+    # NaN or +Inf logits (a -Inf logit is a masked token, fine) make NaN log-probabilities,
+    # which would be reported as `perplexity nan`.
+    if bool(rows.isnan().any()):
+        bad = int(rows.isnan().any(-1).sum())
+        raise BrokenCheckpointError(
+            f"the model returned non-finite logits (NaN/Inf) at {bad} of {end - first} scored positions of "
+            f"tokens {begin}..{end}: its weights are broken"
+        )
+    return rows
 
 
 def _score(

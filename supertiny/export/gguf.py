@@ -99,14 +99,17 @@ class _Source:
     Safetensors are read with plain file reads at the offsets in their header, not
     through a memory map: mapped pages count toward the process's RSS as they are
     touched, which made a streamed export look as large as the whole checkpoint.
+    No torch model checks these weights, so names and shapes are checked against the
+    config up front and each tensor for NaN/Inf as it streams.
     """
 
     def __init__(self, kind: str, path: Path, lm: LoadedModel | None):
         self.kind, self.path = kind, path
         self._index: dict[str, tuple[Path, int, dict[str, Any]]] = {}
         if kind == "hf":
-            from ..models import safetensors_files, safetensors_header
+            from ..checkpoint import check_hf_dir, safetensors_files, safetensors_header
 
+            check_hf_dir(path)
             for f in safetensors_files(path):
                 header, base = safetensors_header(f)
                 for name, meta in header.items():
@@ -139,6 +142,9 @@ class _Source:
             raw = np.frombuffer(fh.read(end - start), dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
         if meta["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        from ..checkpoint import check_finite_array
+
+        check_finite_array(name, raw, str(f))
         return raw.reshape(meta["shape"]).astype(np.float32, copy=False)
 
 
