@@ -16,9 +16,9 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _common import start
 
 IMATRIX = 4096  # calibration tokens for the +imx rows
 
@@ -45,11 +45,7 @@ def run_child(args: list[str]) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=2048, help="corpus tokens scored for quality")
-    ap.add_argument("--keep", default=None, help="folder to keep the artifacts in")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from transformers.utils import logging as hf_logging
+    args, work = start(ap, "supertiny-bench-", keep_help="folder to keep the artifacts in")
 
     from supertiny import evaluate as ev
     from supertiny.gguf_file import GGUFFile
@@ -57,9 +53,6 @@ def main() -> None:
     from supertiny.models import default_teacher_path, load_model
     from supertiny.runtime.llamacpp import LlamaCppEngine
 
-    hf_logging.set_verbosity_error()
-    work = Path(args.keep or tempfile.mkdtemp(prefix="supertiny-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     hf_dir = work / "teacher-hf-f32"
     if not hf_dir.exists():
         lm = load_model("default")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shutil
 import statistics
 import sys
@@ -30,6 +29,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _common import start
 
 VARIANTS = {  # name -> OnnxExportConfig keyword arguments
     "fp32": {},
@@ -167,20 +168,13 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--keep", default=None, help="folder to keep the exports in")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from transformers.utils import logging as hf_logging
+    args, work = start(ap, "supertiny-onnx-bench-", keep_help="folder to keep the exports in")
 
     from supertiny import evaluate as ev
     from supertiny.export.onnx import OnnxExportConfig, export_onnx
     from supertiny.models import load_model
     from supertiny.runtime.onnxrt import OnnxEngine
 
-    hf_logging.set_verbosity_error()
-    work = Path(args.keep or tempfile.mkdtemp(prefix="supertiny-onnx-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     bw = bandwidth(args.threads)
     print(f"memory bandwidth ({args.threads} threads, numpy reads): {bw / 1e9:.1f} GB/s", file=sys.stderr)
 

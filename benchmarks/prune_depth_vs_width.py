@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
+
+from _common import start
 
 PROMPTS = (32, 256, 1024)
 STUDENTS = {
@@ -81,11 +80,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-onnx", action="store_true", help="GGUF only")
-    ap.add_argument("--keep", default=None, help="folder to keep the students and artifacts in")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from transformers.utils import logging as hf_logging
+    args, work = start(ap, "supertiny-prune-bench-", keep_help="folder to keep the students and artifacts in")
 
     from supertiny import evaluate as ev
     from supertiny.compress.prune import PruneConfig, prune
@@ -94,9 +89,6 @@ def main() -> None:
     from supertiny.models import load_model
     from supertiny.runtime.llamacpp import LlamaCppEngine
 
-    hf_logging.set_verbosity_error()
-    work = Path(args.keep or tempfile.mkdtemp(prefix="supertiny-prune-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     teacher = load_model("default")
     ids = ev.tokenize_text(teacher.tokenizer, ev.read_text(ev.default_corpus_path()))[-1100:]
     onnx = not args.no_onnx and importlib.util.find_spec("onnxruntime_genai") is not None

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import start
+
 PROMPT_TOKENS = 128
 
 
@@ -141,19 +143,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--keep", type=Path, default=None, help="Keep the ONNX exports here (reused when present).")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
+    args, work = start(ap, "supertiny-overhead-", keep_help="Keep the ONNX exports here (reused when present).")
     from supertiny.evaluate import default_corpus_path, read_text
     from supertiny.export.onnx import OnnxExportConfig, export_onnx
     from supertiny.models import default_teacher_path
     from supertiny.runtime.engine import open_engine
 
-    hf_logging.set_verbosity_error()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="supertiny-overhead-"))
-    work.mkdir(parents=True, exist_ok=True)
     exports = {"genai int4": {"format": "genai", "quant": "int4"}, "optimum int4": {"quant": "int4"}}
     for name, kw in exports.items():
         out = work / name.replace(" ", "-")

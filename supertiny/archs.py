@@ -195,8 +195,8 @@ class Shape:
         hidden: hidden (embedding) width.
         intermediate: MLP width.
         vocab: vocabulary size.
-        tied: whether the output layer shares the embedding table.
         context_length: ``max_position_embeddings`` (``None`` when absent).
+        tied_embeddings: whether the output layer shares the embedding table.
     """
 
     layers: int
@@ -206,8 +206,13 @@ class Shape:
     hidden: int
     intermediate: int
     vocab: int
-    tied: bool
     context_length: int | None
+    tied_embeddings: bool
+
+    @property
+    def tied(self) -> bool:
+        """Short for ``tied_embeddings``."""
+        return self.tied_embeddings
 
     @property
     def group(self) -> int:
@@ -248,6 +253,6 @@ def shape(config: Any) -> Shape:
         hidden=hidden,
         intermediate=int(need("intermediate_size")),
         vocab=int(need("vocab_size")),
-        tied=bool(get("tie_word_embeddings", False)),
         context_length=get("max_position_embeddings"),
+        tied_embeddings=bool(get("tie_word_embeddings", False)),
     )

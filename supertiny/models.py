@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .archs import arch_for_gguf, arch_for_model_type, shape
+from .archs import Shape, arch_for_gguf, arch_for_model_type, shape
 from .checkpoint import PICKLE_SUFFIXES, align_special_ids, check_hf_files, safetensors_files, safetensors_header
 from .errors import (
     InvalidGGUFError,
@@ -43,8 +43,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What a model is, as ``supertiny inspect`` shows it.
+class ModelInfo(Shape):
+    """What a model is, as ``supertiny inspect`` shows it: its :class:`~supertiny.archs.Shape`
+    (layers, heads, widths...) and what the shape alone does not say.
 
     ``parameters`` counts unique parameters (tied embeddings once); ``dtype`` is the
     storage type on disk (``ALL_F32``, ``MOSTLY_Q4_1`` for GGUF) or, after loading,
@@ -56,21 +57,15 @@ class ModelInfo:
     architecture: str  # HF model_type
     parameters: int
     dtype: str
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    hidden: int
-    intermediate: int
-    vocab: int
-    context_length: int | None
-    tied_embeddings: bool
     chat_template: bool
     file_bytes: int
     tokenizer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The description as plain data, in the order ``inspect`` shows it: source to dtype, the shape, the rest."""
+        d = asdict(self)
+        first = {k: d.pop(k) for k in ("source", "format", "architecture", "parameters", "dtype")}
+        return {**first, **d}
 
 
 @dataclass
@@ -154,11 +149,8 @@ def _read_config(p: Path) -> dict[str, Any]:
 
 
 def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Shape facts from a HF config dict (the same keys for every row of the arch table)."""
-    s = shape(cfg)
-    return dict(layers=s.layers, heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim, hidden=s.hidden,
-                intermediate=s.intermediate, vocab=s.vocab, context_length=s.context_length,
-                tied_embeddings=s.tied)
+    """The :class:`ModelInfo` fields of a HF config dict's shape (the same keys for every row of the arch table)."""
+    return asdict(shape(cfg))
 
 
 def _has_chat_template(p: Path) -> bool:

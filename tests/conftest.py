@@ -103,6 +103,20 @@ def make_tiny_dir(tmp_path, tiny_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """One tiny model (seed 3, trained tokenizer) as a Hugging Face directory and an F32 GGUF file,
+    by the engine that runs each (``torch``, ``llama.cpp``); built once per session, read-only."""
+    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+
+    root = tmp_path_factory.mktemp("tiny-artifacts")
+    src = root / "hf"
+    build_tiny_model(seed=3).save_pretrained(src)
+    train_tiny_tokenizer().save_pretrained(src)
+    export_gguf(src, root / "m.gguf", GGUFExportConfig(dtype="f32", verify=False))
+    return {"torch": src, "llama.cpp": root / "m.gguf"}
+
+
+@pytest.fixture(scope="session")
 def teacher():
     """The real default teacher (SmolLM2-135M-Instruct), loaded once per test session."""
     from supertiny.models import load_model

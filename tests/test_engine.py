@@ -11,24 +11,17 @@ from supertiny.errors import InvalidInputError
 from supertiny.runtime.engine import ENGINES, open_engine
 from supertiny.runtime.sampling import Sampling
 
-from conftest import build_tiny_model, train_tiny_tokenizer
-
 CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Who is Alice?"}]
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
+def artifacts(tiny_artifacts, tmp_path_factory):
     """The same tiny model as a Hugging Face directory, an F32 GGUF file and an fp32 ONNX export."""
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
     from supertiny.export.onnx import OnnxExportConfig, export_onnx
 
-    root = tmp_path_factory.mktemp("engines")
-    src = root / "hf"
-    build_tiny_model(seed=3).save_pretrained(src)
-    train_tiny_tokenizer().save_pretrained(src)
-    export_gguf(src, root / "m.gguf", GGUFExportConfig(dtype="f32", verify=False))
-    export_onnx(src, root / "onnx", OnnxExportConfig(verify=False))
-    return {"torch": src, "llama.cpp": root / "m.gguf", "onnxruntime": root / "onnx"}
+    out = tmp_path_factory.mktemp("engines") / "onnx"
+    export_onnx(tiny_artifacts["torch"], out, OnnxExportConfig(verify=False))
+    return {**tiny_artifacts, "onnxruntime": out}
 
 
 @pytest.fixture(scope="module")

@@ -5,33 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
-from conftest import build_tiny_model, train_tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """A tiny model as a Hugging Face directory and as an F32 GGUF file."""
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
-
-    root = tmp_path_factory.mktemp("process")
-    src = root / "hf"
-    build_tiny_model(seed=3).save_pretrained(src)
-    train_tiny_tokenizer().save_pretrained(src)
-    export_gguf(src, root / "m.gguf", GGUFExportConfig(dtype="f32", verify=False))
-    return {"torch": src, "llama.cpp": root / "m.gguf"}
-
-
-def test_a_gguf_process_keeps_torch_out(artifacts):
+def test_a_gguf_process_keeps_torch_out(tiny_artifacts):
     code = ("import sys; from supertiny.runtime.process import keep_torch_out; "
             "from supertiny.runtime.engine import open_engine; "
             "print(keep_torch_out(sys.argv[1])); e = open_engine(sys.argv[1], n_ctx=64); "
             "print(e.complete('Alice', max_tokens=3, ignore_eos=True).completion_tokens, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(artifacts["llama.cpp"])], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_artifacts["llama.cpp"])], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["True", "3", "False"]
     out = subprocess.run([sys.executable, "-c", code.split(";")[0] + "; from supertiny.runtime.process import "
-                          "keep_torch_out; print(keep_torch_out(sys.argv[1]))", str(artifacts["torch"])],
+                          "keep_torch_out; print(keep_torch_out(sys.argv[1]))", str(tiny_artifacts["torch"])],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False"]  # a Hugging Face directory runs in torch

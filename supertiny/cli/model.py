@@ -206,6 +206,25 @@ def export_group() -> None:
     """Write a model as a deployment artifact, checked against PyTorch."""
 
 
+def _parity_options(recorded_in: str, threads: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The parity-check options every export takes: ``--no-verify`` (a skip is recorded in ``recorded_in``),
+    ``--verify-tokens``, ``--text`` and ``--threads`` (``threads`` says whose)."""
+    options = [
+        click.option("--no-verify", is_flag=True,
+                     help=f"Skip the parity check against PyTorch (recorded in the {recorded_in})."),
+        click.option("--verify-tokens", default=512, show_default=True, help="Tokens of text the parity check scores."),
+        click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
+                     help="Text for the parity check (default: the bundled corpus)."),
+        click.option("--threads", type=int, default=None, help=f"{threads} (default: all cores)."),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):  # as if stacked above the command, in this order
+            command = option(command)
+        return command
+    return decorate
+
+
 @export_group.command("gguf")
 @click.argument("model")
 @click.argument("out", type=click.Path(dir_okay=False))
@@ -213,11 +232,7 @@ def export_group() -> None:
               help="Float type written before any quantization.")
 @click.option("--quant", default=None, metavar="TYPE",
               help=f"llama.cpp quantization: {', '.join(GGUF_QUANT_TYPES)}.")
-@click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch (recorded in the report).")
-@click.option("--verify-tokens", default=512, show_default=True, help="Tokens of text the parity check scores.")
-@click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
-              help="Text for the parity check (default: the bundled corpus).")
-@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: all cores).")
+@_parity_options("report", threads="llama.cpp threads")
 @click.option("--pre", default=None, help="Force tokenizer.ggml.pre instead of matching the tokenizer's regexes.")
 @click.option("--imatrix-tokens", default=0, show_default=True,
               help="With --quant: calibrate an importance matrix on this many tokens of --text (0: off).")
@@ -262,11 +277,7 @@ def _gguf_lines(out: str, m: Manifest) -> list[str]:
 @click.option("--keep-float-embeddings", is_flag=True, help="With int4: leave the embedding table in float.")
 @click.option("--fp16", is_flag=True, help="Float16 weights and KV cache (GPUs; usually slower on CPUs).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: optimum's).")
-@click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch (recorded in the manifest).")
-@click.option("--verify-tokens", default=512, show_default=True, help="Tokens of text the parity check scores.")
-@click.option("--text", "text_path", type=click.Path(dir_okay=False), default=None,
-              help="Text for the parity check (default: the bundled corpus).")
-@click.option("--threads", type=int, default=None, help="onnxruntime threads for the check (default: all cores).")
+@_parity_options("manifest", threads="onnxruntime threads for the check")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty (only once the new export passed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_onnx_cmd(model: str, out_dir: str, quant: str, graph_format: str, block_size: str, accuracy_level: int,

@@ -16,21 +16,13 @@ rejected, so a typo in a profile is an error, never a silently ignored limit.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
-import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
+from .. import schema
 from ..errors import TargetError
 from ..runtime.engine import PROVIDERS as ENGINE_PROVIDERS
 
@@ -41,7 +33,6 @@ ARCHS = ("x86_64", "arm64")
 GPUS = ("none", "cuda", "dml")
 FORMATS = ("gguf", "onnx", "hf")
 PROVIDERS = tuple(ENGINE_PROVIDERS)  # what runtime.provider may name: the engine's table
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -181,44 +172,13 @@ def _plain(spec: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 
 
-# -- validation: one check per key (facts as data in _TOP and _SECTIONS) --
-
-class _Bad(Exception):
-    """A value is wrong; the message says what was expected and what came."""
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is(ok: Callable[[Any], bool], what: str) -> Callable[[Any], Any]:
-    """A check that passes values on which ``ok`` holds and otherwise names ``what`` was expected."""
-    def check(v: Any) -> Any:
-        if not ok(v):
-            raise _Bad(f"expected {what}, got {_show(v)}")
-        return v
-    return check
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _one_of(*choices: str) -> Callable[[Any], str]:
-    return _is(lambda v: isinstance(v, str) and v in choices, f"one of {', '.join(choices)}")
-
+# -- validation: one check per key (facts as data in _TOP and _SECTIONS; see supertiny.schema) --
 
 # type(v) is int: a TOML integer, and neither a float nor a bool (True == 1) counts as one
-_positive_int = _is(lambda v: type(v) is int and v > 0, "a positive integer")
-_positive = _is(lambda v: _num(v) and v > 0, "a positive number")
-_non_negative = _is(lambda v: _num(v) and v >= 0, "a number >= 0")
-_gpu_layers = _is(lambda v: type(v) is int and v >= -1, "an integer >= -1 (-1: all layers, 0: none)")
-_text = _is(lambda v: isinstance(v, str), "a string")
-_name = _is(lambda v: isinstance(v, str) and _NAME.fullmatch(v) is not None,
-            "a name of a-z, 0-9, '.', '_', '-' starting with a letter or digit")
-_schema_version = _is(lambda v: type(v) is int and v == SCHEMA_VERSION, str(SCHEMA_VERSION))
-_table = _is(lambda v: isinstance(v, dict), "a table")
+_positive_int = schema.expect(lambda v: type(v) is int and v > 0, "a positive integer")
+_positive = schema.expect(lambda v: schema.is_number(v) and v > 0, "a positive number")
+_non_negative = schema.expect(lambda v: schema.is_number(v) and v >= 0, "a number >= 0")
+_gpu_layers = schema.expect(lambda v: type(v) is int and v >= -1, "an integer >= -1 (-1: all layers, 0: none)")
 
 
 def _strings(choices: tuple[str, ...] = (), non_empty: bool = False) -> Callable[[Any], tuple[str, ...]]:
@@ -226,53 +186,31 @@ def _strings(choices: tuple[str, ...] = (), non_empty: bool = False) -> Callable
 
     def check(v: Any) -> tuple[str, ...]:
         if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
-            raise _Bad(f"expected {what}, got {_show(v)}")
+            raise schema.Bad(f"expected {what}, got {schema.show(v)}")
         if choices and (bad := [s for s in v if s not in choices]):
-            raise _Bad(f"expected {what}, got {bad[0]!r} in {_show(v)}")
+            raise schema.Bad(f"expected {what}, got {bad[0]!r} in {schema.show(v)}")
         if len(set(v)) != len(v):
-            raise _Bad(f"expected no repeated entries, got {_show(v)}")
+            raise schema.Bad(f"expected no repeated entries, got {schema.show(v)}")
         if non_empty and not v:
-            raise _Bad(f"expected at least one entry ({' | '.join(choices)}), got []")
+            raise schema.Bad(f"expected at least one entry ({' | '.join(choices)}), got []")
         return tuple(v)
     return check
 
 
 _TOP: dict[str, Callable[[Any], Any]] = {
-    "schema_version": _schema_version, "name": _name, "description": _text,
-    "device": _table, "runtime": _table, "budget": _table,
+    "schema_version": schema.version(SCHEMA_VERSION), "name": schema.NAME, "description": schema.TEXT,
+    "device": schema.TABLE, "runtime": schema.TABLE, "budget": schema.TABLE,
 }
 _SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
-    "device": (DeviceSpec, {"arch": _one_of(*ARCHS), "cores": _positive_int, "memory_gb": _positive,
-                            "isa": _strings(), "gpu": _one_of(*GPUS), "gpu_memory_gb": _non_negative}),
+    "device": (DeviceSpec, {"arch": schema.one_of(*ARCHS), "cores": _positive_int, "memory_gb": _positive,
+                            "isa": _strings(), "gpu": schema.one_of(*GPUS), "gpu_memory_gb": _non_negative}),
     "runtime": (RuntimeSpec, {"threads": _positive_int, "context": _positive_int,
                               "formats": _strings(FORMATS, non_empty=True), "quant_types": _strings(),
-                              "gpu_layers": _gpu_layers, "provider": _one_of(*PROVIDERS)}),
+                              "gpu_layers": _gpu_layers, "provider": schema.one_of(*PROVIDERS)}),
     "budget": (BudgetSpec, {"prompt_tokens": _positive_int, "ttft_ms": _positive, "decode_tokens_per_s": _positive,
                             "concurrency": _positive_int, "max_tokens": _positive_int, "p95_latency_ms": _positive,
                             "peak_rss_mb": _positive, "file_size_mb": _positive}),
 }
-
-
-def _fields(data: dict[str, Any], checks: Mapping[str, Callable[[Any], Any]], required: set[str], where: str,
-            problems: list[str]) -> dict[str, Any]:
-    """Validated values of the keys present; unknown, missing and bad keys go to ``problems``."""
-    for key in data:
-        if key not in checks:
-            close = difflib.get_close_matches(key, checks, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(f"{where or 'top level'}: unknown key {key!r} ({hint}known: {', '.join(checks)})")
-    out = {}
-    for key, check in checks.items():
-        name = f"{where}.{key}" if where else key
-        if key not in data:
-            if key in required:
-                problems.append(f"{name}: required key is missing")
-            continue
-        try:
-            out[key] = check(data[key])
-        except _Bad as exc:
-            problems.append(f"{name}: {exc}")
-    return out
 
 
 def parse_target(data: Mapping[str, Any], source: str | os.PathLike[str]) -> Target:
@@ -297,20 +235,18 @@ def parse_target(data: Mapping[str, Any], source: str | os.PathLike[str]) -> Tar
     """
     problems: list[str] = []
     if not isinstance(data, Mapping):
-        raise TargetError(f"{source}: expected a table of keys, got {_show(data)}")
-    top = _fields(dict(data), _TOP, {"schema_version", "name", "device", "runtime", "budget"}, "", problems)
+        raise TargetError(f"{source}: expected a table of keys, got {schema.show(data)}")
+    top = schema.check_keys(dict(data), _TOP, {"schema_version", "name", "device", "runtime", "budget"}, "", problems)
     specs: dict[str, dict[str, Any]] = {}
     for key, (cls, checks) in _SECTIONS.items():
         if key in top:
             required = {f.name for f in fields(cls) if f.default is MISSING}
-            specs[key] = _fields(top[key], checks, required, key, problems)
+            specs[key] = schema.check_keys(top[key], checks, required, key, problems)
     if "budget" in top and not any(k in top["budget"] for k in _LIMITS):
         problems.append(f"budget: expected at least one limit ({', '.join(_LIMITS)}), got none")
-    if problems:
-        raise TargetError(f"{source}: " + "; ".join(problems))
+    schema.raise_problems(problems, source, TargetError)
     device, runtime, budget = (cls(**specs[key]) for key, (cls, _) in _SECTIONS.items())
-    if problems := _consistency(device, runtime, budget):
-        raise TargetError(f"{source}: " + "; ".join(problems))
+    schema.raise_problems(_consistency(device, runtime, budget), source, TargetError)
     return Target(name=top["name"], description=top.get("description", ""), device=device, runtime=runtime,
                   budget=budget, source=Path(source))
 
@@ -346,21 +282,9 @@ def target_dirs() -> list[Path]:
 
 
 def _read(path: Path, in_dir: bool) -> Target:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise TargetError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise TargetError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise TargetError(f"{path}: not valid TOML: not UTF-8 (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
-    target = parse_target(data, path)
-    if in_dir and target.name != path.stem:
-        # the file's stem is the name it is looked up by, so the two must agree
-        raise TargetError(f"{path}: name: expected {path.stem!r} (the file's name), got {target.name!r}")
+    target = parse_target(schema.read_toml(path, TargetError), path)
+    if in_dir:  # the file's stem is the name it is looked up by, so the two must agree
+        schema.check_file_name(path, target.name, TargetError)
     return target
 
 
@@ -392,7 +316,7 @@ def load_target(name_or_path: str | os.PathLike[str]) -> Target:
     'factory-pc'
     """
     text = os.fspath(name_or_path)
-    if isinstance(name_or_path, os.PathLike) or text.endswith(".toml") or "/" in text or os.sep in text:
+    if schema.is_path(name_or_path):
         return _read(Path(text), in_dir=False)
     for d in target_dirs():
         if (d / f"{text}.toml").is_file():
@@ -438,8 +362,8 @@ def check(target: Target, measured: Mapping[str, float | None]) -> list[Verdict]
     for key, value in measured.items():
         if key not in _LIMITS:
             raise TargetError(f"unknown measurement {key!r} (known: {', '.join(_LIMITS)})")
-        if value is not None and not _num(value):
-            raise TargetError(f"measurement {key}: expected a finite number, got {_show(value)}")
+        if value is not None and not schema.is_number(value):
+            raise TargetError(f"measurement {key}: expected a finite number, got {schema.show(value)}")
     conditions = asdict(target.budget)
     verdicts = []
     for key, limit in target.budget.limits().items():

@@ -11,7 +11,6 @@ optional (unlabelled prompts) and blank lines are skipped. Errors name the file 
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, TaskError
+from ..schema import reading, unknown_key
 from .output import ParsedOutput
 from .spec import Message, Task
 
@@ -125,9 +125,7 @@ def _record(task: Task, obj: Any, path: Path, number: int) -> TaskRecord:
                                 f"got {type(obj).__name__}")
     for key in obj:
         if key not in _RECORD_KEYS:
-            close = difflib.get_close_matches(key, _RECORD_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise InvalidInputError(f"{where}: unknown key {key!r} ({hint}known: input, label)")
+            raise InvalidInputError(unknown_key(key, _RECORD_KEYS, where))
     text = obj.get("input")
     if not isinstance(text, str) or not text.strip():
         got = "it is missing" if "input" not in obj else f"got {json.dumps(text)[:40]}"
@@ -153,17 +151,9 @@ def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = Fa
         first problem: unreadable or empty file, bad JSON, not an object, missing ``input``, bad label.
     """
     path = Path(path)
-    try:
-        with path.open(encoding="utf-8-sig") as fh:  # -sig: a byte-order mark some editors write is not data
-            lines = fh.readlines()
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{path}: is a directory, expected a .jsonl file") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    # -sig: a byte-order mark some editors write is not data
+    with reading(path, InvalidInputError, directory="a .jsonl file"), path.open(encoding="utf-8-sig") as fh:
+        lines = fh.readlines()
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -28,28 +28,21 @@ file are reported in one :class:`~supertiny.errors.TaskError` line that starts w
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
+from .. import schema
 from ..errors import TaskError
 from .fields import NORMALIZE, TYPES, OutputField, check_value
 from .output import ParsedOutput, parse_output
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Message = dict[str, str]
 
@@ -80,9 +73,9 @@ class Task:
 
     def system_prompt(self) -> str:
         """The instruction, then the exact JSON schema with every allowed value."""
-        schema = "\n".join(f.schema_line() for f in self.fields)
+        keys = "\n".join(f.schema_line() for f in self.fields)
         return (f"{self.instruction.strip()}\n\nAnswer with one JSON object and nothing else, with exactly "
-                f"these keys:\n{schema}")
+                f"these keys:\n{keys}")
 
     def user_prompt(self, input_text: str) -> str:
         """The input as the user turn: ``'Ticket:\\n<text>'``."""
@@ -123,8 +116,9 @@ class Task:
         """A ground-truth answer in canonical form, or None and what is wrong with it (unknown keys
         with a suggestion, missing keys, bad values), each problem starting with ``where``."""
         if not isinstance(label, dict):
-            return None, [f"{where}: expected an object with keys {', '.join(self.field_names)}, got {_show(label)}"]
-        problems = [_unknown(key, self.field_names, where) for key in label if key not in self.field_names]
+            return None, [f"{where}: expected an object with keys {', '.join(self.field_names)}, "
+                          f"got {schema.show(label)}"]
+        problems = [schema.unknown_key(key, self.field_names, where) for key in label if key not in self.field_names]
         values = {}
         for f in self.fields:
             if f.name not in label:
@@ -147,89 +141,40 @@ class Task:
                 "source": str(self.source)}
 
 
-# -- validation: one check per key, as in supertiny.targets --
-
-class _Bad(Exception):
-    """A value is wrong; the message says what was expected and what came."""
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is(ok: Callable[[Any], bool], what: str) -> Callable[[Any], Any]:
-    def check(v: Any) -> Any:
-        if not ok(v):
-            raise _Bad(f"expected {what}, got {_show(v)}")
-        return v
-    return check
-
+# -- validation: one check per key (see supertiny.schema) --
 
 def _regex(v: Any) -> str:
     if not isinstance(v, str) or not v:
-        raise _Bad(f"expected a regular expression (a non-empty string), got {_show(v)}")
+        raise schema.Bad(f"expected a regular expression (a non-empty string), got {schema.show(v)}")
     try:
         re.compile(v)
     except re.error as exc:
-        raise _Bad(f"expected a valid regular expression, got {_show(v)} ({exc})") from None
+        raise schema.Bad(f"expected a valid regular expression, got {schema.show(v)} ({exc})") from None
     return v
 
 
 def _values(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not v or not all(isinstance(s, str) and s.strip() for s in v):
-        raise _Bad(f"expected a non-empty list of non-empty strings, got {_show(v)}")
+        raise schema.Bad(f"expected a non-empty list of non-empty strings, got {schema.show(v)}")
     if len(set(v)) != len(v):
-        raise _Bad(f"expected no repeated values, got {_show(v)}")
+        raise schema.Bad(f"expected no repeated values, got {schema.show(v)}")
     return tuple(v)
 
 
-def _one_of(*choices: str) -> Callable[[Any], str]:
-    return _is(lambda v: isinstance(v, str) and v in choices, f"one of {', '.join(choices)}")
-
-
-_text = _is(lambda v: isinstance(v, str), "a string")
-_non_empty = _is(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
-_table = _is(lambda v: isinstance(v, dict), "a table")
+_non_empty = schema.expect(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 _TOP: dict[str, Callable[[Any], Any]] = {
-    "schema_version": _is(lambda v: type(v) is int and v == SCHEMA_VERSION, str(SCHEMA_VERSION)),
-    "name": _is(lambda v: isinstance(v, str) and _NAME.fullmatch(v) is not None,
-                "a name of a-z, 0-9, '.', '_', '-' starting with a letter or digit"),
-    "description": _text, "input": _non_empty, "instruction": _non_empty,
-    "output": _is(lambda v: isinstance(v, dict) and v != {}, "a table with at least one field"),
-    "examples": _is(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v),
+    "schema_version": schema.version(SCHEMA_VERSION), "name": schema.NAME,
+    "description": schema.TEXT, "input": _non_empty, "instruction": _non_empty,
+    "output": schema.expect(lambda v: isinstance(v, dict) and v != {}, "a table with at least one field"),
+    "examples": schema.expect(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v),
                     "a list of tables ([[examples]])"),
 }
 _FIELD: dict[str, Callable[[Any], Any]] = {
-    "type": _one_of(*TYPES), "description": _text, "values": _values, "pattern": _regex,
-    "normalize": _one_of(*NORMALIZE),
+    "type": schema.one_of(*TYPES), "description": schema.TEXT, "values": _values, "pattern": _regex,
+    "normalize": schema.one_of(*NORMALIZE),
 }
 _ONLY_FOR = {"values": ("enum",), "pattern": ("string",), "normalize": ("string", "enum")}
-_EXAMPLE: dict[str, Callable[[Any], Any]] = {"input": _non_empty, "output": _table}
-
-
-def _unknown(key: str, known: Any, where: str) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{where}: unknown key {key!r} ({hint}known: {', '.join(known)})"
-
-
-def _fields(data: dict[str, Any], checks: Mapping[str, Callable[[Any], Any]], required: set[str], where: str,
-            problems: list[str]) -> dict[str, Any]:
-    """Validated values of the keys present; unknown, missing and bad keys go to ``problems``."""
-    problems += [_unknown(key, checks, where or "top level") for key in data if key not in checks]
-    out = {}
-    for key, check in checks.items():
-        name = f"{where}.{key}" if where else key
-        if key not in data:
-            if key in required:
-                problems.append(f"{name}: required key is missing")
-            continue
-        try:
-            out[key] = check(data[key])
-        except _Bad as exc:
-            problems.append(f"{name}: {exc}")
-    return out
+_EXAMPLE: dict[str, Callable[[Any], Any]] = {"input": _non_empty, "output": schema.TABLE}
 
 
 def _output_field(name: str, spec: Any, problems: list[str]) -> OutputField | None:
@@ -237,10 +182,10 @@ def _output_field(name: str, spec: Any, problems: list[str]) -> OutputField | No
     if _KEY.fullmatch(name) is None:
         problems.append(f"{where}: expected a field name of letters, digits and '_' (not starting with a digit)")
     if not isinstance(spec, dict):
-        problems.append(f"{where}: expected a table with a type, got {_show(spec)}")
+        problems.append(f"{where}: expected a table with a type, got {schema.show(spec)}")
         return None
     n = len(problems)
-    got = _fields(spec, _FIELD, {"type"}, where, problems)
+    got = schema.check_keys(spec, _FIELD, {"type"}, where, problems)
     kind = got.get("type")
     if kind == "enum" and "values" not in spec:
         problems.append(f"{where}.values: an enum needs its allowed values, e.g. values = [\"a\", \"b\"]")
@@ -270,41 +215,28 @@ def parse_task(data: Mapping[str, Any], source: str | os.PathLike[str]) -> Task:
     supertiny.errors.TaskError: t.toml: output.label: unknown key 'valus' (did you mean 'values'? ...); ...
     """
     if not isinstance(data, Mapping):
-        raise TaskError(f"{source}: expected a table of keys, got {_show(data)}")
+        raise TaskError(f"{source}: expected a table of keys, got {schema.show(data)}")
     problems: list[str] = []
-    top = _fields(dict(data), _TOP, {"schema_version", "name", "input", "instruction", "output"}, "", problems)
+    required = {"schema_version", "name", "input", "instruction", "output"}
+    top = schema.check_keys(dict(data), _TOP, required, "", problems)
     fields = [_output_field(name, spec, problems) for name, spec in top.get("output", {}).items()]
     examples = []
     if all(fields) and "output" in top:
         task = Task(top.get("name", ""), "", "", "", tuple(fields), (), Path(source))
         for i, ex in enumerate(top.get("examples", [])):
-            got = _fields(ex, _EXAMPLE, {"input", "output"}, f"examples[{i}]", problems)
+            got = schema.check_keys(ex, _EXAMPLE, {"input", "output"}, f"examples[{i}]", problems)
             if "output" in got:
                 answer, why = task.check_label(got["output"], f"examples[{i}].output")
                 problems += why
                 if answer is not None and "input" in got:
                     examples.append(TaskExample(got["input"], answer))
-    if problems:
-        raise TaskError(f"{source}: " + "; ".join(problems))
+    schema.raise_problems(problems, source, TaskError)
     return Task(name=top["name"], description=top.get("description", ""), input=top["input"],
                 instruction=top["instruction"], fields=tuple(fields), examples=tuple(examples), source=Path(source))
 
 
 def _read(path: Path) -> Task:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise TaskError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TaskError(f"{path}: is a directory, expected a task .toml file") from None
-    except OSError as exc:
-        raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise TaskError(f"{path}: not valid TOML: not UTF-8 (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TaskError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
-    return parse_task(data, path)
+    return parse_task(schema.read_toml(path, TaskError, directory="a task .toml file"), path)
 
 
 def list_tasks() -> list[str]:
@@ -326,13 +258,12 @@ def load_task(name_or_path: str | os.PathLike[str]) -> Task:
     ('asset', 'category', 'severity', 'line_stopped')
     """
     text = os.fspath(name_or_path)
-    if isinstance(name_or_path, os.PathLike) or text.endswith(".toml") or "/" in text or os.sep in text:
+    if schema.is_path(name_or_path):
         return _read(Path(text))
     path = SHIPPED_DIR / f"{text}.toml"
     if not path.is_file():
         raise TaskError(f"unknown task {text!r}; shipped: {', '.join(list_tasks()) or 'none'} "
                         "(or pass a path to a .toml file)")
     task = _read(path)
-    if task.name != text:
-        raise TaskError(f"{path}: name: expected {text!r} (the file's name), got {task.name!r}")
+    schema.check_file_name(path, task.name, TaskError)
     return task

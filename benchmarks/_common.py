@@ -1,0 +1,35 @@
+"""What every benchmark does before it measures: parse its arguments, stay offline, quiet
+transformers' warnings, and make its work folder.
+
+Benchmarks run as scripts (``python benchmarks/x.py``), which puts this folder first on
+``sys.path``, so they import this module as ``from _common import start``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+
+def start(ap: argparse.ArgumentParser, prefix: str, keep_help: str) -> tuple[argparse.Namespace, Path]:
+    """Parse the command line and prepare a run; call before importing supertiny.
+
+    Args:
+        ap: the benchmark's parser; ``--keep DIR`` is added last (``keep_help`` is its help).
+        prefix: the name of the temporary work folder used without ``--keep``.
+
+    Returns:
+        The parsed arguments and the work folder (``--keep``, created when missing, or a new
+        temporary folder). Hugging Face offline mode is on and transformers logs errors only.
+    """
+    ap.add_argument("--keep", default=None, help=keep_help)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads this once
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    work = Path(args.keep or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return args, work
