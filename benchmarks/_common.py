@@ -33,3 +33,19 @@ def start(ap: argparse.ArgumentParser, prefix: str, keep_help: str) -> tuple[arg
     work = Path(args.keep or tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     return args, work
+
+
+def teacher_hf_copy(work: Path) -> Path:
+    """The default teacher as a float32 Hugging Face directory in ``work`` (made once, then reused).
+
+    llama.cpp's converter and supertiny's streamed export read such a directory; the copy is
+    ``load_model("default")`` saved with ``save_pretrained`` (safetensors).
+    """
+    from supertiny.models import load_model
+
+    hf_dir = work / "teacher-hf-f32"
+    if not hf_dir.exists():
+        lm = load_model("default")
+        lm.model.save_pretrained(hf_dir, safe_serialization=True)
+        lm.tokenizer.save_pretrained(hf_dir)
+    return hf_dir

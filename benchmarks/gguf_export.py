@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from _common import start
+from _common import start, teacher_hf_copy
 
 IMATRIX = 4096  # calibration tokens for the +imx rows
 
@@ -50,15 +50,10 @@ def main() -> None:
     from supertiny import evaluate as ev
     from supertiny.gguf_file import GGUFFile
     from supertiny.gguf_tokenizer import tokenizer_from_gguf
-    from supertiny.models import default_teacher_path, load_model
+    from supertiny.models import default_teacher_path
     from supertiny.runtime.llamacpp import LlamaCppEngine
 
-    hf_dir = work / "teacher-hf-f32"
-    if not hf_dir.exists():
-        lm = load_model("default")
-        lm.model.save_pretrained(hf_dir, safe_serialization=True)
-        lm.tokenizer.save_pretrained(hf_dir)
-        del lm
+    hf_dir = teacher_hf_copy(work)
     hf_bytes = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
     teacher = default_teacher_path()
 

@@ -22,9 +22,9 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _common import start, teacher_hf_copy
 
 
 def timed_run(cmd: list[str]) -> float:
@@ -40,20 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("converter", help="llama.cpp's convert_hf_to_gguf.py")
     ap.add_argument("--repeat", type=int, default=2, help="alternated runs per command (the minimum is shown)")
-    ap.add_argument("--keep", default=None, help="folder to keep the HF copy and the artifacts in")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from supertiny.models import load_model
-
-    work = Path(args.keep or tempfile.mkdtemp(prefix="supertiny-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    hf_dir = work / "teacher-hf-f32"
-    if not hf_dir.exists():
-        lm = load_model("default")
-        lm.model.save_pretrained(hf_dir, safe_serialization=True)
-        lm.tokenizer.save_pretrained(hf_dir)
-        del lm
+    args, work = start(ap, "supertiny-bench-", keep_help="folder to keep the HF copy and the artifacts in")
+    hf_dir = teacher_hf_copy(work)
     cli = [sys.executable, "-m", "supertiny", "export", "gguf"]
     commands = {
         "llama.cpp convert_hf_to_gguf.py (HF copy)":
