@@ -39,6 +39,7 @@ prompts stay in the progress file, so after fixing the line a rerun continues.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -54,15 +55,20 @@ from ..errors import InvalidInputError
 from ..runtime.sampling import Sampling
 from ..tasks import Task, TaskRecord, field_matches, load_task, read_task_data
 from .judge import Judge, Judgement
+from .teach_records import (
+    PROGRESS_SUFFIX,
+    RESUME_KEYS,
+    STAGE,
+    STAGE_VERSION,
+    ProgressFile,
+    PromptResult,
+    progress_path,
+    read_finished,
+    read_progress,
+)
 from .teachers import PromptError, Teacher, TeacherOptions, is_url, open_teacher
 
-STAGE, STAGE_VERSION = "teach", 1
-PROGRESS_SUFFIX = ".partial"
-PROGRESS_FORMAT = 1
 Progress = Callable[[int, int], None]
-# The settings a prompt's result depends on: a rerun resumes only when they are equal.
-RESUME_KEYS = ("teacher", "model_name", "task", "task_sha256", "samples", "temperature", "top_p", "max_new_tokens",
-               "seed", "greedy_first", "judge", "judge_model_name", "judge_threshold")
 
 
 @dataclass(frozen=True)
@@ -103,34 +109,6 @@ class TeachConfig:
         Sampling(temperature=self.temperature, top_p=self.top_p)  # the same checks as everywhere
 
 
-@dataclass
-class PromptResult:
-    """One prompt's outcome; :meth:`line` is its output line."""
-
-    index: int
-    input: str
-    response: str | None
-    accepted: bool
-    score: float
-    scores: list[float]
-    label: dict[str, Any] | None = None
-    judge: list[dict[str, Any] | None] | None = None
-
-    def line(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"input": self.input, "response": self.response, "accepted": self.accepted,
-                               "score": self.score, "samples": len(self.scores), "scores": self.scores}
-        if self.label is not None:
-            out["label"] = self.label
-        if self.judge is not None:
-            out["judge"] = self.judge
-        return out
-
-    @classmethod
-    def from_line(cls, index: int, obj: dict[str, Any]) -> PromptResult:
-        return cls(index, obj["input"], obj["response"], obj["accepted"], obj["score"], obj["scores"],
-                   obj.get("label"), obj.get("judge"))
-
-
 @dataclass(frozen=True)
 class TeachReport:
     """What :func:`teach` did: the manifest written, and this run's own figures."""
@@ -151,12 +129,6 @@ def sample_seed(seed: int, index: int, k: int) -> int:
     """The seed of sample ``k`` of prompt ``index``: fixed whatever order prompts are run in."""
     digest = hashlib.sha256(f"{seed}:{index}:{k}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def progress_path(out: str | os.PathLike[str]) -> Path:
-    """Where finished prompts of an unfinished run are kept: ``OUT.partial``."""
-    out = Path(out)
-    return out.with_name(out.name + PROGRESS_SUFFIX)
 
 
 class _Sampler:
@@ -219,82 +191,6 @@ class _Sampler:
                             scores, record.label, judged if use_judge else None)
 
 
-# -- resuming ------------------------------------------------------------------------------
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS if old.get(k) != new.get(k))
-
-
-def _read_progress(path: Path, key: dict[str, Any]) -> dict[int, PromptResult]:
-    """Finished prompts in a progress file; a last line cut by a kill is dropped."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else None
-    except ValueError:
-        header = None
-    if not isinstance(header, dict) or header.get("teach_progress") != PROGRESS_FORMAT:
-        raise InvalidInputError(f"{path}: not a supertiny teach progress file; remove it or pass --overwrite")
-    if header.get("key") != key:
-        raise InvalidInputError(f"{path} holds an unfinished run with other settings ({_diff(header['key'], key)}); "
-                                "rerun with the same settings to resume it, or pass --overwrite to start over")
-    done = {}
-    for number, text in enumerate(lines[1:], 2):
-        try:
-            obj = json.loads(text)
-            done[obj["index"]] = PromptResult.from_line(obj["index"], obj)
-        except (ValueError, KeyError, TypeError):
-            if number == len(lines):  # written when the run was killed: that prompt runs again
-                break
-            raise InvalidInputError(f"{path}:{number}: not a progress line; remove the file or pass "
-                                    "--overwrite") from None
-    return done
-
-
-def _read_finished(out: Path, key: dict[str, Any], overwrite: bool) -> dict[int, PromptResult]:
-    """Prompts of an earlier finished output with the same settings (line j is prompt j)."""
-    from ..manifest import ManifestError, read_manifest
-
-    if not out.exists() or overwrite:
-        return {}
-    if not out.is_file():
-        raise InvalidInputError(f"the output {out} exists and is not a file")
-    try:
-        manifest = read_manifest(out)
-    except ManifestError:
-        manifest = None
-    old = {k: manifest.settings.get(k) for k in RESUME_KEYS} if manifest and manifest.stage == STAGE else None
-    if old != key:
-        why = f"with other settings ({_diff(old, key)})" if old else "and was not written by supertiny teach"
-        raise InvalidInputError(f"the output {out} exists {why}; pass --overwrite to replace it")
-    done = {}
-    for j, text in enumerate(out.read_text(encoding="utf-8").splitlines()):
-        done[j] = PromptResult.from_line(j, json.loads(text))
-    return done
-
-
-class _ProgressFile:
-    """Appends finished prompts, one flushed and fsynced line each, from any thread."""
-
-    def __init__(self, path: Path, key: dict[str, Any], fresh: bool):
-        self.path = path
-        self._lock = threading.Lock()
-        self._fh = path.open("w" if fresh else "a", encoding="utf-8")
-        if fresh:
-            self._write({"teach_progress": PROGRESS_FORMAT, "key": key})
-
-    def _write(self, obj: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def add(self, result: PromptResult) -> None:
-        with self._lock:
-            self._write({"index": result.index, **result.line()})
-
-    def close(self) -> None:
-        self._fh.close()
-
-
 # -- the stage -----------------------------------------------------------------------------
 
 def _check_lengths(task: Task, teacher: Teacher, records: list[tuple[int, TaskRecord]], max_new: int) -> None:
@@ -346,7 +242,7 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
 
     config = config or TeachConfig()
     options = options or TeacherOptions()
-    judge_options = judge_options or options
+    judge_options = judge_options or dataclasses.replace(options, model_name=None)  # the judge may be elsewhere
     out = Path(out)
     if not out.parent.is_dir():
         raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
@@ -357,9 +253,9 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
     partial = progress_path(out)
     if overwrite:
         partial.unlink(missing_ok=True)
-    done = {i: r for i, r in _read_finished(out, key, overwrite).items() if i < len(records)}
+    done = {i: r for i, r in read_finished(out, key, overwrite).items() if i < len(records)}
     if partial.exists():
-        done.update(_read_progress(partial, key))
+        done.update(read_progress(partial, key))
     for i, r in done.items():
         if i >= len(records) or r.input != records[i].input:
             raise InvalidInputError(f"{prompts}: the prompts changed since the earlier run (prompt {i + 1} differs); "
@@ -394,6 +290,8 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
                    "judge_unparseable": sampler.judge_unparseable if sampler else 0}
         if config.judge is None and any(r.label is None for r in results):
             run.note("no judge: unlabelled prompts were accepted on schema validity alone")
+        if config.judge is not None and all(r.label is not None for r in results):
+            run.note("every prompt has a label: the task metric scored the answers, the judge was not asked")
         manifest = run.install(staged, quality=quality, details=details)
     partial.unlink(missing_ok=True)
     return TeachReport(out, manifest.to_dict(), resumed, generated, time.perf_counter() - start)
@@ -416,12 +314,12 @@ def _generate(task: Task, teacher_spec: str, todo: list[tuple[int, TaskRecord]],
     judge_model = None
     try:
         _check_lengths(task, teacher, todo, config.max_new_tokens)
-        if config.judge is not None:
+        if config.judge is not None and any(r.label is None for _, r in todo):  # labels need no judge
             judge_model = open_teacher(config.judge, judge_options, workers)
         judge = Judge(judge_model, config.judge_threshold) if judge_model else None
         sampler = _Sampler(task, teacher, judge, config)
         info = {**teacher.describe(), **({"judge": judge.describe()} if judge else {})}
-        sink = _ProgressFile(partial, key, fresh=not partial.exists())
+        sink = ProgressFile(partial, key, fresh=not partial.exists())
         lock = threading.Lock()
         count = [resumed]
 
@@ -453,3 +351,6 @@ def _generate(task: Task, teacher_spec: str, todo: list[tuple[int, TaskRecord]],
         if judge_model is not None:
             judge_model.close()
 
+
+__all__ = ["PROGRESS_SUFFIX", "RESUME_KEYS", "STAGE", "PromptResult", "TeachConfig", "TeachReport", "progress_path",
+           "sample_seed", "teach"]
