@@ -17,7 +17,7 @@ from supertiny.cli import main
 from supertiny.compress import teach as teach_mod
 from supertiny.compress.judge import parse_judgement
 from supertiny.compress.teach import TeachConfig, progress_path, sample_seed, teach
-from supertiny.compress.teachers import PromptError, Teacher, TeacherOptions
+from supertiny.compress.teachers import LocalTeacher, PromptError, Teacher, TeacherOptions, json_done
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import read_manifest, verify_artifact
 from supertiny.tasks import load_task
@@ -269,7 +269,7 @@ class FakeTeacher(Teacher):
     def __init__(self, fail_after: int | None = None):
         self.fail_after, self.calls, self.lock = fail_after, 0, threading.Lock()
 
-    def complete(self, messages, sampling, max_tokens):
+    def complete(self, messages, sampling, max_tokens, until_json=False):
         with self.lock:
             self.calls += 1
             if self.fail_after is not None and self.calls > self.fail_after:
@@ -349,7 +349,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, fake):
 
 def test_a_prompt_the_server_refuses_names_its_line(tmp_path, fake):
     teacher = fake()
-    teacher.complete = lambda *a: (_ for _ in ()).throw(PromptError("HTTP 400: the prompt is too long"))
+    teacher.complete = lambda *a, **k: (_ for _ in ()).throw(PromptError("HTTP 400: the prompt is too long"))
     prompts = fake_prompts(tmp_path / "p.jsonl", 1)
     with pytest.raises(PromptError, match=rf"^{tmp_path / 'p.jsonl'}:1: HTTP 400: the prompt is too long$"):
         teach("default", "factory-tickets", prompts, tmp_path / "d.jsonl", TeachConfig(samples=1))
@@ -418,3 +418,34 @@ def test_local_tiny_model_end_to_end(tmp_path, make_tiny_dir):
     assert "the teacher's context holds 1024" in result.output
     assert not (tmp_path / "e.jsonl").exists() and not progress_path(tmp_path / "e.jsonl").exists()
 
+
+
+@pytest.mark.parametrize("text, done", [
+    ("no object yet", False),
+    ('Sure: {"a": 1, "b": "x}"', False),  # a brace inside a string does not end the object
+    ('Sure: {"a": 1, "b": "x}"}', True),
+    ('{"a": {"b": 1}', False),  # the outer object is still open
+    ("{not json} {\"a\": 1}", False),  # the first brace never starts JSON: run to the end
+    ('```json\n{"a": true}\n``` and then some', True),
+])
+def test_json_done(text, done):
+    assert json_done(text) is done
+
+
+def test_local_teacher_stops_after_the_first_json_object(make_tiny_dir):
+    from supertiny.runtime.sampling import Sampling
+    from supertiny.runtime.text import Chunk
+
+    teacher = LocalTeacher(str(make_tiny_dir()), TeacherOptions(threads=1))
+    pieces = ["Sure: ", '{"long"', ": true", "}", " because", " it is long"]
+    taken = []
+
+    def stream_text(prompt, max_tokens, sampling=None, **kw):
+        for p in pieces:
+            taken.append(p)
+            yield Chunk(p, [0], None)
+
+    teacher._engines[0].stream_text = stream_text
+    text = teacher.complete([{"role": "user", "content": "x"}], Sampling(), 32, until_json=True)
+    assert text == 'Sure: {"long": true}' and taken == pieces[:4]
+    teacher.close()

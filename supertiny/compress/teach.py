@@ -154,7 +154,8 @@ class _Sampler:
         best: tuple[float, str] | None = None
         for k in range(self.config.samples):
             try:
-                text = self.teacher.complete(messages, self.sampling(index, k), self.config.max_new_tokens)
+                text = self.teacher.complete(messages, self.sampling(index, k), self.config.max_new_tokens,
+                                             until_json=True)
             except PromptError as exc:
                 raise PromptError(f"{record.source}:{record.line}: {exc}") from None
             with self._lock:

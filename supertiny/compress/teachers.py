@@ -38,6 +38,7 @@ from ..errors import InvalidInputError, UserError
 from ..runtime.sampling import Sampling
 
 Message = dict[str, str]
+_DECODER = json.JSONDecoder()
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # worth another try after a pause
 
 
@@ -48,6 +49,22 @@ class TeacherError(UserError):
 class PromptError(TeacherError):
     """The teacher refuses this one prompt (it does not fit the context, the server says 400):
     the caller names the prompt's file and line."""
+
+
+def json_done(text: str) -> bool:
+    """Whether the text from its first ``{`` on starts with a complete JSON object.
+
+    Then :func:`supertiny.tasks.extract_json` of this text and of any longer text that starts
+    with it return the same object (it tries the first ``{`` first), so generation can stop.
+    """
+    start = text.find("{")
+    if start == -1:
+        return False
+    try:
+        _DECODER.raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def is_url(spec: str) -> bool:
@@ -94,8 +111,14 @@ class Teacher:
     spec: str
     n_ctx: int | None = None  # known only for a local model
 
-    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int) -> str:
-        """The reply to ``messages`` (raises :class:`TeacherError` when there is none)."""
+    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
+                 until_json: bool = False) -> str:
+        """The reply to ``messages`` (raises :class:`TeacherError` when there is none).
+
+        ``until_json``: the caller reads only the first JSON object of the reply, so a backend
+        may stop once the text from the first ``{`` on is a complete object (see
+        :func:`json_done`); the parse is the same as that of the whole reply.
+        """
         raise NotImplementedError
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int | None:
@@ -149,9 +172,21 @@ class LocalTeacher(Teacher):
                 engine = self._local.engine = self._free.pop()
         return engine
 
-    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int) -> str:
+    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
+                 until_json: bool = False) -> str:
+        engine = self._engine()
         try:
-            return self._engine().complete(list(messages), max_tokens=max_tokens, sampling=sampling).text
+            if not until_json:
+                return engine.complete(list(messages), max_tokens=max_tokens, sampling=sampling).text
+            text, chunks = "", engine.stream_text(list(messages), max_tokens, sampling=sampling)
+            try:
+                for chunk in chunks:
+                    text += chunk.text
+                    if "}" in chunk.text and json_done(text):
+                        break  # a model that explains its answer afterwards costs nothing more
+            finally:
+                chunks.close()
+            return text
         except InvalidInputError as exc:
             raise PromptError(f"the teacher cannot run this prompt: {exc}") from None
 
@@ -188,7 +223,8 @@ class HttpTeacher(Teacher):
             return name if isinstance(name, str) else None
         return None
 
-    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int) -> str:
+    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
+                 until_json: bool = False) -> str:
         payload: dict[str, Any] = {"model": self.model_name, "messages": list(messages), "n": 1,
                                    "max_tokens": max_tokens, "temperature": sampling.temperature,
                                    "top_p": sampling.top_p}
