@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..compress.teach import TeachConfig, progress_path, teach
+from ..compress.teach import TeachConfig, teach
 from ..compress.teachers import TeacherOptions
 from ..runtime.engine import BACKENDS
 from .core import _progress, _quiet_transformers, main
@@ -53,7 +53,8 @@ def teach_cmd(teacher: str, task: str, prompts: str, out: str, samples: int, jud
     """Make teacher data: K answers per prompt from TEACHER (a model, or an OpenAI-compatible URL such as
     http://host:8080/v1), each scored by the label or a judge; the best accepted one is kept.
 
-    A rerun with the same settings resumes from OUT.partial (or extends a finished OUT).
+    Finished prompts are kept in OUT.partial until the end: a rerun with the same settings
+    resumes there (or extends a finished OUT with a larger --limit).
     """
     _quiet_transformers()
     config = TeachConfig(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
@@ -74,7 +75,7 @@ def teach_cmd(teacher: str, task: str, prompts: str, out: str, samples: int, jud
     click.echo(f"wrote {report.out}: {q['accepted']}/{q['prompts']} prompts accepted "
                f"({q['acceptance_rate']:.1%}), mean score {q['mean_score']:.3f}, "
                f"{q['sample_acceptance_rate']:.1%} of samples good")
-    click.echo(f"{report.generated} samples in {report.seconds:.1f}s ({rate}); {report.resumed} prompts resumed "
-               f"(progress was kept in {progress_path(report.out).name})")
+    resumed = f"; {report.resumed} prompts done by an earlier run" if report.resumed else ""
+    click.echo(f"{report.generated} samples in {report.seconds:.1f}s ({rate}){resumed}")
     for note in report.manifest["notes"]:
         click.echo(f"note: {note}")

@@ -254,11 +254,12 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
     partial = progress_path(out)
     if overwrite:
         partial.unlink(missing_ok=True)
-    done = {i: r for i, r in read_finished(out, key, overwrite).items() if i < len(records)}
+    done = read_finished(out, key, overwrite)
     if partial.exists():
         done.update(read_progress(partial, key))
+    done = {i: r for i, r in done.items() if i < len(records)}  # a smaller --limit leaves the rest out
     for i, r in done.items():
-        if i >= len(records) or r.input != records[i].input:
+        if r.input != records[i].input:
             raise InvalidInputError(f"{prompts}: the prompts changed since the earlier run (prompt {i + 1} differs); "
                                     "pass --overwrite to start over")
     todo = [(i, r) for i, r in enumerate(records) if i not in done]
@@ -284,7 +285,7 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
         n_acc = sum(r.accepted for r in results)
         quality = {"prompts": len(results), "accepted": n_acc, "acceptance_rate": n_acc / len(results),
                    "mean_score": sum(r.score for r in results) / len(results),
-                   "sample_acceptance_rate": _sample_rate(results, config, spec),
+                   "sample_acceptance_rate": _sample_rate(results, config),
                    "samples_per_s": round(generated / gen_s, 3) if generated else None}
         details = {"prompts_file": str(Path(prompts).resolve()), "labelled": sum(r.label is not None for r in results),
                    "resumed": resumed, "samples_generated": generated,
@@ -298,7 +299,7 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
     return TeachReport(out, manifest.to_dict(), resumed, generated, time.perf_counter() - start)
 
 
-def _sample_rate(results: list[PromptResult], config: TeachConfig, task: Task) -> float:
+def _sample_rate(results: list[PromptResult], config: TeachConfig) -> float:
     """The share of all samples that were fully right (labelled) or accepted-grade (judged)."""
     total = sum(len(r.scores) for r in results)
     good = sum(s >= 1.0 if r.judge is None else s >= (config.judge_threshold - 1) / 4
