@@ -264,7 +264,8 @@ class StageRun:
     Args:
         stage, version: the stage's name and version, recorded in the manifest.
         out: the artifact to produce (a directory, or a file with ``single_file``).
-        source: the model path the stage read (``"default"`` is resolved); info: its ``describe()`` dict.
+        source: the model path the stage read (``"default"`` is resolved), or a server URL (not hashed);
+            info: its ``describe()`` dict.
         settings: the stage's config as a dict.
     """
 
@@ -273,7 +274,9 @@ class StageRun:
         from .models import resolve
 
         self.stage, self.version, self.out, self.single_file = stage, version, Path(out), single_file
-        self.source_path = resolve(source)[1].resolve()  # absolute: the manifest may travel
+        # A server (an OpenAI-compatible URL, e.g. teach's teacher) is recorded as is: there is no file to hash.
+        self.source_url = str(source) if str(source).startswith(("http://", "https://")) else None
+        self.source_path = None if self.source_url else resolve(source)[1].resolve()  # absolute: it may travel
         self.info, self.settings = info, settings
         self.seconds: dict[str, float] = {}
         self.notes: list[str] = []
@@ -339,7 +342,10 @@ class StageRun:
         stage passes the finished staging file. Returns the manifest as written.
         """
         with self.step("hash"):
-            source = {"path": str(self.source_path), "sha256": hash_path(self.source_path), "info": self.info}
+            if self.source_path is None:
+                source = {"path": self.source_url, "sha256": None, "info": self.info}
+            else:
+                source = {"path": str(self.source_path), "sha256": hash_path(self.source_path), "info": self.info}
             if self.single_file:
                 assert file is not None
                 files = {self.out.name: {"bytes": file.stat().st_size, "sha256": sha256_file(file)}}

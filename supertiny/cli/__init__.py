@@ -3,10 +3,11 @@
 User mistakes (:class:`supertiny.errors.UserError`) become one line on stderr and
 exit code 2; nothing a user can cause ends in a traceback. The commands live in
 :mod:`.model` (inspect, eval, prune, export), :mod:`.artifact` (verify) and
-:mod:`.runtime` (targets, bench, serve); importing them registers them on :func:`main`.
+:mod:`.runtime` (targets, bench, serve), :mod:`.train` (teach); importing them registers them on
+:func:`main`.
 """
 
-from . import artifact, model, runtime  # noqa: F401  (registers the commands)
+from . import artifact, model, runtime, train  # noqa: F401  (registers the commands)
 from .core import main
 
 __all__ = ["main"]

@@ -28,7 +28,8 @@ def manifest_rows(artifact: Path) -> tuple[list[tuple[str, str]], dict[str, Any]
     return [
         ("manifest", f"{manifest_path(artifact).name}: {m.stage} v{m.stage_version}, supertiny "
                      f"{m.supertiny_version}, {m.created}"),
-        ("made_from", f"{m.source['path']} (sha256 {str(m.source.get('sha256'))[:16]}...)"),
+        ("made_from", f"{m.source['path']} " + (f"(sha256 {m.source['sha256'][:16]}...)" if m.source.get("sha256")
+                                                else "(a server: nothing to hash)")),
         ("files", f"{_files(len(m.files), m.bytes)} with sha256 (`supertiny verify` re-checks them)"),
     ], m.to_dict()
 
