@@ -169,6 +169,8 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 @click.option("--api-key", envvar="SUPERTINY_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' (or set SUPERTINY_API_KEY).")
 @click.option("--slots", default=1, show_default=True, help="Model copies decoding requests in parallel.")
+@click.option("--parallel", default=0, show_default=True,
+              help="GGUF: sequences decoded together in one batched engine (continuous batching; 0: off).")
 @click.option("--max-queue", default=16, show_default=True, help="Requests waiting for a slot before 429.")
 @click.option("--max-tokens-limit", default=2048, show_default=True, help="Largest max_tokens a request may ask.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True,
@@ -186,7 +188,7 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 @click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True,
               help="torch dtype (torch backend).")
 @click.option("--model-name", default=None, help="The model name clients send (default: the artifact's name).")
-def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, max_queue: int,
+def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, parallel: int, max_queue: int,
               max_tokens_limit: int, timeout_s: float, threads: int | None, n_ctx: int | None, gpu_layers: int,
               provider: str, device: str, dtype: str, backend: str, model_name: str | None) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
@@ -197,7 +199,7 @@ def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: i
     # Every option is checked here, before the model loads.
     engine = EngineOptions(threads=threads, n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, device=device,
                            dtype=dtype)
-    config = ServeConfig(host=host, port=port, api_key=api_key, slots=slots, max_queue=max_queue,
+    config = ServeConfig(host=host, port=port, api_key=api_key, slots=slots, parallel=parallel, max_queue=max_queue,
                          max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s, engine=engine,
                          backend=backend, model_name=model_name)
     keep_torch_out(artifact, backend)  # a GGUF/ONNX server has no use for torch's ~220 MB
