@@ -64,8 +64,9 @@ def test_greedy_equals_single_sequence_with_staggered_admission(gguf_path, singl
             owner[engine.add(prompts[i], budgets[i], stop_ids=[])] = i
             got[i] = []
         for slot, token, done in engine.step():
-            assert token is not None
+            assert token is not None  # stop_ids=[]: no eos event
             got[owner[slot]].append(token)
+            assert done == (len(got[owner[slot]]) == budgets[owner[slot]])
         step += 1
     assert [got[i] for i in range(len(prompts))] == expected
     assert engine.free_slots == 3 and [engine.kv_tokens(s) for s in range(3)] == [0, 0, 0]

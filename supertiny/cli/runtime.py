@@ -101,6 +101,8 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--concurrency", default="1,2,4", show_default=True, help="Simultaneous clients for the latency test.")
 @click.option("--requests", default=8, show_default=True, help="Requests per concurrency level.")
 @click.option("--slots", default=1, show_default=True, help="Engines serving requests in parallel (as `serve`).")
+@click.option("--parallel", default=0, show_default=True,
+              help="GGUF: one batched engine decoding this many sequences together (as `serve`; 0: off).")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: the target's, else all cores).")
 @click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True)
@@ -111,8 +113,8 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
               help="Also draw the figures (.png/.svg/.pdf).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON (units in the keys).")
 def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: str, new_tokens: int, repeats: int,
-              warmup: int, concurrency: str, requests: int, slots: int, threads: int | None, backend: str,
-              gpu_layers: int, provider: str, plot_path: str | None, as_json: bool) -> None:
+              warmup: int, concurrency: str, requests: int, slots: int, parallel: int, threads: int | None,
+              backend: str, gpu_layers: int, provider: str, plot_path: str | None, as_json: bool) -> None:
     """Measure ARTIFACTS (.gguf files, ONNX exports, HF dirs) on this machine; judge them against --target.
 
     Exit code 1 when a budget is missed, 2 for usage errors.
@@ -123,8 +125,8 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 
     config = BenchConfig(prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), new_tokens=new_tokens,
                          repeats=repeats, warmup=warmup, concurrency=_int_list(concurrency, "--concurrency"),
-                         requests=requests, slots=slots, threads=threads, backend=backend, gpu_layers=gpu_layers,
-                         provider=provider)
+                         requests=requests, slots=slots, parallel=parallel, threads=threads, backend=backend,
+                         gpu_layers=gpu_layers, provider=provider)
     profile = load_target(target) if target else None
     if plot_path:
         check_plot_path(plot_path)  # a bad path fails now, not after minutes of measuring
