@@ -17,7 +17,13 @@ generated tokens / wall time (short prompts, eos ignored, so decoding dominates)
 Targets (issue 13): batched at 8 streams >= 2.5x the batched single-stream rate, and
 batched single-stream >= 0.97x the single engine's.
 
-Run:  .venv/bin/python benchmarks/batched_decode.py [--threads 2] [--rounds 2] [--model FILE.gguf]
+``--steps`` measures the same thing at a finer grain, which a busy shared machine needs:
+decode-step times, the engines taking turns every few tokens, medians of many. Single
+engine: seconds per token of its own ``stream`` (requests take turns, so c streams get
+the 1-stream rate); batched: ``stream`` on one sequence, then one ``step()`` with c
+sequences decoding (c tokens).
+
+Run:  .venv/bin/python benchmarks/batched_decode.py [--threads 2] [--rounds 2] [--steps] [--model FILE.gguf]
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--min-requests", type=int, default=4, help="requests per level (at least one per client)")
+    ap.add_argument("--steps", action="store_true", help="time decode steps, interleaved (see above)")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     path = Path(args.model) if args.model else default_teacher_path()
@@ -85,6 +92,11 @@ def main() -> None:
     # the prefix cache would let the single engine skip prompts it has seen; reset it per request
     single.stream = _no_prefix_cache(single)
 
+    if args.steps:
+        return step_table(single, batched, prompts, levels, args)
+    for sched in (Scheduler([single], request_timeout_s=None), BatchScheduler(batched, request_timeout_s=None)):
+        throughput(sched, prompts, 1, 1, args.new_tokens)  # warm up: page in the weights, size the buffers
+        sched.close()
     best: dict[tuple[str, int], float] = {}
     per_cpu: dict[tuple[str, int], float] = {}
     for _ in range(args.rounds):
@@ -110,6 +122,42 @@ def main() -> None:
         cs, cb = per_cpu["single", c], per_cpu["batched", c]
         print(f"{c:>7}  {s:>12.1f}  {b:>13.1f}  {b / s:>13.2f}x  {b / base:>18.2f}x  {cs:>16.1f}  {cb:>7.1f}  "
               f"{cb / cs:>5.2f}x  {cb / cbase:>10.2f}x")
+
+
+def step_table(single, batched, prompts, levels, args) -> None:
+    """Median decode-step times, the engines and levels taking turns every few tokens."""
+    import statistics
+    import time
+
+    per_token: dict[str, list[float]] = {"single": [], "batched": []}
+    step_s: dict[int, list[float]] = {c: [] for c in levels}
+    burst = 6
+    for r in range(args.rounds * 8):
+        prompt = prompts[r % len(prompts)]
+        for name, engine in (("single", single), ("batched", batched)):
+            t0, times = time.perf_counter(), []
+            for _ in engine.stream(prompt, burst + 1, stop_ids=[]):
+                times.append(time.perf_counter() - t0)
+            per_token[name] += [b - a for a, b in zip(times, times[1:], strict=False)]
+        for c in levels:
+            slots = [batched.add(prompts[(r + i) % len(prompts)], burst + 2, stop_ids=[]) for i in range(c)]
+            batched.step()  # prefill: not timed
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                batched.step()
+                step_s[c].append(time.perf_counter() - t0)
+            for slot in slots:
+                batched.release(slot)
+    one = 1 / statistics.median(per_token["single"])
+    print(f"{Path(batched.path).name}, {args.threads} threads, decode-step medians over {args.rounds * 8} "
+          f"interleaved rounds of {burst} tokens, cores {os.cpu_count()}")
+    print(f"  single-stream: single engine {one:.1f} tok/s, batched engine "
+          f"{1 / statistics.median(per_token['batched']):.1f} tok/s "
+          f"({one and (1 / statistics.median(per_token['batched'])) / one:.2f}x)")
+    print(f"{'streams':>7}  {'single tok/s':>12}  {'batched tok/s':>13}  {'batched/single':>14}")
+    for c in levels:
+        rate = c / statistics.median(step_s[c])
+        print(f"{c:>7}  {one:>12.1f}  {rate:>13.1f}  {rate / one:>13.2f}x")
 
 
 def _no_prefix_cache(engine):
