@@ -184,3 +184,19 @@ def test_bench_usage_errors(tiny_artifacts, args, match):
 def test_bench_missing_artifact(tmp_path):
     res = CliRunner().invoke(main, ["bench", str(tmp_path / "nope.gguf")])
     assert res.exit_code == 2 and res.output.startswith("error:")
+
+
+def test_bench_parallel_measures_the_batched_engine(tiny_artifacts):
+    root, src = tiny_artifacts
+    res = CliRunner().invoke(main, ["bench", str(root / "tiny.gguf"), *FAST[:-4], "--concurrency", "1,4",
+                                    "--requests", "8", "--parallel", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["backend"] == "llama.cpp (batched x4)" and result["parallel"] == 4
+    levels = result["concurrency"]
+    assert [c["concurrency"] for c in levels] == [1, 4] and all(c["parallel"] == 4 for c in levels)
+    assert all(c["throughput_tokens_per_s"] > 0 and c["requests"] == 8 for c in levels)
+    res = CliRunner().invoke(main, ["bench", str(src), *FAST, "--parallel", "2"])
+    assert res.exit_code == 2 and "--parallel batches GGUF files" in res.output
+    res = CliRunner().invoke(main, ["bench", str(root / "tiny.gguf"), "--parallel", "2", "--slots", "2"])
+    assert res.exit_code == 2 and "not combined with slots" in res.output

@@ -8,6 +8,9 @@
   chat template.
 * :mod:`.process` — the process guard that keeps torch out of a GGUF/ONNX process.
 * :mod:`.scheduler` — a bounded queue of requests over one or more engines.
+* :mod:`.batched` and :mod:`.batch_scheduler` — continuous batching for GGUF: one
+  llama.cpp context decodes many sequences per forward pass, requests join the running
+  batch between steps, long prompts are fed in chunks alongside the decodes.
 * :mod:`.bench` — load time, TTFT, decode speed, latency under concurrency, memory,
   judged against a :mod:`supertiny.targets` profile.
 * :mod:`.serve` — an OpenAI-compatible HTTP server.

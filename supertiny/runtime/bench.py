@@ -53,6 +53,8 @@ class BenchConfig:
         requests: requests per concurrency level (at least one per client).
         request_prompt_tokens / request_max_tokens: the shape of each latency request.
         slots: engines serving the requests in parallel (the server's ``--slots``).
+        parallel: GGUF: one batched engine decoding this many sequences together (the
+            server's ``--parallel``; 0: off). Single-stream figures then come from it too.
         threads, n_ctx, backend, gpu_layers, provider: how the engine is opened.
     """
 
@@ -65,6 +67,7 @@ class BenchConfig:
     request_prompt_tokens: int = 128
     request_max_tokens: int = 32
     slots: int = 1
+    parallel: int = 0
     threads: int | None = None
     n_ctx: int | None = None
     backend: str = "auto"
@@ -81,6 +84,9 @@ class BenchConfig:
                 raise InvalidInputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.new_tokens < 2:
             raise InvalidInputError("new-tokens must be >= 2 (decode speed is measured between tokens)")
+        if self.parallel < 0 or (self.parallel and self.slots > 1):
+            raise InvalidInputError(f"parallel must be >= 0 and not combined with slots > 1, got "
+                                    f"parallel={self.parallel}, slots={self.slots}")
         if self.warmup < 0:
             raise InvalidInputError(f"warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
@@ -261,10 +267,12 @@ def closed_loop(clients: int, requests: int, send: Callable[[int], Iterator[int]
 
 def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, config: BenchConfig,
                        offset: int) -> dict[str, Any]:
+    from .batch_scheduler import BatchScheduler
     from .scheduler import Scheduler
 
     n = max(config.requests, clients)
-    scheduler = Scheduler(engines, max_queue=n, request_timeout_s=3600)
+    scheduler = (BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600) if config.parallel else
+                 Scheduler(engines, max_queue=n, request_timeout_s=3600))
 
     def send(i: int) -> Iterator[int]:
         start = (offset + i * 97) % max(1, len(corpus) - config.request_prompt_tokens)
@@ -279,7 +287,7 @@ def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, conf
         raise SupertinyError(f"{len(run.errors)} of {n} requests failed at concurrency {clients}: "
                              f"{type(e).__name__}: {e}")
     return {
-        "concurrency": clients, "requests": n, "slots": len(engines),
+        "concurrency": clients, "requests": n, "slots": len(engines), "parallel": config.parallel,
         "request_prompt_tokens": config.request_prompt_tokens, "request_max_tokens": config.request_max_tokens,
         **{k: v * 1000 for k, v in summarize(run.latencies, "latency_ms", (50, 95, 99)).items()},
         **{k: v * 1000 for k, v in summarize(run.ttfts, "ttft_ms", (50, 95)).items()},
@@ -310,7 +318,15 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     report("loading", done, steps)
     t0 = time.perf_counter()
     options = {"threads": threads, "n_ctx": n_ctx, "gpu_layers": config.gpu_layers, "provider": config.provider}
-    engines = [open_engine(artifact, config.backend, **options) for _ in range(config.slots)]
+    if config.parallel:  # one engine decoding `parallel` sequences per forward pass
+        if kind != "gguf" or config.backend not in ("auto", "llama.cpp"):
+            raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} is not one")
+        from .batched import BatchedLlamaEngine
+        from .engine import EngineOptions
+
+        engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=config.parallel)]
+    else:
+        engines = [open_engine(artifact, config.backend, **options) for _ in range(config.slots)]
     engine = engines[0]
     corpus = _corpus_ids(engine, longest + 1)
     if config.gpu_layers and not getattr(engine, "gpu_offload", True):
@@ -347,7 +363,8 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     report("done", done, steps)
     result = {
         "artifact": str(path), "format": kind, "backend": engine.backend_label, "threads": threads,
-        "n_ctx": engine.n_ctx, "slots": config.slots, "file_size_mb": engine.info["file_bytes"] / 2**20,
+        "n_ctx": engine.n_ctx, "slots": config.slots, "parallel": config.parallel,
+        "file_size_mb": engine.info["file_bytes"] / 2**20,
         "load_s": load_s, "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20,
         "prompts": prompts, "concurrency": levels, "notes": notes,
         "machine": {"cores": cores, "platform": sys.platform},

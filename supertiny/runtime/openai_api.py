@@ -39,6 +39,31 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+MAX_JSON_DEPTH = 32  # OpenAI's bodies nest 5 deep at most; deeper is an attack on the parser
+
+
+def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse (400) a decoded body nested deeper than ``max_depth`` or holding a string
+    that is not valid Unicode (a lone UTF-16 surrogate such as ``"\\ud800"``, which JSON
+    allows but no tokenizer can encode). Iterative, so no body can exhaust the stack."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "the request holds a string that is not valid Unicode (a lone surrogate)",
+                               code="invalid_unicode") from None
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > max_depth:
+            raise ApiError(400, f"the request body is nested deeper than {max_depth} levels", code="invalid_json")
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        todo.extend((child, depth + 1) for child in children)
+
+
 def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, param=param, code="invalid_value")
 

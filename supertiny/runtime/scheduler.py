@@ -283,10 +283,14 @@ class Scheduler:
         self._closing = False
         self._tokenize_lock = threading.Lock()  # submit may be called from many threads
         self._totals = dict.fromkeys(("submitted", "rejected", "completed", "cancelled", "timed_out", "failed"), 0)
-        self._workers = [threading.Thread(target=self._work, args=(i, e), name=f"supertiny-slot-{i}", daemon=True)
-                         for i, e in enumerate(self.engines)]
+        self._workers = self._make_workers()
         for worker in self._workers:
             worker.start()
+
+    def _make_workers(self) -> list[threading.Thread]:
+        """One thread per engine (a subclass that batches runs one loop instead)."""
+        return [threading.Thread(target=self._work, args=(i, e), name=f"supertiny-slot-{i}", daemon=True)
+                for i, e in enumerate(self.engines)]
 
     @property
     def slots(self) -> int:

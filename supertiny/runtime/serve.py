@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import InvalidInputError, MissingExtraError, UserError
 from .engine import BACKENDS, EngineOptions
-from .openai_api import ApiError, CountRequests, Metrics, parse_request
+from .openai_api import ApiError, CountRequests, Metrics, check_json, parse_request
 from .scheduler import Job, JobTimeout, QueueFull, Scheduler, ShuttingDown
 from .text import Chunk
 
@@ -53,6 +53,8 @@ class ServeConfig:
         port: TCP port (0: any free one).
         api_key: when set, requests need ``Authorization: Bearer <api_key>``.
         slots: engines (model copies) decoding in parallel.
+        parallel: sequences one batched llama.cpp engine decodes together (continuous
+            batching, GGUF only; 0: off, use ``slots``).
         max_queue: requests waiting for a slot before new ones get 429.
         max_tokens_limit: largest ``max_tokens`` a request may ask for (400 beyond).
         default_max_tokens: ``max_tokens`` when a request gives none (default: 256, or
@@ -69,6 +71,7 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     slots: int = 1
+    parallel: int = 0
     max_queue: int = 16
     max_tokens_limit: int = 2048
     default_max_tokens: int | None = None
@@ -84,6 +87,9 @@ class ServeConfig:
             (0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}"),
             (self.api_key is None or bool(self.api_key.strip()), "api_key must not be empty (leave it unset)"),
             (self.slots >= 1, f"slots must be >= 1, got {self.slots}"),
+            (self.parallel >= 0, f"parallel must be >= 0, got {self.parallel}"),
+            (not (self.parallel and self.slots > 1), "use either slots (model copies) or parallel (one batched "
+             f"engine), not both: got slots={self.slots}, parallel={self.parallel}"),
             (self.max_queue >= 0, f"max_queue must be >= 0, got {self.max_queue}"),
             (self.max_tokens_limit >= 1, f"max_tokens_limit must be >= 1, got {self.max_tokens_limit}"),
             (self.default_max_tokens is None or 1 <= self.default_max_tokens <= self.max_tokens_limit,
@@ -180,9 +186,13 @@ def create_app(scheduler: Scheduler, model_name: str, config: ServeConfig) -> An
             if len(body) > config.max_body_bytes:
                 raise too_large
         try:
-            return json.loads(body)
+            value = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:  # nesting deeper than the decoder's stack allows
+            raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
+        check_json(value)
+        return value
 
     async def until_disconnect(request: Request, awaitable: Any) -> Any:
         """Await ``awaitable`` unless the client hangs up first (then cancel it, return None)."""
@@ -386,7 +396,8 @@ def build_server(app: Any, config: ServeConfig, log: Callable[[str], None] | Non
             if self.started and log is not None:
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
                 url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
-                log(f"serving {config.model_name} at {url} ({config.slots} slot(s), queue {config.max_queue}, "
+                how = (f"{config.parallel} sequences batched" if config.parallel else f"{config.slots} slot(s)")
+                log(f"serving {config.model_name} at {url} ({how}, queue {config.max_queue}, "
                     f"{'API key required' if config.api_key else 'no API key'}); Ctrl-C stops")
 
         async def shutdown(self, sockets: Any = None) -> None:
@@ -414,7 +425,10 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
     from .engine import open_engine
 
     _require_extra()
-    _, path = resolve(artifact)
+    kind, path = resolve(artifact)
+    if config.parallel and (kind != "gguf" or config.backend not in ("auto", "llama.cpp")):
+        raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} runs on "
+                                f"{config.backend}: use --slots for it")
     name = config.model_name or Path(path).name
     # Slots share the cores unless told otherwise: N slots each using every core would
     # thrash rather than decode N times faster.
@@ -422,11 +436,19 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
     if options.threads is None:
         options = dataclasses.replace(options, threads=max(1, (os.cpu_count() or 1) // config.slots))
     sock = bind_socket(config.host, config.port)
-    engines, scheduler = [], None
+    engines: list[Any] = []
+    scheduler: Scheduler | None = None
     try:
-        for _ in range(config.slots):
-            engines.append(open_engine(path, config.backend, options))
-        scheduler = Scheduler(engines, config.max_queue, config.request_timeout_s)
+        if config.parallel:
+            from .batch_scheduler import BatchScheduler
+            from .batched import BatchedLlamaEngine
+
+            engines.append(BatchedLlamaEngine.open(path, options, parallel=config.parallel))
+            scheduler = BatchScheduler(engines[0], config.max_queue, config.request_timeout_s)
+        else:
+            for _ in range(config.slots):
+                engines.append(open_engine(path, config.backend, options))
+            scheduler = Scheduler(engines, config.max_queue, config.request_timeout_s)
         server_config = dataclasses.replace(config, model_name=name)
         build_server(create_app(scheduler, name, server_config), server_config, log).run(sockets=[sock])
     finally:

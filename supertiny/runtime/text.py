@@ -102,6 +102,49 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     return keep
 
 
+class TextStream:
+    """The text layer fed one token at a time (push), for decode loops that run many
+    sequences at once; :func:`text_chunks` is the same thing pulled from an iterator.
+
+    :meth:`add` returns a chunk when text became final (the last one, with a finish
+    reason, when a stop string matched or ``cancel`` is set), :meth:`end` the final
+    chunk when the tokens ran out (eos or the budget).
+    """
+
+    def __init__(self, tokenizer: Any, budget: int, stop: Sequence[str] = (),
+                 cancel: threading.Event | None = None):
+        self.stops = [s for s in stop if s]
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.budget, self.cancel = budget, cancel
+        self.pending, self.pending_ids, self.produced = "", [], 0
+        self.finished = False
+
+    def add(self, token: int) -> Chunk | None:
+        """One more token; the chunk of text it made final, if any."""
+        self.produced += 1
+        self.pending += self.detok.add(token)
+        self.pending_ids.append(token)
+        cut = find_stop(self.pending, self.stops)
+        if cut is not None:
+            self.finished = True
+            return Chunk(self.pending[:cut], self.pending_ids, "stop")
+        if self.cancel is not None and self.cancel.is_set():
+            self.finished = True
+            return Chunk(self.pending, self.pending_ids, "cancelled")
+        keep = held_back(self.pending, self.stops)
+        if len(self.pending) > keep:
+            chunk = Chunk(self.pending[: len(self.pending) - keep], self.pending_ids)
+            self.pending, self.pending_ids = self.pending[len(self.pending) - keep:], []
+            return chunk
+        return None
+
+    def end(self) -> Chunk:
+        """The last chunk once no token follows: ``length`` at the budget, else ``stop`` (eos)."""
+        self.finished = True
+        text = self.pending + self.detok.flush()
+        return Chunk(text, self.pending_ids, "length" if self.produced >= self.budget else "stop")
+
+
 def text_chunks(tokens: Iterator[int], tokenizer: Any, budget: int, stop: Sequence[str] = (),
                 cancel: threading.Event | None = None) -> Iterator[Chunk]:
     """Chunks of text from a stream of token ids; the last chunk has the finish reason.
@@ -112,26 +155,14 @@ def text_chunks(tokens: Iterator[int], tokenizer: Any, budget: int, stop: Sequen
     after the current token (``cancelled``). ``tokens`` is closed when the reply ends
     early, so the backend stops decoding.
     """
-    stops = [s for s in stop if s]
-    detok = IncrementalDetokenizer(tokenizer)
-    pending, pending_ids, produced = "", [], 0
+    stream = TextStream(tokenizer, budget, stop, cancel)
     try:
         for token in tokens:
-            produced += 1
-            pending += detok.add(token)
-            pending_ids.append(token)
-            cut = find_stop(pending, stops)
-            if cut is not None:
-                yield Chunk(pending[:cut], pending_ids, "stop")
-                return
-            if cancel is not None and cancel.is_set():
-                yield Chunk(pending, pending_ids, "cancelled")
-                return
-            keep = held_back(pending, stops)
-            if len(pending) > keep:
-                yield Chunk(pending[: len(pending) - keep], pending_ids)
-                pending, pending_ids = pending[len(pending) - keep:], []
+            chunk = stream.add(token)
+            if chunk is not None:
+                yield chunk
+                if stream.finished:
+                    return
     finally:
         tokens.close()  # type: ignore[attr-defined]
-    pending += detok.flush()
-    yield Chunk(pending, pending_ids, "length" if produced >= budget else "stop")
+    yield stream.end()

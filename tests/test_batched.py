@@ -1,0 +1,181 @@
+"""The batched llama.cpp engine and continuous batching on a tiny GGUF: greedy replies equal
+the single-sequence engine's token for token, cancellation, KV slot reuse, context limits,
+and the server with --parallel under concurrent load through the official client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from supertiny.errors import InvalidInputError
+from supertiny.export.gguf import GGUFExportConfig, export_gguf
+from supertiny.runtime.batch_scheduler import BatchScheduler
+from supertiny.runtime.batched import BatchedLlamaEngine
+from supertiny.runtime.llamacpp import LlamaCppEngine
+from supertiny.runtime.sampling import Sampling
+from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
+
+from conftest import build_tiny_model
+
+TEXTS = ["Alice", "Alice was beginning to get very tired of sitting by her sister on the bank",
+         "the Queen said", "down the rabbit hole " * 6, "Alice was beginning to get very tired"]
+
+
+@pytest.fixture(scope="module")
+def gguf_path(tmp_path_factory, tiny_tokenizer):
+    # untied embeddings: greedy replies then depend on the prompt (tied ones echo its last token)
+    src = tmp_path_factory.mktemp("batched") / "hf"
+    build_tiny_model(tied=False).save_pretrained(src, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(src)
+    out = src.parent / "tiny.gguf"
+    export_gguf(src, out, GGUFExportConfig(dtype="f32", verify=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(gguf_path):
+    engine = LlamaCppEngine(gguf_path, n_ctx=256, n_threads=1)
+    engine.llm.n_batch = 8  # feed prompts in the batched engine's chunks (see BatchedLlamaEngine.step)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def prompts(single):
+    return [single.tokenize(t) for t in TEXTS]
+
+
+def test_greedy_equals_single_sequence_with_staggered_admission(gguf_path, single, prompts):
+    budgets = [12, 20, 16, 9, 14]
+    expected = [single.generate(p, n, stop_ids=[]) for p, n in zip(prompts, budgets, strict=True)]
+    assert len({tuple(e) for e in expected}) == len(expected)  # the prompts lead to different replies
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=256, n_threads=1, parallel=3, n_batch=8)
+    assert max(len(p) for p in prompts) > 8  # some prompts are fed in several chunks
+    got: dict[int, list[int]] = {}
+    owner: dict[int, int] = {}
+    waiting, step = list(range(len(prompts))), 0
+    while waiting or engine.active:
+        # admit one request every other step, while a slot is free: replies start mid-batch
+        if waiting and engine.free_slots and step % 2 == 0:
+            i = waiting.pop(0)
+            owner[engine.add(prompts[i], budgets[i], stop_ids=[])] = i
+            got[i] = []
+        for slot, token, done in engine.step():
+            assert token is not None  # stop_ids=[]: no eos event
+            got[owner[slot]].append(token)
+            assert done == (len(got[owner[slot]]) == budgets[owner[slot]])
+        step += 1
+    assert [got[i] for i in range(len(prompts))] == expected
+    assert engine.free_slots == 3 and [engine.kv_tokens(s) for s in range(3)] == [0, 0, 0]
+    # the Engine API on one sequence: the same replies, eos handling and text
+    assert engine.generate(prompts[1], budgets[1], stop_ids=[]) == expected[1]
+    assert engine.complete(TEXTS[2], max_tokens=10).text == single.complete(TEXTS[2], max_tokens=10).text
+    stop = expected[0][4]
+    assert engine.generate(prompts[0], 12, stop_ids=[stop]) == expected[0][: expected[0].index(stop)]
+
+
+def test_scheduler_replies_equal_engine_and_cancel_leaves_others_correct(gguf_path, single):
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=256, n_threads=1, parallel=4, n_batch=16)
+    with BatchScheduler(engine, max_queue=16) as scheduler:
+        jobs = [scheduler.submit(t, max_tokens=40, ignore_eos=True, stop=["zzz"]) for t in TEXTS]
+        victim = jobs[1]
+        pieces = iter(victim)
+        next(pieces)  # it is running: cancel it mid-reply
+        victim.cancel()
+        results = {i: j.result() for i, j in enumerate(jobs) if j is not victim}
+        assert victim.outcome == "cancelled" and victim.completion_tokens < 40
+        for i, r in results.items():
+            ref = single.complete(TEXTS[i], max_tokens=40, ignore_eos=True, stop=["zzz"])
+            assert (r.text, r.token_ids, r.finish_reason) == (ref.text, ref.token_ids, ref.finish_reason)
+        # a stop string ends a reply exactly as on the single engine
+        ref = single.complete(TEXTS[0], max_tokens=20, ignore_eos=True)
+        cut = ref.text[3:6]
+        got = scheduler.submit(TEXTS[0], max_tokens=20, ignore_eos=True, stop=[cut]).result()
+        want = single.complete(TEXTS[0], max_tokens=20, ignore_eos=True, stop=[cut])
+        assert (got.text, got.finish_reason) == (want.text, "stop")
+        stats = scheduler.stats()
+    assert stats.cancelled == 1 and stats.completed == len(TEXTS) and stats.in_flight == 0
+    assert engine.free_slots == 4 and all(engine.kv_tokens(s) == 0 for s in range(4))
+
+
+def test_many_short_requests_reuse_slots_without_leaking(gguf_path, single, prompts):
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=64, n_threads=1, parallel=3, n_batch=32)
+    with BatchScheduler(engine, max_queue=64) as scheduler:
+        # 60 requests of up to 40 cells each through 3 slots of 64: without release they could not fit
+        jobs = [scheduler.submit(prompts[i % 3], max_tokens=24, ignore_eos=True) for i in range(60)]
+        replies = [j.result().token_ids for j in jobs]
+        seeded = [scheduler.submit(prompts[0], max_tokens=8, sampling=Sampling(temperature=0.9, seed=7),
+                                   ignore_eos=True).result().token_ids for _ in range(2)]
+    for i, r in enumerate(replies):
+        assert r == single.generate(prompts[i % 3], 24, stop_ids=[])
+    assert seeded[0] == seeded[1] and len(seeded[0]) == 8  # per-sequence rng: a seed repeats
+    assert engine.free_slots == 3 and all(engine.kv_tokens(s) == 0 for s in range(3))
+
+
+def test_a_request_over_the_context_is_refused_at_submit(gguf_path, prompts):
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=32, n_threads=1, parallel=2, n_batch=8)
+    with BatchScheduler(engine, max_queue=4) as scheduler:
+        with pytest.raises(InvalidInputError, match="context holds 32"):
+            scheduler.submit(list(range(5, 40)), max_tokens=4)
+        # the batch keeps serving; a reply is cut at the context (length), never stalls it
+        r = scheduler.submit(prompts[0], max_tokens=100, ignore_eos=True).result()
+        assert r.finish_reason == "length" and len(prompts[0]) + r.completion_tokens == 32
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        engine.add(prompts[0], 40)
+    with pytest.raises(InvalidInputError, match="parallel must be"):
+        BatchedLlamaEngine(gguf_path, parallel=0)
+
+
+def test_server_with_parallel_under_concurrent_load(gguf_path, single):
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=256, n_threads=1, parallel=4, n_batch=32)
+    config = ServeConfig(port=0, model_name="tiny", parallel=4, max_queue=32, max_tokens_limit=64)
+    scheduler = BatchScheduler(engine, config.max_queue, config.request_timeout_s)
+    sock = bind_socket("127.0.0.1", 0)
+    server = build_server(create_app(scheduler, "tiny", config), config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < end and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="-", max_retries=0,
+                           timeout=60)
+
+    def ask(i: int) -> tuple[int, str, str]:
+        text = TEXTS[i % len(TEXTS)]
+        if i % 2:
+            stream = client.completions.create(model="tiny", prompt=text, max_tokens=16, temperature=0,
+                                               stream=True)
+            return i, "".join(c.choices[0].text for c in stream), "stream"
+        r = client.completions.create(model="tiny", prompt=text, max_tokens=16, temperature=0)
+        return i, r.choices[0].text, r.choices[0].finish_reason
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(24)))
+        for i, text, _ in answers:
+            assert text == single.complete(TEXTS[i % len(TEXTS)], max_tokens=16).text
+        with pytest.raises(openai.BadRequestError):  # over the context: a 400, the batch goes on
+            client.completions.create(model="tiny", prompt="Alice " * 300, max_tokens=4)
+        assert client.completions.create(model="tiny", prompt="Alice", max_tokens=3).usage.completion_tokens <= 3
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    stats = scheduler.stats()
+    assert stats.failed == 0 and stats.in_flight == 0 and stats.completed == 25
+    assert engine.free_slots == 4
+
+
+def test_parallel_is_for_gguf_and_excludes_slots(make_tiny_dir):
+    from supertiny.runtime.serve import serve
+
+    with pytest.raises(InvalidInputError, match="either slots .* or parallel"):
+        ServeConfig(slots=2, parallel=2)
+    with pytest.raises(InvalidInputError, match="parallel must be >= 0"):
+        ServeConfig(parallel=-1)
+    with pytest.raises(InvalidInputError, match="--parallel batches GGUF files"):
+        serve(make_tiny_dir(), ServeConfig(port=0, parallel=2))
