@@ -6,7 +6,7 @@ exit code 2; nothing a user can cause ends in a traceback. The commands live in
 :mod:`.runtime` (targets, bench, serve); importing them registers them on :func:`main`.
 """
 
-from . import artifact, model, runtime  # noqa: F401  (registers the commands)
+from . import artifact, distill, model, runtime  # noqa: F401  (registers the commands)
 from .core import main
 
 __all__ = ["main"]

@@ -87,11 +87,13 @@ class TopKCache:
         try:
             with safe_open(str(p), framework="numpy") as f:
                 meta = f.metadata() or {}
+                if meta.get("supertiny_kd_cache") != str(CACHE_VERSION):
+                    raise InvalidInputError(f"{p}: not a version-{CACHE_VERSION} supertiny KD cache")
                 arrays = {name: f.get_tensor(name) for name in ("values", "indices", "offsets")}
+        except InvalidInputError:
+            raise
         except Exception as exc:  # safetensors raises several kinds on a damaged file
             raise InvalidInputError(f"{p}: unreadable KD cache ({type(exc).__name__}: {exc})") from None
-        if meta.get("supertiny_kd_cache") != str(CACHE_VERSION):
-            raise InvalidInputError(f"{p}: not a version-{CACHE_VERSION} supertiny KD cache")
         v, ix, off = arrays["values"], arrays["indices"], arrays["offsets"]
         if v.shape != ix.shape or v.ndim != 2 or off.ndim != 1 or int(off[-1]) != v.shape[0]:
             raise InvalidInputError(f"{p}: inconsistent KD cache (values {v.shape}, indices {ix.shape}, "
