@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import click
 
 from ..compress.losses import LOSS_NAMES
 from ..manifest import Manifest
-from .core import _quiet_transformers, main
-from .model import _run_stage
+from .core import _progress, _quiet_transformers, main
 
 
 @main.command("distill")
@@ -58,12 +58,14 @@ def distill_cmd(student: str, task: str, data: str, out_dir: str, teacher: str |
                            dev_limit=dev_limit, seed=seed, overwrite=overwrite)
     call = partial(distill, student, out_dir, task, data, config, teacher=teacher, dev=dev, resume=resume,
                    cache_dir=cache_dir)
-    _run_stage(call, as_json, partial(_lines, out_dir), "distill")
+    with _progress("distill") as update:
+        manifest = call(log=lambda m: click.echo(m, err=True), progress=update)
+    if manifest is None:  # another process of a data-parallel run: the main one reports
+        return
+    click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else "\n".join(_lines(out_dir, manifest)))
 
 
-def _lines(out: str, m: Manifest | None) -> list[str]:
-    if m is None:  # another process of a data-parallel run: the main one reports
-        return []
+def _lines(out: str, m: Manifest) -> list[str]:
     d, q = m.details, m.quality
     lines = [f"wrote {out}: {d['steps']} steps ({d['epochs']} epochs) on {d['examples']} examples, "
              f"final loss {d['final'].get('loss')}, {d['tokens_per_s']} tokens/s"]

@@ -227,10 +227,10 @@ def check_work_dir(work: Path, settings: dict[str, Any], resume: bool, overwrite
     run_file = work / "run.json"
     if work.is_dir() and overwrite and not resume:
         shutil.rmtree(work)
-    if work.is_dir() and run_file.is_file():
-        last = get_last_checkpoint(str(work))
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    if last and run_file.is_file():  # a run that died before its first checkpoint has nothing to keep
         if not resume:
-            raise InvalidInputError(f"{work} holds an unfinished run ({Path(last).name if last else 'no checkpoint'});"
+            raise InvalidInputError(f"{work} holds an unfinished run (last: {Path(last).name});"
                                     " pass --resume to continue it or --overwrite to start over")
         before = json.loads(run_file.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(before) | set(settings)

@@ -24,10 +24,10 @@ from .distill import (
 
 
 def _training_args(config: DistillConfig, work: Path) -> Any:
+    import os
+
     import torch
     from transformers import TrainingArguments
-
-    import os
 
     cpu = not torch.cuda.is_available()
     # gloo only under a launcher: asking for a backend makes accelerate expect a process group
@@ -76,16 +76,16 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
     work = work_dir(out)
     args = _training_args(config, work)  # sets up the process group under torchrun / accelerate launch
     main = args.process_index == 0
-    with args.main_process_first(local=False, desc="setup"):
-        if main:
-            if not resume:
-                check_output_dir(out, config.overwrite)
-            check_work_dir(work, settings, resume, config.overwrite)
+    if main and not resume:
+        check_output_dir(out, config.overwrite)
     info = describe(student).to_dict()
     stage = StageRun(STAGE, STAGE_VERSION, out, source=student, info=info, settings=settings) if main else None
     lm = load_model(student)
     model, tok = lm.model, lm.tokenizer
-    examples, counts = load_examples(data, spec, tok, config.max_length)
+    examples, counts = load_examples(data, spec, tok, config.max_length)  # bad data fails before OUT.work exists
+    with args.main_process_first(local=False, desc="setup"):
+        if main:
+            check_work_dir(work, settings, resume, config.overwrite)
     say(f"{len(examples)} examples from {counts['records']} records"
         + (f"; skipped {counts['no_response']} without a response" if counts["no_response"] else "")
         + (f"; skipped {counts['too_long']} longer than {config.max_length} tokens" if counts["too_long"] else ""))
