@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from functools import partial
+from typing import Any
 
 import click
 
@@ -58,8 +60,22 @@ def distill_cmd(student: str, task: str, data: str, out_dir: str, teacher: str |
                            dev_limit=dev_limit, seed=seed, overwrite=overwrite)
     call = partial(distill, student, out_dir, task, data, config, teacher=teacher, dev=dev, resume=resume,
                    cache_dir=cache_dir)
-    with _progress("distill") as update:
-        manifest = call(log=lambda m: click.echo(m, err=True), progress=update)
+    phase = ["distill"]
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+        phase[0] = message.split(" ", 1)[0]  # "teacher ..." or "training ...": the next bar's label
+
+    with ExitStack() as stack:
+        bar: dict[str, Any] = {}
+
+        def update(done: int, total: int) -> None:
+            if bar.get("key") != (phase[0], total):  # a new phase gets its own bar
+                stack.close()
+                bar.update(key=(phase[0], total), fn=stack.enter_context(_progress(phase[0])))
+            bar["fn"](done, total)
+
+        manifest = call(log=log, progress=update)
     if manifest is None:  # another process of a data-parallel run: the main one reports
         return
     click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else "\n".join(_lines(out_dir, manifest)))
