@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=32)
     ap.add_argument("--cache-dir", default="/tmp/dmeas/cache")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     task = load_task("factory-tickets")
@@ -60,7 +61,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     print("| precision | loss | steps | tokens/step | tokens/s | answer tokens/s |")
     print("|---|---|---|---|---|---|")
-    for bf16 in (False, True):
+    for bf16 in {"both": (False, True), "fp32": (False,), "bf16": (True,)}[a.precision]:
         total = {"sft": [0.0, 0, 0], "fkl": [0.0, 0, 0]}
         for rep in range(a.reps + 1):  # rep 0 warms up and is not counted
             idx = [(rep * a.batch_size + i) % len(examples) for i in range(a.batch_size)]

@@ -120,11 +120,16 @@ def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, tea
     """
     import torch
 
+    return _kd(torch.log_softmax(student_logits.float() / temperature, dim=-1), teacher_values, teacher_indices,
+               loss, temperature, beta)
+
+
+def _kd(student_logp: torch.Tensor, teacher_values: torch.Tensor, teacher_indices: torch.Tensor, loss: str,
+        temperature: float, beta: float) -> torch.Tensor:
+    """:func:`topk_kd_loss` from the student's log-probabilities at ``temperature``."""
     fn = get_loss(loss)
-    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    s_top = s.gather(-1, teacher_indices.long())
-    t_top = teacher_values.float()
-    return fn(_with_tail(s_top), _with_tail(t_top), beta) * temperature**2
+    s_top = student_logp.gather(-1, teacher_indices.long())
+    return fn(_with_tail(s_top), _with_tail(teacher_values.float()), beta) * temperature**2
 
 
 def teacher_topk(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,10 +155,15 @@ def mixed_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_value
 
     Returns the mean over tokens and its parts (``ce``, ``kd``) as floats for logging.
     """
-    ce = answer_ce(student_logits, labels).mean()
+    import torch
+
+    # one log-softmax over the vocabulary serves both terms at T = 1 (the costly part of either)
+    logp = torch.log_softmax(student_logits.float(), dim=-1)
+    ce = torch.nn.functional.nll_loss(logp, labels.long())
     if loss == "sft":
         return ce, {"ce": float(ce.detach())}
     assert teacher_values is not None and teacher_indices is not None
-    kd = topk_kd_loss(student_logits, teacher_values, teacher_indices, loss, temperature, beta).mean()
+    s_logp = logp if temperature == 1.0 else torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    kd = _kd(s_logp, teacher_values, teacher_indices, loss, temperature, beta).mean()
     total = alpha * kd + (1.0 - alpha) * ce if alpha < 1.0 else kd
     return total, {"ce": float(ce.detach()), "kd": float(kd.detach())}
