@@ -65,7 +65,7 @@ def main() -> None:
         total = {"sft": [0.0, 0, 0], "fkl": [0.0, 0, 0]}
         for rep in range(a.reps + 1):  # rep 0 warms up and is not counted
             idx = [(rep * a.batch_size + i) % len(examples) for i in range(a.batch_size)]
-            for loss in ("sft", "fkl"):
+            for loss in ("sft", "fkl") if rep % 2 else ("fkl", "sft"):  # alternate who goes first
                 batch = collate([{"index": i} for i in idx])
                 values, indices = batch.pop("kd_values"), batch.pop("kd_indices")
                 t0 = time.perf_counter()
