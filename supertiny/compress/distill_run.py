@@ -76,8 +76,8 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
     work = work_dir(out)
     args = _training_args(config, work)  # sets up the process group under torchrun / accelerate launch
     main = args.process_index == 0
-    if main and not resume:
-        check_output_dir(out, config.overwrite)
+    if main and not (resume and work.is_dir() and get_last_checkpoint(str(work))):
+        check_output_dir(out, config.overwrite)  # nothing to resume: a finished OUT is not replaced silently
     info = describe(student).to_dict()
     stage = StageRun(STAGE, STAGE_VERSION, out, source=student, info=info, settings=settings) if main else None
     lm = load_model(student)
