@@ -7,7 +7,7 @@ exit code 2; nothing a user can cause ends in a traceback. The commands live in
 :func:`main`.
 """
 
-from . import artifact, model, runtime, train  # noqa: F401  (registers the commands)
+from . import artifact, distill, model, runtime, train  # noqa: F401  (registers the commands)
 from .core import main
 
 __all__ = ["main"]

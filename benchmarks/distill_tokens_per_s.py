@@ -1,0 +1,92 @@
+"""Training tokens/s of SFT vs KD from the cached teacher top-k, measured side by side.
+
+Both losses run on the same batches of the same student, alternating step by step (so a
+noisy, shared machine slows both alike); a step is forward + backward + AdamW update.
+The teacher cache is built once (its time is printed) or reused from --cache-dir.
+
+    python benchmarks/distill_tokens_per_s.py /tmp/student --teacher default --records 20 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+
+from supertiny.compress.distill import load_examples
+from supertiny.compress.kdcache import TopKCache, build_cache, cache_key, examples_hash
+from supertiny.compress.losses import mixed_loss
+from supertiny.compress.trainer import Collator, answer_logits
+from supertiny.manifest import hash_path
+from supertiny.models import load_model, resolve
+from supertiny.tasks import load_task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("student")
+    ap.add_argument("--teacher", default="default")
+    ap.add_argument("--data", default="examples/factory_tickets/data/train.jsonl")
+    ap.add_argument("--records", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--cache-dir", default="/tmp/dmeas/cache")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    task = load_task("factory-tickets")
+    lm = load_model(a.student)
+    data = Path(a.cache_dir) / f"records-{a.records}.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(Path(a.data).read_text().splitlines(True)[: a.records]))
+    examples, _ = load_examples(data, task, lm.tokenizer, 1024)
+    pairs = [(e.ids, e.prompt_len) for e in examples]
+    key = cache_key(hash_path(resolve(a.teacher)[1]), examples_hash(pairs), a.top_k, 1.0, "float16")
+    path = Path(a.cache_dir) / f"kd-{key}.safetensors"
+    if not path.is_file():
+        t = load_model(a.teacher)
+        t0 = time.perf_counter()
+        build_cache(t.model, pairs, a.top_k, 1.0).save(path)
+        print(f"cache build: {time.perf_counter() - t0:.1f} s for {len(pairs)} examples")
+        del t
+    cache = TopKCache.load(path)
+    print(f"cache: {path.stat().st_size} bytes, {path.stat().st_size / cache.values.shape[0]:.0f} bytes/token")
+    collate = Collator(examples, lm.tokenizer.pad_token_id, cache)
+    model = lm.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    print("| precision | loss | steps | tokens/step | tokens/s | answer tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for bf16 in {"both": (False, True), "fp32": (False,), "bf16": (True,)}[a.precision]:
+        total = {"sft": [0.0, 0, 0], "fkl": [0.0, 0, 0]}
+        for rep in range(a.reps + 1):  # rep 0 warms up and is not counted
+            idx = [(rep * a.batch_size + i) % len(examples) for i in range(a.batch_size)]
+            for loss in ("sft", "fkl") if rep % 2 else ("fkl", "sft"):  # alternate who goes first
+                batch = collate([{"index": i} for i in idx])
+                values, indices = batch.pop("kd_values"), batch.pop("kd_indices")
+                t0 = time.perf_counter()
+                ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+                with ctx:
+                    logits, labels = answer_logits(model, batch)
+                    value, _ = mixed_loss(logits, labels, values, indices, loss, 0.5, 1.0, 0.5)
+                value.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if rep:
+                    t = total[loss]
+                    t[0] += time.perf_counter() - t0
+                    t[1] += int(batch["attention_mask"].sum())
+                    t[2] += int(labels.numel())
+        for loss, (secs, toks, ans) in total.items():
+            print(f"| {'bf16 autocast' if bf16 else 'fp32'} | {loss} | {a.reps} | {toks / a.reps:.0f} | "
+                  f"{toks / secs:.1f} | {ans / secs:.2f} |")
+        print(f"| {'bf16' if bf16 else 'fp32'} | **fkl / sft** | | | "
+              f"**{(total['fkl'][1] / total['fkl'][0]) / (total['sft'][1] / total['sft'][0]):.2f}x** | |")
+
+
+if __name__ == "__main__":
+    main()

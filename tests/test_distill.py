@@ -1,0 +1,180 @@
+"""supertiny distill on tiny random models: KD moves the student, exact resume, 2-process DDP, clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from supertiny.cli import main
+from supertiny.compress.distill import DistillConfig, distill
+from supertiny.errors import InvalidInputError
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = """schema_version = 1
+name = "tiny-colors"
+description = "a colour and whether it is bright"
+input = "text"
+instruction = "Name the colour."
+
+[output.color]
+type = "enum"
+values = ["red", "green", "blue"]
+
+[output.bright]
+type = "bool"
+"""
+WORDS = ["red", "green", "blue"]
+
+
+@pytest.fixture
+def setup(tmp_path, make_tiny_dir):
+    """A short task, 8 labelled records, a dev file, a tiny teacher and a different tiny student."""
+    (tmp_path / "task.toml").write_text(TASK)
+    lines = [json.dumps({"input": f"the {w} one, {'bright' if i % 2 else 'dark'}",
+                         "label": {"color": w, "bright": bool(i % 2)}}) for i, w in enumerate(WORDS * 3)][:8]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    teacher = make_tiny_dir(tied=False, seed=1, name="teacher")
+    student = make_tiny_dir(tied=False, seed=2, name="student")
+    return tmp_path, teacher, student
+
+
+def _cfg(**kw):
+    base = dict(loss="fkl", alpha=1.0, steps=6, batch_size=2, lr=3e-3, save_every=2, dev_limit=1, max_length=256)
+    return DistillConfig(**{**base, **kw})
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kd_moves_the_student_toward_the_teacher(setup):
+    tmp, teacher, student = setup
+    m = distill(student, tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=8), teacher=str(teacher),
+                dev=tmp / "dev.jsonl")
+    kd = [r["kd"] for r in _metrics(tmp / "out") if "kd" in r]
+    assert len(kd) == 8 and kd[-1] < 0.7 * kd[0], kd
+    assert m.stage == "distill" and m.details["steps"] == 8 and m.details["cache"]["k"] == 32
+    assert m.details["cache"]["bytes_per_token"] < 400  # 32 x (2 + 4) bytes plus the header
+    assert {"task_score", "top1_agreement", "kl_mean"} <= set(m.quality)
+    files = {p.name for p in (tmp / "out").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "supertiny.json",
+            "metrics.jsonl", "training.png"} <= files
+    assert not (tmp / "out.work").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp / "out", use_safetensors=True)  # a plain HF directory
+
+
+class _Kill(Exception):
+    pass
+
+
+class _KillAt:
+    """Dies in the middle of training (after checkpoint-2, before step 4's), as kill -9 would."""
+
+    from transformers import TrainerCallback as _Base
+
+    class cb(_Base):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise _Kill()
+
+
+def test_resume_after_interruption_is_bit_identical(setup):
+    tmp, teacher, student = setup
+    cache = tmp / "cache"
+    distill(student, tmp / "a", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher), cache_dir=cache)
+    with pytest.raises(_Kill):
+        distill(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher),
+                cache_dir=cache, callbacks=[_KillAt.cb()])
+    assert (tmp / "b.work" / "checkpoint-2" / "model.safetensors").is_file() and not (tmp / "b").exists()
+    with pytest.raises(InvalidInputError, match="pass --resume"):
+        distill(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher),
+                cache_dir=cache)
+    with pytest.raises(InvalidInputError, match="other settings.*lr"):
+        distill(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(lr=1e-3), teacher=str(teacher),
+                cache_dir=cache, resume=True)
+    m = distill(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher),
+                cache_dir=cache, resume=True)
+    assert "build_seconds" not in m.details["cache"]  # the cache was reused, not rebuilt
+    a, b = load_file(tmp / "a" / "model.safetensors"), load_file(tmp / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _metrics(tmp / "b") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    s = load_file(student / "model.safetensors")
+    assert not all(torch.equal(a[k], s[k]) for k in a)  # it did train
+
+
+def test_tokenizer_mismatch_is_one_clear_error(setup, tiny_tokenizer):
+    tmp, teacher, student = setup
+    tok = tiny_tokenizer.__class__.from_pretrained(teacher)
+    tok.add_tokens(["<extra_token>"])
+    tok.save_pretrained(teacher)
+    with pytest.raises(InvalidInputError, match="use different tokenizers .401 vs 400 tokens"):
+        distill(student, tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher))
+
+
+def test_bad_data_gives_file_and_line(setup):
+    tmp, teacher, student = setup
+    bad = tmp / "bad.jsonl"
+    runs = {
+        "": "holds no records",
+        '{"input": "x", "label": {"color": "red", "bright": true}}\n{"input": "y", \n': r"bad.jsonl:2: not valid JSON",
+        '{"input": "x"}\n': r"bad.jsonl:1: needs \"response\"",
+        '{"input": "x", "label": {"color": "pink", "bright": true}}\n': r"bad.jsonl:1: label.color",
+        '{"input": "x", "response": null}\n': "none has a response",
+    }
+    for text, match in runs.items():
+        bad.write_text(text)
+        with pytest.raises(InvalidInputError, match=match):
+            distill(student, tmp / "out", tmp / "task.toml", bad, _cfg(loss="sft"))
+    long = json.dumps({"input": "word " * 300, "label": {"color": "red", "bright": True}})
+    bad.write_text(long + "\n")
+    with pytest.raises(InvalidInputError, match=r"all 1 are longer than --max-length 256 \(first: .*bad.jsonl:1"):
+        distill(student, tmp / "out", tmp / "task.toml", bad, _cfg(loss="sft"))
+    # a long example among good ones is skipped and counted
+    bad.write_text((tmp / "data.jsonl").read_text() + long + "\n")
+    m = distill(student, tmp / "out", tmp / "task.toml", bad, _cfg(loss="sft", steps=1, save_every=0))
+    assert m.details["data"]["too_long"] == 1 and "skipped 1 examples longer" in m.notes[0]
+
+
+def test_kd_needs_a_teacher_and_cli_errors_are_one_line(setup):
+    tmp, teacher, student = setup
+    r = CliRunner().invoke(main, ["distill", str(student), "--task", str(tmp / "task.toml"), "--data",
+                                  str(tmp / "data.jsonl"), "--out", str(tmp / "o"), "--loss", "jsd"])
+    assert r.exit_code == 2 and r.output.strip() == "error: --loss jsd distils a teacher's logits: pass --teacher"
+
+
+def test_cli_sft_writes_a_student(setup):
+    tmp, teacher, student = setup
+    r = CliRunner().invoke(main, ["distill", str(student), "--task", str(tmp / "task.toml"), "--data",
+                                  str(tmp / "data.jsonl"), "--out", str(tmp / "o"), "--steps", "2", "--batch-size",
+                                  "2", "--teacher", str(teacher), "--dev", str(tmp / "dev.jsonl"), "--dev-limit", "1",
+                                  "--bf16", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output[r.output.index("{"):])
+    assert m["stage"] == "distill" and m["details"]["steps"] == 2 and m["settings"]["bf16"] is True
+    assert m["quality"]["n"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_two_process_data_parallel_run(setup):
+    tmp, teacher, student = setup
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "supertiny", "distill", str(student), "--task", str(tmp / "task.toml"), "--data",
+           str(tmp / "data.jsonl"), "--out", str(tmp / "ddp"), "--teacher", str(teacher), "--loss", "fkl",
+           "--steps", "3", "--batch-size", "2", "--save-every", "2", "--json"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=110)
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads((tmp / "ddp" / "supertiny.json").read_text())
+    assert m["details"]["world_size"] == 2 and m["details"]["steps"] == 3
+    assert [x.name for x in tmp.iterdir() if x.name.startswith("ddp")] == ["ddp"]  # one output, no leftovers
