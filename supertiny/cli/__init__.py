@@ -3,8 +3,8 @@
 User mistakes (:class:`supertiny.errors.UserError`) become one line on stderr and
 exit code 2; nothing a user can cause ends in a traceback. The commands live in
 :mod:`.model` (inspect, eval, prune, export), :mod:`.artifact` (verify) and
-:mod:`.runtime` (targets, bench, serve), :mod:`.train` (teach); importing them registers them on
-:func:`main`.
+:mod:`.runtime` (targets, bench, serve), :mod:`.train` (teach) and :mod:`.distill` (distill);
+importing them registers them on :func:`main`.
 """
 
 from . import artifact, distill, model, runtime, train  # noqa: F401  (registers the commands)
