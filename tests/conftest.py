@@ -157,3 +157,17 @@ class ScriptedEngine(Engine):
         for i, token in enumerate(self.script[: len(ids)]):
             out[i, token] = 1.0
         return out
+
+
+@pytest.fixture(scope="session")
+def gguf_path(tmp_path_factory, tiny_tokenizer):
+    """A tiny F32 GGUF with untied embeddings: its greedy replies depend on the prompt (tied ones echo the
+    prompt's last token), which the engine and server tests need."""
+    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+
+    src = tmp_path_factory.mktemp("untied") / "hf"
+    build_tiny_model(tied=False).save_pretrained(src, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(src)
+    out = src.parent / "tiny.gguf"
+    export_gguf(src, out, GGUFExportConfig(dtype="f32", verify=False))
+    return out

@@ -12,28 +12,15 @@ import openai
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.runtime.batch_scheduler import BatchScheduler
 from supertiny.runtime.batched import BatchedLlamaEngine
 from supertiny.runtime.llamacpp import LlamaCppEngine
 from supertiny.runtime.sampling import Sampling
 from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
 
-from conftest import build_tiny_model
-
 TEXTS = ["Alice", "Alice was beginning to get very tired of sitting by her sister on the bank",
          "the Queen said", "down the rabbit hole " * 6, "Alice was beginning to get very tired"]
 
-
-@pytest.fixture(scope="module")
-def gguf_path(tmp_path_factory, tiny_tokenizer):
-    # untied embeddings: greedy replies then depend on the prompt (tied ones echo its last token)
-    src = tmp_path_factory.mktemp("batched") / "hf"
-    build_tiny_model(tied=False).save_pretrained(src, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(src)
-    out = src.parent / "tiny.gguf"
-    export_gguf(src, out, GGUFExportConfig(dtype="f32", verify=False))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -20,26 +20,13 @@ from click.testing import CliRunner
 
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.runtime.engine import EngineOptions, open_engine
 from supertiny.runtime.scheduler import Scheduler
 from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
 
-from conftest import build_tiny_model
-
 KEY = "test-key"
 CHAT = [{"role": "user", "content": "Alice was beginning to get very tired"}]
 
-
-@pytest.fixture(scope="module")
-def gguf_path(tmp_path_factory, tiny_tokenizer):
-    # untied embeddings: greedy replies then depend on the prompt (tied ones echo its last token)
-    src = tmp_path_factory.mktemp("serve") / "hf"
-    build_tiny_model(tied=False).save_pretrained(src, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(src)
-    out = src.parent / "tiny.gguf"
-    export_gguf(src, out, GGUFExportConfig(dtype="f32", verify=False))
-    return out
 
 
 def engine(path, delay: float = 0.0):

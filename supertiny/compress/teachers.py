@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import random
@@ -105,12 +106,13 @@ class TeacherOptions:
             raise InvalidInputError(f"backoff must be >= 0 seconds, got {self.backoff_s}")
 
 
-class Teacher:
+class Teacher(abc.ABC):
     """Chat messages in, reply text out; thread-safe. Subclasses implement :meth:`complete`."""
 
     spec: str
     n_ctx: int | None = None  # known only for a local model
 
+    @abc.abstractmethod
     def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
                  until_json: bool = False) -> str:
         """The reply to ``messages`` (raises :class:`TeacherError` when there is none).
@@ -119,7 +121,6 @@ class Teacher:
         may stop once the text from the first ``{`` on is a complete object (see
         :func:`json_done`); the parse is the same as that of the whole reply.
         """
-        raise NotImplementedError
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int | None:
         """The prompt's length in the teacher's tokens (None: unknown, as for a server)."""
