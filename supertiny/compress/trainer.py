@@ -227,8 +227,10 @@ def truncate_metrics(path: Path, step: int) -> None:
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
-def plot_metrics(records: Sequence[dict[str, Any]], png: Path, title: str = "") -> bool:
-    """Training loss (and CE/KD parts) by step, with dev figures on a second axis; False without matplotlib."""
+def plot_metrics(records: Sequence[dict[str, Any]], png: Path, title: str = "",
+                 keys: Sequence[str] = ("loss", "ce", "kd")) -> bool:
+    """Training figures ``keys`` (loss and its CE/KD parts; RL adds its reward) by step, with dev figures
+    on a second axis; False without matplotlib."""
     try:
         import matplotlib
 
@@ -239,12 +241,12 @@ def plot_metrics(records: Sequence[dict[str, Any]], png: Path, title: str = "") 
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "ce", "kd"):
+    for key in keys:
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), label=f"train {key}", lw=1.5 if key == "loss" else 0.8)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss, reward" if "reward_mean" in keys else "loss")
     lines, labels = ax.get_legend_handles_labels()
     if evals:
         ax2 = ax.twinx()

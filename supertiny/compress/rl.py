@@ -1,0 +1,241 @@
+"""``supertiny rl``: on-policy RL of a (distilled) student on the task's own reward, held near a teacher.
+
+One optimizer step, per batch of prompts:
+
+1. **Rollout.** The student samples ``group`` answers per prompt (``generate`` with
+   ``do_sample``, the given temperature, no top-k/top-p cut, seeded by ``(seed, step,
+   process)`` so a resumed run samples exactly what an uninterrupted one did).
+2. **Reward.** :func:`task_reward`: the fraction of the task's fields whose parsed value
+   equals the label (:func:`supertiny.tasks.field_matches`); 0 when no JSON object is found.
+   Labelled data is required (``{"input": ..., "label": {...}}``).
+3. **Advantage.** :func:`group_advantages`: ``(r - mean(group)) / (std(group) + eps)``,
+   the sample standard deviation (as TRL's GRPO); a group whose rewards are all equal
+   teaches nothing and gets advantage 0.
+4. **Loss.** :func:`policy_loss`, over the sampled answer tokens (up to and including the
+   first end-of-turn token), ``logπ`` taken from ``logits / temperature``::
+
+       loss = sum_t m_t * (-A_i * logπ(a_t)) / sum_t m_t  +  kl_coef * sum_t m_t * KL_t / sum_t m_t
+
+   Each batch is sampled and used for exactly **one** update, so GRPO's clipped ratio
+   ``π/π_old`` is 1 and its gradient is the plain policy gradient ``-A ∇logπ``; we write
+   that loss directly (its value is ``-A·logπ``, not GRPO's ``-A``, the gradient is the
+   same). The average is per token over the whole batch (as DAPO / TRL's ``dapo`` loss).
+   ``KL_t`` is toward the reference model (``--teacher``, else a frozen copy of the
+   initial student): ``k3`` = ``exp(ref - logπ) - (ref - logπ) - 1`` on the sampled token
+   (Schulman's unbiased, non-negative estimator, as in GRPO), or ``full`` = the exact
+   ``KL(π || ref)`` over the vocabulary at each sampled position. Both are 0 when the
+   student equals the reference.
+
+Training runs on transformers' Trainer like ``distill`` (:mod:`.trainer`): checkpoints in
+``OUT.work/`` every ``save_every`` steps, ``--resume`` continues bit-identically, a
+metrics JSONL (loss, reward mean/std, KL, tokens/s, dev evaluations), ``training.png``,
+and ``OUT`` is a plain Hugging Face directory with an ``rl`` manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..manifest import Manifest
+
+STAGE, STAGE_VERSION = "rl", 1
+KL_ESTIMATORS = ("k3", "full")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Settings of one RL run (validated on creation)."""
+
+    group: int = 4  # answers sampled per prompt
+    kl_coef: float = 0.05
+    kl: str = "k3"  # k3 | full (see the module doc)
+    steps: int = 50  # optimizer steps
+    lr: float = 1e-6
+    batch_prompts: int = 2  # prompts per step and process
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    max_length: int = 1024  # prompt + max_new_tokens; longer prompts are skipped and counted
+    adv_eps: float = 1e-4
+    bf16: bool = False
+    save_every: int = 25
+    eval_every: int = 0  # 0: evaluate only at the end
+    dev_limit: int = 10
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.group < 2:
+            problems.append(f"group must be at least 2 (advantages compare answers), got {self.group}")
+        for name in ("steps", "batch_prompts", "max_new_tokens", "max_length", "dev_limit"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every", "seed", "kl_coef"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.lr <= 0 or self.temperature <= 0 or self.adv_eps <= 0:
+            problems.append("lr, temperature and adv_eps must be positive")
+        if self.kl not in KL_ESTIMATORS:
+            problems.append(f"kl {self.kl!r} is not one of {', '.join(KL_ESTIMATORS)}")
+        if problems:
+            raise InvalidInputError("rl: " + "; ".join(problems))
+
+
+def task_reward(task: Any, text: str | None, label: dict[str, Any]) -> float:
+    """The fraction of ``task``'s fields that ``text`` gets right against ``label`` (0 with no JSON)."""
+    from ..tasks import field_matches
+
+    parsed = task.parse(text)
+    if not parsed.json_valid:
+        return 0.0
+    hits = field_matches(task, parsed, label)
+    return sum(hits.values()) / len(hits)
+
+
+def group_advantages(rewards: Any, eps: float = 1e-4) -> Any:
+    """Group-relative advantages of ``rewards`` ``[prompts, group]``: ``(r - mean) / (std + eps)`` per row.
+
+    ``std`` is the sample standard deviation; an all-equal row gives zeros.
+    """
+    import torch
+
+    r = torch.as_tensor(rewards, dtype=torch.float32)
+    centred = r - r.mean(dim=1, keepdim=True)
+    return centred / (r.std(dim=1, keepdim=True) + eps)
+
+
+def policy_loss(logits: Any, ref_logits: Any, tokens: Any, mask: Any, advantages: Any, kl_coef: float,
+                kl: str = "k3") -> tuple[Any, dict[str, float]]:
+    """The on-policy policy-gradient loss plus the KL penalty (see the module doc for the formula).
+
+    Args:
+        logits, ref_logits: ``[N, T, V]`` student and reference logits predicting ``tokens``
+            (already divided by the sampling temperature).
+        tokens: ``[N, T]`` sampled ids; mask: ``[N, T]`` 1 on answer tokens; advantages: ``[N]``.
+        kl_coef: the KL weight; kl: ``k3`` or ``full``.
+
+    Returns:
+        ``(loss, {"pg": ..., "kl": ...})`` (the parts as floats, per token).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logp_all = F.log_softmax(logits.float(), dim=-1)
+    ref_all = F.log_softmax(ref_logits.float(), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    m = mask.to(logp.dtype)
+    n = m.sum().clamp_min(1.0)
+    pg = -(advantages.to(logp.dtype).unsqueeze(1) * logp * m).sum() / n
+    if kl == "k3":
+        d = ref_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logp
+        per_token = torch.exp(d) - d - 1.0
+    elif kl == "full":
+        per_token = (logp_all.exp() * (logp_all - ref_all)).sum(-1)
+    else:
+        raise InvalidInputError(f"kl {kl!r} is not one of {', '.join(KL_ESTIMATORS)}")
+    kl_mean = (per_token * m).sum() / n
+    loss = pg + kl_coef * kl_mean
+    return loss, {"pg": float(pg.detach()), "kl": float(kl_mean.detach())}
+
+
+def answer_mask(completions: Any, eos_id: int | None) -> Any:
+    """1 on each sampled answer's tokens up to and including its first ``eos_id``, 0 after."""
+    import torch
+
+    if eos_id is None:
+        return torch.ones_like(completions)
+    is_eos = (completions == eos_id).long()
+    before = is_eos.cumsum(dim=1) - is_eos  # eos tokens strictly before this position
+    return (before == 0).long()
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A batch of sampled answers: ``input_ids`` = left-padded prompt + answer, ready for a forward pass."""
+
+    input_ids: Any  # [N, P + C]
+    attention_mask: Any
+    position_ids: Any
+    completions: Any  # [N, C]
+    mask: Any  # [N, C]
+    texts: list[str]
+
+    @property
+    def span(self) -> int:
+        return int(self.completions.shape[1])
+
+
+def rollout(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group: int, temperature: float,
+            max_new_tokens: int, seed: int) -> Rollout:
+    """Sample ``group`` answers for each prompt (ids, no padding) with ``model``; deterministic for a seed."""
+    import torch
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(list(p))
+        att[b, width - len(p):] = 1
+    device = next(model.parameters()).device
+    ids, att = ids.to(device), att.to(device)
+    gen = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                           num_return_sequences=group, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
+            out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen)
+    finally:
+        model.train(was_training)
+    comp = out[:, width:].clone()
+    mask = answer_mask(comp, tokenizer.eos_token_id).to(device)
+    comp = torch.where(mask.bool(), comp, torch.full_like(comp, pad))
+    full_att = torch.cat([att.repeat_interleave(group, dim=0), mask], dim=1)
+    texts = tokenizer.batch_decode([c[m.bool()] for c, m in zip(comp, mask, strict=True)], skip_special_tokens=True)
+    return Rollout(torch.cat([ids.repeat_interleave(group, dim=0), comp], dim=1), full_att,
+                   (full_att.cumsum(-1) - 1).clamp_min(0), comp, mask, texts)
+
+
+def rollout_logits(model: Any, ro: Rollout, temperature: float) -> Any:
+    """``[N, C, V]`` logits (divided by ``temperature``) that predict each sampled answer token."""
+    out = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids,
+                logits_to_keep=ro.span + 1, use_cache=False)
+    return out.logits[:, :-1] / temperature
+
+
+def rl(student: str | os.PathLike[str], out: str | os.PathLike[str], task: str | os.PathLike[str],
+       data: str | os.PathLike[str], config: RLConfig | None = None, teacher: str | None = None,
+       dev: str | os.PathLike[str] | None = None, resume: bool = False, log: Callable[[str], None] | None = None,
+       progress: Callable[[int, int], None] | None = None, callbacks: Sequence[Any] = (),
+       reward: Callable[[Any, str, dict[str, Any]], float] | None = None) -> Manifest | None:
+    """RL-train STUDENT on the labelled prompts of DATA into OUT (a plain HF directory with an ``rl`` manifest).
+
+    Args:
+        student: a Hugging Face directory, a ``.gguf`` file or ``"default"`` (usually a distilled student).
+        out: the directory to create; checkpoints live in ``OUT.work/`` until it is installed.
+        task: a shipped task's name or a ``.toml`` file; data: labelled task data (input, label).
+        config: :class:`RLConfig`; teacher: the KL reference (default: the frozen initial student).
+        dev: labelled task data scored during training; resume: continue from ``OUT.work/``.
+        log, progress, callbacks: as :func:`supertiny.compress.distill.distill`.
+        reward: ``(task, text, label) -> float`` instead of :func:`task_reward`.
+
+    Returns:
+        The manifest (``quality``: final dev figures; ``details``: rewards, KL, tokens/s), or ``None``
+        on the other processes of a data-parallel run.
+
+    Example::
+
+        rl("/tmp/kd", "/tmp/rl", "factory-tickets", "train.jsonl", RLConfig(steps=20), teacher="/tmp/teacher")
+    """
+    from . import rl_run
+
+    return rl_run.run(student, out, task, data, config or RLConfig(), teacher, dev, resume,
+                      log or (lambda _m: None), progress, list(callbacks), reward or task_reward)

@@ -1,0 +1,231 @@
+"""The orchestration of :func:`supertiny.compress.rl.rl`: prompts, the RL Trainer, install."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import SchedulerType
+
+from ..errors import InvalidInputError
+from ..manifest import Manifest, StageRun
+from .rl import STAGE, STAGE_VERSION, RLConfig, group_advantages, policy_loss, rollout, rollout_logits
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One labelled prompt: its chat-prompt ids, the label, and ``FILE:LINE``."""
+
+    ids: tuple[int, ...]
+    label: dict[str, Any]
+    where: str
+
+
+def load_prompts(path: Any, task: Any, tokenizer: Any, max_length: int, max_new_tokens: int
+                 ) -> tuple[list[Prompt], dict[str, Any]]:
+    """Tokenized labelled prompts; an unlabelled record is an error (the reward compares with the label)."""
+    from ..tasks import read_task_data
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidInputError("the student's tokenizer has no chat template; rl samples chat answers")
+    records = read_task_data(path, task)
+    prompts, counts = [], {"records": len(records), "too_long": 0, "first_too_long": None}
+    for r in records:
+        where = f"{r.source}:{r.line}"
+        if r.label is None:
+            raise InvalidInputError(f"{where}: label: required (rl rewards each sampled answer by comparing it "
+                                    "with the label; unlabelled prompts are not supported)")
+        text = tokenizer.apply_chat_template(task.messages(r.input), add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + max_new_tokens > max_length:
+            counts["too_long"] += 1
+            counts["first_too_long"] = counts["first_too_long"] or f"{where} ({len(ids)} tokens)"
+            continue
+        prompts.append(Prompt(tuple(ids), r.label, where))
+    if not prompts:
+        raise InvalidInputError(f"{path}: no prompt to train on: all {counts['too_long']} are longer than "
+                                f"--max-length {max_length} minus --max-new-tokens {max_new_tokens} "
+                                f"(first: {counts['first_too_long']})")
+    return prompts, counts
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"index": i}
+
+
+def _collate(items: list[dict[str, int]]) -> dict[str, Any]:
+    return {"index": torch.tensor([it["index"] for it in items])}
+
+
+class RLTrainer(Trainer):
+    """A Trainer whose ``compute_loss`` samples, scores and returns :func:`policy_loss` (see :mod:`.rl`)."""
+
+    def __init__(self, *args: Any, prompts: list[Prompt], task: Any, tok: Any, reference: Any, config: RLConfig,
+                 reward: Callable[[Any, str, dict[str, Any]], float], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prompts, self.task, self.tok, self.reference, self.rl = prompts, task, tok, reference, config
+        self.reward_fn = reward
+        self.model_accepts_loss_kwargs = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._meter = {"tokens": 0, "answer_tokens": 0, "reward": [], "kl": 0.0, "pg": 0.0, "n": 0,
+                       "t0": time.perf_counter(), "paused": 0.0}
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        c = self.rl
+        batch = [self.prompts[int(i)] for i in inputs["index"]]
+        # one seed per (run, step, process): a resumed run samples what the uninterrupted one did
+        seed = c.seed * 1_000_003 + self.state.global_step * 101 + self.args.process_index
+        policy = self.accelerator.unwrap_model(model)
+        ro = rollout(policy, self.tok, [p.ids for p in batch], c.group, c.temperature, c.max_new_tokens, seed)
+        labels = [p.label for p in batch for _ in range(c.group)]
+        rewards = torch.tensor([self.reward_fn(self.task, t, lab) for t, lab in zip(ro.texts, labels, strict=True)])
+        adv = group_advantages(rewards.view(len(batch), c.group), c.adv_eps).flatten().to(ro.input_ids.device)
+        with torch.no_grad():
+            ref_logits = rollout_logits(self.reference, ro, c.temperature)
+        logits = rollout_logits(model, ro, c.temperature)
+        loss, parts = policy_loss(logits, ref_logits, ro.completions, ro.mask, adv, c.kl_coef, c.kl)
+        m = self._meter
+        m["tokens"] += int(ro.attention_mask.sum())
+        m["answer_tokens"] += int(ro.mask.sum())
+        m["reward"] += rewards.tolist()
+        m["kl"] += parts["kl"]
+        m["pg"] += parts["pg"]
+        m["n"] += 1
+        return (loss, None) if return_outputs else loss
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the next tokens/s figure."""
+        self._meter["paused"] += seconds
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        m = self._meter
+        if "loss" in logs and m["n"]:
+            secs = max(time.perf_counter() - m["t0"] - m["paused"], 1e-9)
+            r = torch.tensor(m["reward"])
+            world = self.args.world_size
+            logs.update(reward_mean=float(r.mean()), reward_std=float(r.std(unbiased=False)), kl=m["kl"] / m["n"],
+                        pg=m["pg"] / m["n"], tokens_per_s=m["tokens"] * world / secs,
+                        answer_tokens_per_s=m["answer_tokens"] * world / secs)
+            self._reset()
+        super().log(logs, start_time)
+
+
+def _training_args(config: RLConfig, work: Path) -> Any:
+    from .distill import DistillConfig
+    from .distill_run import _training_args as distill_args
+
+    base = DistillConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_prompts, bf16=config.bf16,
+                         save_every=config.save_every, seed=config.seed, warmup_ratio=0.0)
+    args = distill_args(base, work)
+    # a constant learning rate: a linear decay would make the last RL steps do nothing
+    args.lr_scheduler_type = SchedulerType.CONSTANT
+    return args
+
+
+def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher: str | None, dev: Any, resume: bool,
+        say: Callable[[str], None], progress: Any, callbacks: list[Any], reward: Callable[..., float]
+        ) -> Manifest | None:
+    from transformers import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..models import describe, load_model, resolve
+    from ..outdir import check_output_dir
+    from ..tasks import load_task, read_task_data
+    from .distill import _dev_eval, check_same_tokenizer, check_work_dir, work_dir
+    from .distill_run import _mean, trainer_step
+    from .trainer import EvalCallback, MetricsCallback, ProgressCallback, plot_metrics, read_metrics, truncate_metrics
+
+    out = Path(out).expanduser().absolute()
+    spec = load_task(task)
+    dev_records = read_task_data(dev, spec, labelled=True)[: config.dev_limit] if dev else []
+    settings = {**asdict(config), "task": spec.name, "data": str(Path(data).absolute()),
+                "dev": dev and str(Path(dev).absolute()),
+                "teacher": teacher and str(resolve(teacher)[1].absolute()),
+                "student": str(resolve(student)[1].absolute())}
+    work = work_dir(out)
+    args = _training_args(config, work)
+    main = args.process_index == 0
+    if main and not (resume and work.is_dir() and get_last_checkpoint(str(work))):
+        check_output_dir(out, config.overwrite)
+    stage = StageRun(STAGE, STAGE_VERSION, out, source=student, info=describe(student).to_dict(),
+                     settings=settings) if main else None
+    lm = load_model(student)
+    model, tok = lm.model, lm.tokenizer
+    prompts, counts = load_prompts(data, spec, tok, config.max_length, config.max_new_tokens)
+    if teacher is not None:
+        ref_lm = load_model(teacher)
+        check_same_tokenizer(ref_lm.tokenizer, tok, ref_lm.model, model, (str(teacher), str(student)))
+        reference = ref_lm.model
+    else:
+        reference = copy.deepcopy(model)  # the frozen initial student
+    reference.eval().requires_grad_(False)
+    with args.main_process_first(local=False, desc="setup"):
+        if main:
+            check_work_dir(work, settings, resume, config.overwrite)
+    say(f"{len(prompts)} prompts from {counts['records']} records"
+        + (f"; skipped {counts['too_long']} too long" if counts["too_long"] else ""))
+    if stage:
+        stage.lap("load")
+        if counts["too_long"]:
+            stage.note(f"skipped {counts['too_long']} prompts longer than max_length {config.max_length} minus "
+                       f"max_new_tokens {config.max_new_tokens} (first: {counts['first_too_long']})")
+    model.train()
+    metrics = MetricsCallback(work / "metrics.jsonl")
+    trainer = RLTrainer(model=model, args=args, train_dataset=_Indices(len(prompts)), data_collator=_collate,
+                        prompts=prompts, task=spec, tok=tok, reference=reference, config=config, reward=reward)
+    trainer.remove_callback(PrinterCallback)
+    evaluator = EvalCallback(_dev_eval(spec, tok, dev_records, []), config.eval_every, metrics, trainer)
+    for cb in [metrics, evaluator, *([ProgressCallback(progress)] if progress else []), *callbacks]:
+        trainer.add_callback(cb)
+    last = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
+    if main:
+        truncate_metrics(work / "metrics.jsonl", trainer_step(last))
+    say(f"training (rl, group {config.group}) from {'step ' + str(trainer_step(last)) if last else 'the start'}; "
+        f"checkpoints in {work}")
+    result = trainer.train(resume_from_checkpoint=last)
+    if not main or stage is None:
+        return None
+    stage.lap("train")
+    with stage:
+        d = stage.dir
+        model.eval()
+        model.save_pretrained(d, safe_serialization=True)
+        tok.save_pretrained(d)
+        records = read_metrics(work / "metrics.jsonl")
+        shutil.copyfile(work / "metrics.jsonl", d / "metrics.jsonl")
+        if not plot_metrics(records, d / "training.png", f"rl: {out.name}", keys=("loss", "reward_mean", "kl")):
+            stage.note("no training.png: matplotlib is missing (pip install 'supertiny[plot]')")
+        logs = [r for r in records if "tokens_per_s" in r]
+        steady = logs[1:] or logs
+        details = {
+            "steps": trainer.state.global_step, "prompts": len(prompts), "data": counts,
+            "train_loss": round(result.training_loss, 6),
+            "reward_first": logs[0]["reward_mean"] if logs else None,
+            "reward_last": logs[-1]["reward_mean"] if logs else None,
+            "reward_mean": round(sum(r["reward_mean"] for r in logs) / len(logs), 4) if logs else None,
+            "kl_last": logs[-1]["kl"] if logs else None,
+            "tokens_per_s": _mean([r["tokens_per_s"] for r in steady]),
+            "answer_tokens_per_s": _mean([r["answer_tokens_per_s"] for r in steady]),
+            "reference": "teacher" if teacher else "initial student", "world_size": args.world_size,
+        }
+        quality = evaluator.last or {"skipped": "no --dev data"}
+        manifest = stage.install(quality=quality, details=details)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
