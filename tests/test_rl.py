@@ -173,7 +173,8 @@ def test_rl_writes_a_plain_hf_student_with_metrics(setup):
     m = rl(student, tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=2), dev=tmp / "dev.jsonl")
     logs = [r for r in _metrics(tmp / "out") if "loss" in r]
     assert [r["step"] for r in logs] == [1, 2]
-    assert {"reward_mean", "reward_std", "kl", "pg", "tokens_per_s"} <= set(logs[0])
+    assert {"reward_mean", "reward_std", "kl", "pg", "tokens_per_s", "rollout_share"} <= set(logs[0])
+    assert 0 < m.details["rollout_share"] <= 1
     assert m.stage == "rl" and m.details["steps"] == 2 and m.details["reference"] == "initial student"
     assert m.quality["n"] == 1 and "task_score" in m.quality
     files = {p.name for p in (tmp / "out").iterdir()}

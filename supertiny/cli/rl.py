@@ -26,7 +26,7 @@ from .core import _progress, _quiet_transformers, main
 @click.option("--kl", type=click.Choice(KL_ESTIMATORS), default="k3", show_default=True,
               help="k3: estimator on the sampled token; full: exact KL over the vocabulary.")
 @click.option("--steps", default=50, show_default=True, help="Optimizer steps (one rollout each).")
-@click.option("--lr", default=1e-6, show_default=True, help="Constant learning rate.")
+@click.option("--lr", default=5e-6, show_default=True, help="Constant learning rate.")
 @click.option("--batch-prompts", default=2, show_default=True, help="Prompts per step and process.")
 @click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature (logπ uses it too).")
 @click.option("--max-new-tokens", default=96, show_default=True, help="Longest sampled answer.")

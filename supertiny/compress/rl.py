@@ -54,7 +54,7 @@ class RLConfig:
     kl_coef: float = 0.05
     kl: str = "k3"  # k3 | full (see the module doc)
     steps: int = 50  # optimizer steps
-    lr: float = 1e-6
+    lr: float = 5e-6
     batch_prompts: int = 2  # prompts per step and process
     temperature: float = 1.0
     max_new_tokens: int = 96

@@ -83,7 +83,7 @@ class RLTrainer(Trainer):
         self._reset()
 
     def _reset(self) -> None:
-        self._meter = {"tokens": 0, "answer_tokens": 0, "reward": [], "kl": 0.0, "pg": 0.0, "n": 0,
+        self._meter = {"tokens": 0, "answer_tokens": 0, "reward": [], "kl": 0.0, "pg": 0.0, "n": 0, "rollout_s": 0.0,
                        "t0": time.perf_counter(), "paused": 0.0}
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -93,6 +93,7 @@ class RLTrainer(Trainer):
         # one seed per (run, step, process): a resumed run samples what the uninterrupted one did
         seed = c.seed * 1_000_003 + self.state.global_step * 101 + self.args.process_index
         policy = self.accelerator.unwrap_model(model)
+        t0 = time.perf_counter()
         ro = rollout(policy, self.tok, [p.ids for p in batch], c.group, c.temperature, c.max_new_tokens, seed)
         labels = [p.label for p in batch for _ in range(c.group)]
         rewards = torch.tensor([self.reward_fn(self.task, t, lab) for t, lab in zip(ro.texts, labels, strict=True)])
@@ -102,6 +103,7 @@ class RLTrainer(Trainer):
         logits = rollout_logits(model, ro, c.temperature)
         loss, parts = policy_loss(logits, ref_logits, ro.completions, ro.mask, adv, c.kl_coef, c.kl)
         m = self._meter
+        m["rollout_s"] += time.perf_counter() - t0
         m["tokens"] += int(ro.attention_mask.sum())
         m["answer_tokens"] += int(ro.mask.sum())
         m["reward"] += rewards.tolist()
@@ -122,7 +124,8 @@ class RLTrainer(Trainer):
             world = self.args.world_size
             logs.update(reward_mean=float(r.mean()), reward_std=float(r.std(unbiased=False)), kl=m["kl"] / m["n"],
                         pg=m["pg"] / m["n"], tokens_per_s=m["tokens"] * world / secs,
-                        answer_tokens_per_s=m["answer_tokens"] * world / secs)
+                        answer_tokens_per_s=m["answer_tokens"] * world / secs,
+                        rollout_share=min(1.0, m["rollout_s"] / secs))  # sampling's part of the step time
             self._reset()
         super().log(logs, start_time)
 
@@ -175,7 +178,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
         reference = ref_lm.model
     else:
         reference = copy.deepcopy(model)  # the frozen initial student
-    reference.eval().requires_grad_(False)
+    reference.to(args.device).eval().requires_grad_(False)
     with args.main_process_first(local=False, desc="setup"):
         if main:
             check_work_dir(work, settings, resume, config.overwrite)
@@ -223,6 +226,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
             "kl_last": logs[-1]["kl"] if logs else None,
             "tokens_per_s": _mean([r["tokens_per_s"] for r in steady]),
             "answer_tokens_per_s": _mean([r["answer_tokens_per_s"] for r in steady]),
+            "rollout_share": round(sum(r["rollout_share"] for r in steady) / len(steady), 3) if steady else None,
             "reference": "teacher" if teacher else "initial student", "world_size": args.world_size,
         }
         quality = evaluator.last or {"skipped": "no --dev data"}
