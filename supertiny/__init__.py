@@ -3,13 +3,15 @@
 The public API, re-exported from the stage modules::
 
     from supertiny import load_model, describe, perplexity, agreement, torch_logits
-    from supertiny import evaluate_model, EvalConfig
+    from supertiny import evaluate_model, EvalConfig, evaluate_task_model, load_task
+    from supertiny import read_manifest, verify_artifact
     from supertiny import open_engine, Sampling, load_target
 """
 
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    BrokenCheckpointError,
     InvalidGGUFError,
     InvalidInputError,
     MissingExtraError,
@@ -17,18 +19,22 @@ from .errors import (  # noqa: E402
     NotAModelError,
     SupertinyError,
     TargetError,
+    TaskError,
     UnsafeCheckpointError,
     UnsupportedArchitectureError,
     UserError,
 )
-from .eval_run import EvalConfig, EvalReport, evaluate_model  # noqa: E402
+from .eval_run import EvalConfig, EvalReport, TaskReport, evaluate_model, evaluate_task_model  # noqa: E402
 from .evaluate import agreement, generate, perplexity, torch_generate, torch_logits  # noqa: E402
+from .manifest import Manifest, read_manifest, verify_artifact  # noqa: E402
 from .models import LoadedModel, ModelInfo, describe, load_model  # noqa: E402
 from .runtime.engine import Engine, EngineOptions, open_engine  # noqa: E402
 from .runtime.sampling import Sampling  # noqa: E402
 from .targets import Target, list_targets, load_target  # noqa: E402
+from .tasks import Task, list_tasks, load_task  # noqa: E402
 
 __all__ = [
+    "BrokenCheckpointError",
     "Engine",
     "EngineOptions",
     "EvalConfig",
@@ -36,6 +42,7 @@ __all__ = [
     "InvalidGGUFError",
     "InvalidInputError",
     "LoadedModel",
+    "Manifest",
     "MissingExtraError",
     "ModelInfo",
     "ModelNotFoundError",
@@ -44,6 +51,9 @@ __all__ = [
     "SupertinyError",
     "Target",
     "TargetError",
+    "Task",
+    "TaskError",
+    "TaskReport",
     "UnsafeCheckpointError",
     "UnsupportedArchitectureError",
     "UserError",
@@ -51,12 +61,17 @@ __all__ = [
     "agreement",
     "describe",
     "evaluate_model",
+    "evaluate_task_model",
     "generate",
     "list_targets",
+    "list_tasks",
     "load_model",
     "load_target",
+    "load_task",
     "open_engine",
     "perplexity",
+    "read_manifest",
     "torch_generate",
     "torch_logits",
+    "verify_artifact",
 ]
