@@ -171,3 +171,69 @@ def gguf_path(tmp_path_factory, tiny_tokenizer):
     out = src.parent / "tiny.gguf"
     export_gguf(src, out, GGUFExportConfig(dtype="f32", verify=False))
     return out
+
+
+def start_server(server, sock, timeout: float = 10.0):
+    """Run a uvicorn ``server`` on ``sock`` in a daemon thread; return the thread once the server has started."""
+    import threading
+    import time
+
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + timeout
+    while not server.started:
+        assert time.monotonic() < end and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    return thread
+
+
+# A two-field task and labelled records of it, for the training-stage tests (distill, rl).
+COLOR_TASK = """schema_version = 1
+name = "tiny-colors"
+description = "a colour and whether it is bright"
+input = "text"
+instruction = "Name the colour."
+
+[output.color]
+type = "enum"
+values = ["red", "green", "blue"]
+
+[output.bright]
+type = "bool"
+"""
+COLOR_WORDS = ["red", "green", "blue"]
+
+
+def write_color_task(tmp_path: Path, records: int, dev: int) -> None:
+    """Write ``task.toml``, ``data.jsonl`` (``records`` labelled lines) and ``dev.jsonl`` (the first ``dev``)."""
+    import json
+
+    (tmp_path / "task.toml").write_text(COLOR_TASK)
+    lines = [json.dumps({"input": f"the {w} one, {'bright' if i % 2 else 'dark'}",
+                         "label": {"color": w, "bright": bool(i % 2)}})
+             for i, w in enumerate(COLOR_WORDS * (records // len(COLOR_WORDS) + 1))][:records]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.jsonl").write_text("\n".join(lines[:dev]) + "\n")
+
+
+def read_metrics_lines(out: Path) -> list[dict]:
+    """The records of ``out``'s ``metrics.jsonl``."""
+    import json
+
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class Killed(Exception):
+    """What :func:`kill_at`'s callback raises."""
+
+
+def kill_at(step: int):
+    """A Trainer callback that dies at the end of ``step`` (after the checkpoints before it), as kill -9 would."""
+    from transformers import TrainerCallback
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise Killed()
+
+    return KillAt()

@@ -4,8 +4,6 @@ and the server with --parallel under concurrent load through the official client
 
 from __future__ import annotations
 
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -17,6 +15,8 @@ from supertiny.runtime.batched import BatchedLlamaEngine
 from supertiny.runtime.llamacpp import LlamaCppEngine
 from supertiny.runtime.sampling import Sampling
 from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
+
+from conftest import start_server
 
 TEXTS = ["Alice", "Alice was beginning to get very tired of sitting by her sister on the bank",
          "the Queen said", "down the rabbit hole " * 6, "Alice was beginning to get very tired"]
@@ -122,12 +122,7 @@ def test_server_with_parallel_under_concurrent_load(gguf_path, single):
     scheduler = BatchScheduler(engine, config.max_queue, config.request_timeout_s)
     sock = bind_socket("127.0.0.1", 0)
     server = build_server(create_app(scheduler, "tiny", config), config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < end and thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
+    thread = start_server(server, sock)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="-", max_retries=0,
                            timeout=60)
 

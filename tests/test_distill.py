@@ -17,31 +17,15 @@ from supertiny.cli import main
 from supertiny.compress.distill import DistillConfig, distill
 from supertiny.errors import InvalidInputError
 
+from conftest import Killed, kill_at, read_metrics_lines, write_color_task
+
 REPO = Path(__file__).resolve().parents[1]
-TASK = """schema_version = 1
-name = "tiny-colors"
-description = "a colour and whether it is bright"
-input = "text"
-instruction = "Name the colour."
-
-[output.color]
-type = "enum"
-values = ["red", "green", "blue"]
-
-[output.bright]
-type = "bool"
-"""
-WORDS = ["red", "green", "blue"]
 
 
 @pytest.fixture
 def setup(tmp_path, make_tiny_dir):
     """A short task, 8 labelled records, a dev file, a tiny teacher and a different tiny student."""
-    (tmp_path / "task.toml").write_text(TASK)
-    lines = [json.dumps({"input": f"the {w} one, {'bright' if i % 2 else 'dark'}",
-                         "label": {"color": w, "bright": bool(i % 2)}}) for i, w in enumerate(WORDS * 3)][:8]
-    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "dev.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    write_color_task(tmp_path, records=8, dev=2)
     teacher = make_tiny_dir(tied=False, seed=1, name="teacher")
     student = make_tiny_dir(tied=False, seed=2, name="student")
     return tmp_path, teacher, student
@@ -52,15 +36,11 @@ def _cfg(**kw):
     return DistillConfig(**{**base, **kw})
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_kd_moves_the_student_toward_the_teacher(setup):
     tmp, teacher, student = setup
     m = distill(student, tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=8), teacher=str(teacher),
                 dev=tmp / "dev.jsonl")
-    kd = [r["kd"] for r in _metrics(tmp / "out") if "kd" in r]
+    kd = [r["kd"] for r in read_metrics_lines(tmp / "out") if "kd" in r]
     assert len(kd) == 8 and kd[-1] < 0.7 * kd[0], kd
     assert m.stage == "distill" and m.details["steps"] == 8 and m.details["cache"]["k"] == 32
     assert m.details["cache"]["bytes_per_token"] < 400  # 32 x (2 + 4) bytes plus the header
@@ -74,28 +54,13 @@ def test_kd_moves_the_student_toward_the_teacher(setup):
     AutoModelForCausalLM.from_pretrained(tmp / "out", use_safetensors=True)  # a plain HF directory
 
 
-class _Kill(Exception):
-    pass
-
-
-class _KillAt:
-    """Dies in the middle of training (after checkpoint-2, before step 4's), as kill -9 would."""
-
-    from transformers import TrainerCallback as _Base
-
-    class cb(_Base):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise _Kill()
-
-
 def test_resume_after_interruption_is_bit_identical(setup):
     tmp, teacher, student = setup
     cache = tmp / "cache"
     distill(student, tmp / "a", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher), cache_dir=cache)
-    with pytest.raises(_Kill):
+    with pytest.raises(Killed):
         distill(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher),
-                cache_dir=cache, callbacks=[_KillAt.cb()])
+                cache_dir=cache, callbacks=[kill_at(3)])
     assert (tmp / "b.work" / "checkpoint-2" / "model.safetensors").is_file() and not (tmp / "b").exists()
     with pytest.raises(InvalidInputError, match="pass --resume"):
         distill(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher),
@@ -108,7 +73,7 @@ def test_resume_after_interruption_is_bit_identical(setup):
     assert "build_seconds" not in m.details["cache"]  # the cache was reused, not rebuilt
     a, b = load_file(tmp / "a" / "model.safetensors"), load_file(tmp / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["step"] for r in _metrics(tmp / "b") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics_lines(tmp / "b") if "loss" in r] == [1, 2, 3, 4, 5, 6]
     s = load_file(student / "model.safetensors")
     assert not all(torch.equal(a[k], s[k]) for k in a)  # it did train
 

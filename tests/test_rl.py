@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,30 +26,13 @@ from supertiny.compress.rl import (
 from supertiny.errors import InvalidInputError
 from supertiny.tasks import load_task
 
-TASK = """schema_version = 1
-name = "tiny-colors"
-description = "a colour and whether it is bright"
-input = "text"
-instruction = "Name the colour."
-
-[output.color]
-type = "enum"
-values = ["red", "green", "blue"]
-
-[output.bright]
-type = "bool"
-"""
-WORDS = ["red", "green", "blue"]
+from conftest import COLOR_TASK, Killed, kill_at, read_metrics_lines, write_color_task
 
 
 @pytest.fixture
 def setup(tmp_path, make_tiny_dir):
     """A short task, 6 labelled records, a dev file and a tiny student."""
-    (tmp_path / "task.toml").write_text(TASK)
-    lines = [json.dumps({"input": f"the {w} one, {'bright' if i % 2 else 'dark'}",
-                         "label": {"color": w, "bright": bool(i % 2)}}) for i, w in enumerate(WORDS * 2)]
-    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "dev.jsonl").write_text("\n".join(lines[:1]) + "\n")
+    write_color_task(tmp_path, records=6, dev=1)
     return tmp_path, make_tiny_dir(tied=False, seed=2, name="student")
 
 
@@ -61,7 +43,7 @@ def _cfg(**kw):
 
 
 def test_task_reward_is_the_fraction_of_fields_right(tmp_path):
-    (tmp_path / "task.toml").write_text(TASK)
+    (tmp_path / "task.toml").write_text(COLOR_TASK)
     task = load_task(tmp_path / "task.toml")
     label = {"color": "red", "bright": True}
     assert task_reward(task, '{"color": "red", "bright": true}', label) == 1.0
@@ -164,14 +146,10 @@ def test_rollout_is_deterministic_for_a_seed(tiny_tokenizer):
     assert a.input_ids.shape[0] == 6 and a.attention_mask[3, 0] == 0 == a.attention_mask[5, 0]  # left padding
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_rl_writes_a_plain_hf_student_with_metrics(setup):
+def test_rl_writes_a_plain_hf_student_withread_metrics_lines(setup):
     tmp, student = setup
     m = rl(student, tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=2), dev=tmp / "dev.jsonl")
-    logs = [r for r in _metrics(tmp / "out") if "loss" in r]
+    logs = [r for r in read_metrics_lines(tmp / "out") if "loss" in r]
     assert [r["step"] for r in logs] == [1, 2]
     assert {"reward_mean", "reward_std", "kl", "pg", "tokens_per_s", "rollout_share"} <= set(logs[0])
     assert 0 < m.details["rollout_share"] <= 1
@@ -185,26 +163,13 @@ def test_rl_writes_a_plain_hf_student_with_metrics(setup):
     AutoModelForCausalLM.from_pretrained(tmp / "out", use_safetensors=True)
 
 
-class _Kill(Exception):
-    pass
-
-
-class _KillAt:
-    from transformers import TrainerCallback as _Base
-
-    class cb(_Base):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise _Kill()
-
-
 def test_resume_after_interruption_is_bit_identical(setup, make_tiny_dir):
     tmp, student = setup
     teacher = make_tiny_dir(tied=False, seed=5, name="teacher")
     kw = dict(teacher=str(teacher))
     rl(student, tmp / "a", tmp / "task.toml", tmp / "data.jsonl", _cfg(), **kw)
-    with pytest.raises(_Kill):
-        rl(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), callbacks=[_KillAt.cb()], **kw)
+    with pytest.raises(Killed):
+        rl(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), callbacks=[kill_at(3)], **kw)
     assert (tmp / "b.work" / "checkpoint-2" / "model.safetensors").is_file() and not (tmp / "b").exists()
     with pytest.raises(InvalidInputError, match="pass --resume"):
         rl(student, tmp / "b", tmp / "task.toml", tmp / "data.jsonl", _cfg(), **kw)
@@ -212,7 +177,7 @@ def test_resume_after_interruption_is_bit_identical(setup, make_tiny_dir):
     assert m.details["reference"] == "teacher"
     a, b = load_file(tmp / "a" / "model.safetensors"), load_file(tmp / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["step"] for r in _metrics(tmp / "b") if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics_lines(tmp / "b") if "loss" in r] == [1, 2, 3, 4]
     s = load_file(student / "model.safetensors")
     assert not all(torch.equal(a[k], s[k]) for k in a)  # it did train
 

@@ -24,6 +24,8 @@ from supertiny.runtime.engine import EngineOptions, open_engine
 from supertiny.runtime.scheduler import Scheduler
 from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
 
+from conftest import start_server
+
 KEY = "test-key"
 CHAT = [{"role": "user", "content": "Alice was beginning to get very tired"}]
 
@@ -60,12 +62,7 @@ def running(engines, **kw):
     app = create_app(scheduler, "tiny", config)
     sock = bind_socket("127.0.0.1", 0)
     server = build_server(app, config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < end and thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
+    thread = start_server(server, sock)
     port = sock.getsockname()[1]
     try:
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}", port=port, scheduler=scheduler, server=server,

@@ -6,8 +6,10 @@ exit code 2; nothing a user can cause ends in a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import click
@@ -79,3 +81,79 @@ def _progress(label: str):
     finally:
         if "bar" in state:
             state["bar"].__exit__(None, None, None)
+
+
+def _stack(decorators: list[Any]) -> Any:
+    """One decorator applying ``decorators`` as if written one above the other (first = top)."""
+
+    def apply(f: Any) -> Any:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def training_head(data_help: str, teacher_help: str) -> Any:
+    """The options a training stage (distill, rl) starts with: STUDENT, --task, --data, --out, --teacher."""
+    return _stack([
+        click.argument("student"),
+        click.option("--task", required=True, help="A shipped task's name (factory-tickets) or a task .toml file."),
+        click.option("--data", required=True, type=click.Path(dir_okay=False), help=data_help),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                     help="The student to write."),
+        click.option("--teacher", default=None, help=teacher_help),
+    ])
+
+
+def training_tail(save_every: int, extra: Sequence[Any] = ()) -> Any:
+    """The options a training stage ends with (``extra`` go after --dev-limit): checkpoints, dev data, resume."""
+    return _stack([
+        click.option("--bf16/--no-bf16", default=False, show_default=True,
+                     help="bfloat16 autocast (weights stay float32)."),
+        click.option("--save-every", default=save_every, show_default=True,
+                     help="Checkpoint every N steps (0: never)."),
+        click.option("--eval-every", default=0, show_default=True, help="Evaluate every N steps (0: at the end only)."),
+        click.option("--dev", type=click.Path(dir_okay=False), default=None, help="Labelled task data for evaluation."),
+        click.option("--dev-limit", default=10, show_default=True,
+                     help="Dev records scored (greedy generation: slow)."),
+        *extra,
+        click.option("--seed", default=0, show_default=True),
+        click.option("--resume", is_flag=True,
+                     help="Continue the unfinished run from its last checkpoint in OUT.work/."),
+        click.option("--overwrite", is_flag=True, help="Replace OUT and start over."),
+        click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON."),
+    ])
+
+
+def run_training(call: Callable[..., Any], label: str, phases: bool, as_json: bool,
+                 lines: Callable[[Any], list[str]]) -> None:
+    """Run ``call(log=..., progress=...)`` with progress bars on stderr (labelled ``label``; with ``phases`` a new
+    bar per phase, named by the first word of the last log message), then print its manifest."""
+    phase = [label]
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+        if phases:
+            phase[0] = message.split(" ", 1)[0]  # "teacher ..." or "training ...": the next bar's label
+
+    with ExitStack() as stack:
+        bar: dict[str, Any] = {}
+
+        def update(done: int, total: int) -> None:
+            if bar.get("key") != (phase[0], total):  # a new phase gets its own bar
+                stack.close()
+                bar.update(key=(phase[0], total), fn=stack.enter_context(_progress(phase[0])))
+            bar["fn"](done, total)
+
+        manifest = call(log=log, progress=update)
+    if manifest is None:  # another process of a data-parallel run: the main one reports
+        return
+    click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else "\n".join(lines(manifest)))
+
+
+def dev_line(q: dict[str, Any]) -> list[str]:
+    """The dev-score line of a training stage's summary (none without dev figures)."""
+    if "task_score" not in q:
+        return []
+    return [f"dev task_score {q['task_score']:.3f} on {q['n']} records (json valid {q['json_valid']:.2f})"]

@@ -39,6 +39,14 @@ STAGE, STAGE_VERSION = "distill", 1
 AGREEMENT_SEQUENCES = 2  # dev sequences on which student and teacher are compared during training
 
 
+def bound_problems(config: Any, at_least_one: Sequence[str], non_negative: Sequence[str]) -> list[str]:
+    """What is wrong with ``config``'s fields ``at_least_one`` (each must be >= 1) and ``non_negative`` (>= 0)."""
+    problems = [f"{name} must be at least 1, got {getattr(config, name)}"
+                for name in at_least_one if getattr(config, name) < 1]
+    return problems + [f"{name} must be 0 or more, got {getattr(config, name)}"
+                       for name in non_negative if getattr(config, name) < 0]
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Settings of one distillation run (validated on creation)."""
@@ -67,12 +75,8 @@ class DistillConfig:
         problems = []
         if self.loss not in LOSS_NAMES:
             problems.append(f"loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
-        for name in ("top_k", "batch_size", "grad_accum", "max_length", "dev_limit"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("save_every", "eval_every", "seed"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be 0 or more, got {getattr(self, name)}")
+        problems += bound_problems(self, ("top_k", "batch_size", "grad_accum", "max_length", "dev_limit"),
+                                   ("save_every", "eval_every", "seed"))
         if self.steps is not None and self.steps < 1:
             problems.append(f"steps must be at least 1, got {self.steps}")
         if self.epochs <= 0 or self.lr <= 0 or self.temperature <= 0:

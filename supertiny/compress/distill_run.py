@@ -60,10 +60,9 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
         EvalCallback,
         ExampleDataset,
         MetricsCallback,
-        ProgressCallback,
-        plot_metrics,
-        read_metrics,
-        truncate_metrics,
+        loaded,
+        save_trained,
+        train,
     )
 
     out = Path(out).expanduser().absolute()
@@ -86,14 +85,11 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
     with args.main_process_first(local=False, desc="setup"):
         if main:
             check_work_dir(work, settings, resume, config.overwrite)
-    say(f"{len(examples)} examples from {counts['records']} records"
-        + (f"; skipped {counts['no_response']} without a response" if counts["no_response"] else "")
-        + (f"; skipped {counts['too_long']} longer than {config.max_length} tokens" if counts["too_long"] else ""))
-    if stage:
-        stage.lap("load")
-        if counts["too_long"]:
-            stage.note(f"skipped {counts['too_long']} examples longer than max_length {config.max_length} "
-                       f"(first: {counts['first_too_long']})")
+    loaded(stage, say, f"{len(examples)} examples from {counts['records']} records"
+           + (f"; skipped {counts['no_response']} without a response" if counts["no_response"] else "")
+           + (f"; skipped {counts['too_long']} longer than {config.max_length} tokens" if counts["too_long"] else ""),
+           f"skipped {counts['too_long']} examples longer than max_length {config.max_length} "
+           f"(first: {counts['first_too_long']})" if counts["too_long"] else None)
     cache, agree_rows, cache_info = None, [], {}
     if teacher is not None:
         cache_path, t_hash = None, hash_path(resolve(teacher)[1])
@@ -144,26 +140,12 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
                              alpha=config.alpha, temperature=config.temperature, beta=config.beta)
     trainer.remove_callback(PrinterCallback)
     evaluator = EvalCallback(_dev_eval(spec, tok, dev_records, agree_rows), config.eval_every, metrics, trainer)
-    for cb in [metrics, evaluator, *([ProgressCallback(progress)] if progress else []), *callbacks]:
-        trainer.add_callback(cb)
-    last = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
-    if main:
-        truncate_metrics(work / "metrics.jsonl", trainer_step(last))
-    say(f"training ({config.loss}) from {'step ' + str(trainer_step(last)) if last else 'the start'}; "
-        f"checkpoints in {work}")
-    result = trainer.train(resume_from_checkpoint=last)
+    result = train(trainer, work, metrics, evaluator, progress, callbacks, resume, main, say, config.loss)
     if not main or stage is None:
         return None
     stage.lap("train")
     with stage:
-        d = stage.dir
-        model.eval()
-        model.save_pretrained(d, safe_serialization=True)
-        tok.save_pretrained(d)
-        records = read_metrics(work / "metrics.jsonl")
-        shutil.copyfile(work / "metrics.jsonl", d / "metrics.jsonl")
-        if not plot_metrics(records, d / "training.png", f"{config.loss}: {out.name}"):
-            stage.note("no training.png: matplotlib is missing (pip install 'supertiny[plot]')")
+        records = save_trained(stage, model, tok, work, f"{config.loss}: {out.name}")
         train_logs = [r for r in records if "tokens_per_s" in r]
         steady = train_logs[1:] or train_logs  # the first step pays for warm-up
         details = {
@@ -178,11 +160,6 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
         manifest = stage.install(quality=quality, details=details)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
-
-
-def trainer_step(checkpoint: str | None) -> int:
-    """The step of a ``checkpoint-N`` folder (0 for none)."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 def _mean(xs: list[float]) -> float | None:

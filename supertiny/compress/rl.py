@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..manifest import Manifest
+from .distill import bound_problems
 
 STAGE, STAGE_VERSION = "rl", 1
 KL_ESTIMATORS = ("k3", "full")
@@ -71,12 +72,8 @@ class RLConfig:
         problems = []
         if self.group < 2:
             problems.append(f"group must be at least 2 (advantages compare answers), got {self.group}")
-        for name in ("steps", "batch_prompts", "max_new_tokens", "max_length", "dev_limit"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("save_every", "eval_every", "seed", "kl_coef"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be 0 or more, got {getattr(self, name)}")
+        problems += bound_problems(self, ("steps", "batch_prompts", "max_new_tokens", "max_length", "dev_limit"),
+                                   ("save_every", "eval_every", "seed", "kl_coef"))
         if self.lr <= 0 or self.temperature <= 0 or self.adv_eps <= 0:
             problems.append("lr, temperature and adv_eps must be positive")
         if self.kl not in KL_ESTIMATORS:

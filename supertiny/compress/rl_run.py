@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
 from transformers.trainer_utils import SchedulerType
 
 from ..errors import InvalidInputError
 from ..manifest import Manifest, StageRun
 from .rl import STAGE, STAGE_VERSION, RLConfig, group_advantages, policy_loss, rollout, rollout_logits
+from .trainer import MeteredTrainer
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _collate(items: list[dict[str, int]]) -> dict[str, Any]:
     return {"index": torch.tensor([it["index"] for it in items])}
 
 
-class RLTrainer(Trainer):
+class RLTrainer(MeteredTrainer):
     """A Trainer whose ``compute_loss`` samples, scores and returns :func:`policy_loss` (see :mod:`.rl`)."""
 
     def __init__(self, *args: Any, prompts: list[Prompt], task: Any, tok: Any, reference: Any, config: RLConfig,
@@ -82,9 +82,8 @@ class RLTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._reset()
 
-    def _reset(self) -> None:
-        self._meter = {"tokens": 0, "answer_tokens": 0, "reward": [], "kl": 0.0, "pg": 0.0, "n": 0, "rollout_s": 0.0,
-                       "t0": time.perf_counter(), "paused": 0.0}
+    def _fields(self) -> dict[str, Any]:
+        return {"reward": [], "kl": 0.0, "pg": 0.0, "rollout_s": 0.0}
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -112,22 +111,11 @@ class RLTrainer(Trainer):
         m["n"] += 1
         return (loss, None) if return_outputs else loss
 
-    def pause(self, seconds: float) -> None:
-        """Leave ``seconds`` (an evaluation) out of the next tokens/s figure."""
-        self._meter["paused"] += seconds
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        m = self._meter
-        if "loss" in logs and m["n"]:
-            secs = max(time.perf_counter() - m["t0"] - m["paused"], 1e-9)
-            r = torch.tensor(m["reward"])
-            world = self.args.world_size
-            logs.update(reward_mean=float(r.mean()), reward_std=float(r.std(unbiased=False)), kl=m["kl"] / m["n"],
-                        pg=m["pg"] / m["n"], tokens_per_s=m["tokens"] * world / secs,
-                        answer_tokens_per_s=m["answer_tokens"] * world / secs,
-                        rollout_share=min(1.0, m["rollout_s"] / secs))  # sampling's part of the step time
-            self._reset()
-        super().log(logs, start_time)
+    def _figures(self, m: dict[str, Any], secs: float, rates: dict[str, float]) -> dict[str, float]:
+        r = torch.tensor(m["reward"])
+        return {"reward_mean": float(r.mean()), "reward_std": float(r.std(unbiased=False)), "kl": m["kl"] / m["n"],
+                "pg": m["pg"] / m["n"], **rates,
+                "rollout_share": min(1.0, m["rollout_s"] / secs)}  # sampling's part of the step time
 
 
 def _training_args(config: RLConfig, work: Path) -> Any:
@@ -152,8 +140,8 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
     from ..outdir import check_output_dir
     from ..tasks import load_task, read_task_data
     from .distill import _dev_eval, check_same_tokenizer, check_work_dir, work_dir
-    from .distill_run import _mean, trainer_step
-    from .trainer import EvalCallback, MetricsCallback, ProgressCallback, plot_metrics, read_metrics, truncate_metrics
+    from .distill_run import _mean
+    from .trainer import EvalCallback, MetricsCallback, loaded, save_trained, train
 
     out = Path(out).expanduser().absolute()
     spec = load_task(task)
@@ -182,39 +170,23 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
     with args.main_process_first(local=False, desc="setup"):
         if main:
             check_work_dir(work, settings, resume, config.overwrite)
-    say(f"{len(prompts)} prompts from {counts['records']} records"
-        + (f"; skipped {counts['too_long']} too long" if counts["too_long"] else ""))
-    if stage:
-        stage.lap("load")
-        if counts["too_long"]:
-            stage.note(f"skipped {counts['too_long']} prompts longer than max_length {config.max_length} minus "
-                       f"max_new_tokens {config.max_new_tokens} (first: {counts['first_too_long']})")
+    loaded(stage, say, f"{len(prompts)} prompts from {counts['records']} records"
+           + (f"; skipped {counts['too_long']} too long" if counts["too_long"] else ""),
+           f"skipped {counts['too_long']} prompts longer than max_length {config.max_length} minus max_new_tokens "
+           f"{config.max_new_tokens} (first: {counts['first_too_long']})" if counts["too_long"] else None)
     model.train()
     metrics = MetricsCallback(work / "metrics.jsonl")
     trainer = RLTrainer(model=model, args=args, train_dataset=_Indices(len(prompts)), data_collator=_collate,
                         prompts=prompts, task=spec, tok=tok, reference=reference, config=config, reward=reward)
     trainer.remove_callback(PrinterCallback)
     evaluator = EvalCallback(_dev_eval(spec, tok, dev_records, []), config.eval_every, metrics, trainer)
-    for cb in [metrics, evaluator, *([ProgressCallback(progress)] if progress else []), *callbacks]:
-        trainer.add_callback(cb)
-    last = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
-    if main:
-        truncate_metrics(work / "metrics.jsonl", trainer_step(last))
-    say(f"training (rl, group {config.group}) from {'step ' + str(trainer_step(last)) if last else 'the start'}; "
-        f"checkpoints in {work}")
-    result = trainer.train(resume_from_checkpoint=last)
+    result = train(trainer, work, metrics, evaluator, progress, callbacks, resume, main, say,
+                   f"rl, group {config.group}")
     if not main or stage is None:
         return None
     stage.lap("train")
     with stage:
-        d = stage.dir
-        model.eval()
-        model.save_pretrained(d, safe_serialization=True)
-        tok.save_pretrained(d)
-        records = read_metrics(work / "metrics.jsonl")
-        shutil.copyfile(work / "metrics.jsonl", d / "metrics.jsonl")
-        if not plot_metrics(records, d / "training.png", f"rl: {out.name}", keys=("loss", "reward_mean", "kl")):
-            stage.note("no training.png: matplotlib is missing (pip install 'supertiny[plot]')")
+        records = save_trained(stage, model, tok, work, f"rl: {out.name}", keys=("loss", "reward_mean", "kl"))
         logs = [r for r in records if "tokens_per_s" in r]
         steady = logs[1:] or logs
         details = {

@@ -103,7 +103,39 @@ def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torc
     return out.logits[:, :-1][keep], labels[keep]
 
 
-class DistillTrainer(Trainer):
+class MeteredTrainer(Trainer):
+    r"""A Trainer that adds its own figures to every loss log: a meter (``tokens``, ``answer_tokens``, ``n`` and what
+    :meth:`_fields` adds) counted by ``compute_loss`` and turned into figures by :meth:`_figures`, with
+    ``tokens_per_s``/``answer_tokens_per_s`` over the time since the last log less :meth:`pause`\ d seconds."""
+
+    def _fields(self) -> dict[str, Any]:
+        return {}
+
+    def _reset(self) -> None:
+        self._meter = {"tokens": 0, "answer_tokens": 0, **self._fields(), "n": 0, "t0": time.perf_counter(),
+                       "paused": 0.0}
+
+    def _figures(self, m: dict[str, Any], secs: float, rates: dict[str, float]) -> dict[str, float]:
+        return rates
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the next tokens/s figure."""
+        self._meter["paused"] += seconds
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        m = self._meter
+        if "loss" in logs and m["n"]:
+            secs = max(time.perf_counter() - m["t0"] - m["paused"], 1e-9)
+            world = self.args.world_size
+            # every process sees its own share of an equal split: scale by the world size
+            rates = {"tokens_per_s": m["tokens"] * world / secs,
+                     "answer_tokens_per_s": m["answer_tokens"] * world / secs}
+            logs.update(self._figures(m, secs, rates))
+            self._reset()
+        super().log(logs, start_time)
+
+
+class DistillTrainer(MeteredTrainer):
     """A Trainer whose loss is ``alpha*KD + (1-alpha)*CE`` on the answer tokens (``sft``: CE).
 
     Args (besides Trainer's): loss, alpha, temperature, beta: see :func:`mixed_loss`.
@@ -115,8 +147,10 @@ class DistillTrainer(Trainer):
         self.kd_loss, self.alpha, self.temperature, self.beta = loss, alpha, temperature, beta
         # Our loss is already a mean over answer tokens: let Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self._meter = {"tokens": 0, "answer_tokens": 0, "ce": 0.0, "kd": 0.0, "n": 0, "t0": time.perf_counter(),
-                       "paused": 0.0}
+        self._reset()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"ce": 0.0, "kd": 0.0}
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -132,24 +166,11 @@ class DistillTrainer(Trainer):
         m["n"] += 1
         return (loss, None) if return_outputs else loss
 
-    def pause(self, seconds: float) -> None:
-        """Leave ``seconds`` (an evaluation) out of the next tokens/s figure."""
-        self._meter["paused"] += seconds
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        m = self._meter
-        if "loss" in logs and m["n"]:
-            secs = max(time.perf_counter() - m["t0"] - m["paused"], 1e-9)
-            world = self.args.world_size
-            logs["ce"] = m["ce"] / m["n"]
-            if self.kd_loss != "sft":
-                logs["kd"] = m["kd"] / m["n"]
-            # every process sees its own share of an equal split: scale by the world size
-            logs["tokens_per_s"] = m["tokens"] * world / secs
-            logs["answer_tokens_per_s"] = m["answer_tokens"] * world / secs
-            self._meter = {"tokens": 0, "answer_tokens": 0, "ce": 0.0, "kd": 0.0, "n": 0,
-                           "t0": time.perf_counter(), "paused": 0.0}
-        super().log(logs, start_time)
+    def _figures(self, m: dict[str, Any], secs: float, rates: dict[str, float]) -> dict[str, float]:
+        figures = {"ce": m["ce"] / m["n"]}
+        if self.kd_loss != "sft":
+            figures["kd"] = m["kd"] / m["n"]
+        return {**figures, **rates}
 
 
 class MetricsCallback(TrainerCallback):
@@ -186,7 +207,7 @@ class EvalCallback(TrainerCallback):
     writes the figures to the metrics file, and keeps the last ones in :attr:`last`."""
 
     def __init__(self, evaluate: Callable[[Any], dict[str, Any]], every: int, metrics: MetricsCallback,
-                 trainer: DistillTrainer | None = None):
+                 trainer: MeteredTrainer | None = None):
         self.evaluate, self.every, self.metrics, self.trainer = evaluate, every, metrics, trainer
         self.last: dict[str, Any] = {}
         self._done_at = -1
@@ -212,6 +233,56 @@ class EvalCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         self._run(state, model)
+
+
+def trainer_step(checkpoint: str | None) -> int:
+    """The step of a ``checkpoint-N`` folder (0 for none)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def loaded(stage: Any, say: Callable[[str], None], summary: str, skipped: str | None) -> None:
+    """Report the loaded training data: ``summary`` to ``say``; on the main process (``stage``) the "load" lap and,
+    when some records were skipped, the note ``skipped``."""
+    say(summary)
+    if stage:
+        stage.lap("load")
+        if skipped:
+            stage.note(skipped)
+
+
+def train(trainer: Trainer, work: Path, metrics: MetricsCallback, evaluator: EvalCallback,
+          progress: Callable[[int, int], None] | None, callbacks: Sequence[Any], resume: bool, main: bool,
+          say: Callable[[str], None], what: str) -> Any:
+    """Add the callbacks to ``trainer`` and train it, from the last checkpoint in ``work`` with ``resume`` (the
+    metrics file then loses the records of the steps redone); ``what`` names the run in the message. Returns
+    ``trainer.train``'s result."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    for cb in [metrics, evaluator, *([ProgressCallback(progress)] if progress else []), *callbacks]:
+        trainer.add_callback(cb)
+    last = get_last_checkpoint(str(work)) if resume and work.is_dir() else None
+    if main:
+        truncate_metrics(work / "metrics.jsonl", trainer_step(last))
+    say(f"training ({what}) from {'step ' + str(trainer_step(last)) if last else 'the start'}; "
+        f"checkpoints in {work}")
+    return trainer.train(resume_from_checkpoint=last)
+
+
+def save_trained(stage: Any, model: Any, tok: Any, work: Path, title: str,
+                 keys: Sequence[str] = ("loss", "ce", "kd")) -> list[dict[str, Any]]:
+    """Write the trained ``model`` and ``tok`` into ``stage``'s directory with a copy of ``work``'s metrics file and
+    their plot (``title``, ``keys``: see :func:`plot_metrics`); returns the metrics records."""
+    import shutil
+
+    d = stage.dir
+    model.eval()
+    model.save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    records = read_metrics(work / "metrics.jsonl")
+    shutil.copyfile(work / "metrics.jsonl", d / "metrics.jsonl")
+    if not plot_metrics(records, d / "training.png", title, keys):
+        stage.note("no training.png: matplotlib is missing (pip install 'supertiny[plot]')")
+    return records
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
