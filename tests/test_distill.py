@@ -130,15 +130,24 @@ def test_cli_sft_writes_a_student(setup):
     assert m["quality"]["n"] == 1
 
 
-@pytest.mark.timeout(120)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port nothing else holds now (a fixed one clashes with parallel runs)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
 def test_two_process_data_parallel_run(setup):
     tmp, teacher, student = setup
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()),
            "-m", "supertiny", "distill", str(student), "--task", str(tmp / "task.toml"), "--data",
            str(tmp / "data.jsonl"), "--out", str(tmp / "ddp"), "--teacher", str(teacher), "--loss", "fkl",
            "--steps", "3", "--batch-size", "2", "--save-every", "2", "--json"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=110)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=290)
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.loads((tmp / "ddp" / "supertiny.json").read_text())
     assert m["details"]["world_size"] == 2 and m["details"]["steps"] == 3
