@@ -1,6 +1,7 @@
 # One command sets up and runs the main job; one runs the tests.
 #   make demo   venv + everything installed + inspect/evaluate the default teacher
 #   make test   venv + everything installed + the whole test suite
+#   make example  the factory-tickets example end to end (~1 h on 2 cores; see examples/factory_tickets)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 # decode on quantized models on these machines (see shared/design/ENVIRONMENT.md).
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test example setup lint clean
 
 demo: setup
 	$(BIN)/supertiny inspect default
@@ -16,6 +17,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+example: setup
+	$(BIN)/python examples/factory_tickets/run.py --work factory-tickets-run
 
 lint: setup
 	$(BIN)/ruff check supertiny tests benchmarks

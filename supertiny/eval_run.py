@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import evaluate as ev
@@ -159,10 +160,11 @@ class TaskReport:
     seconds: float
     max_new_tokens: int
     manifest: dict[str, Any] | None = None
+    prompt: str = "full"
 
     def to_dict(self) -> dict[str, Any]:
         d = {"model": self.model, "data": self.data, **self.evaluation.to_dict(),
-             "max_new_tokens": self.max_new_tokens, "seconds": self.seconds}
+             "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "seconds": self.seconds}
         if self.manifest is not None:
             d["manifest"] = self.manifest
         return d
@@ -170,7 +172,8 @@ class TaskReport:
 
 def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[str], data: str | os.PathLike[str],
                         config: EvalConfig | None = None, max_new_tokens: int = TASK_MAX_NEW_TOKENS,
-                        limit: int | None = None, progress: Progress | None = None) -> TaskReport:
+                        limit: int | None = None, progress: Progress | None = None,
+                        prompt: str = "auto", batch_size: int = 8) -> TaskReport:
     """Score ``model`` on a structured-output task: its chat template, greedy replies, the task metric.
 
     Args:
@@ -181,6 +184,8 @@ def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[s
         max_new_tokens: reply length limit (an answer cut short is JSON-invalid).
         limit: score only the first N records.
         progress: called with (records done, records in all).
+        prompt: the task prompt (``auto``: the one the model was trained with, else full).
+        batch_size: records decoded together where the backend batches (torch); 1: one at a time.
 
     Returns:
         :class:`TaskReport`: ``evaluation.score.task_score`` is the mean field accuracy.
@@ -192,23 +197,28 @@ def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[s
     """
     import time
 
-    from .tasks import engine_complete, evaluate_task, load_task, read_task_data
+    from .tasks import engine_complete, evaluate_task, read_task_data, task_for
 
     config = config or EvalConfig()
     if max_new_tokens < 1:
         raise InvalidInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise InvalidInputError(f"limit must be at least 1, got {limit}")
-    spec = load_task(task)
+    spec = task_for(task, model, prompt)
     records = read_task_data(data, spec, labelled=True)[:limit]  # bad files fail before the model loads
     resolve(model)
     options = EngineOptions(threads=config.threads, provider=config.provider, dtype=config.dtype)
     start = time.perf_counter()
     with open_engine(model, config.backend, options) as engine:
-        evaluation = evaluate_task(engine_complete(engine, max_new_tokens), spec, records, progress)
+        many = getattr(engine, "complete_batch", None)
+        evaluation = evaluate_task(engine_complete(engine, max_new_tokens), spec, records, progress,
+                                   complete_batch=many and partial(many, max_tokens=max_new_tokens),
+                                   batch_size=batch_size)
         info = engine.info
     return TaskReport(model=info, data=str(data), evaluation=evaluation, seconds=time.perf_counter() - start,
-                      max_new_tokens=max_new_tokens, manifest=manifest_summary(model))
+                      max_new_tokens=max_new_tokens, manifest=manifest_summary(model), prompt=spec.prompt)
 
 
 def manifest_summary(model: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -351,9 +351,16 @@ class StageRun:
                 files = {self.out.name: {"bytes": file.stat().st_size, "sha256": sha256_file(file)}}
             else:
                 files = file_table(self.dir)
+        details = dict(details or {})
+        if self.source_path is not None and "task_prompt" not in details:
+            # the prompt a fine-tuned model expects travels with every artifact made from it
+            with contextlib.suppress(UserError, OSError, ValueError):
+                made_from = read_manifest(self.source_path)
+                if made_from and "task_prompt" in made_from.details:
+                    details["task_prompt"] = made_from.details["task_prompt"]
         manifest = Manifest(
             stage=self.stage, stage_version=self.version, source=source, settings=self.settings, files=files,
-            quality=quality or {}, details=details or {}, notes=list(self.notes),
+            quality=quality or {}, details=details, notes=list(self.notes),
             seconds={k: round(v, 2) for k, v in self.seconds.items()},
             created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )

@@ -124,7 +124,7 @@ class StubServer:
         with self.lock:
             k = self.calls.get(ticket, 0)
             self.calls[ticket] = k + 1
-        return SCRIPT[ticket][k]
+        return SCRIPT[ticket][min(k, len(SCRIPT[ticket]) - 1)]  # past the script: its last reply again
 
     def __enter__(self) -> StubServer:
         self.thread.start()
@@ -190,6 +190,25 @@ def test_stub_server_scores_accepts_and_keeps_the_best(tmp_path):
     assert manifest.quality["samples_per_s"] > 0
     assert verify_artifact(out).ok
     assert not progress_path(out).exists()
+
+
+def test_stop_when_perfect_keeps_the_same_answer_with_fewer_samples(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["A: press-3 hose split, press off", "E: box-12 oil"])
+    outs = {}
+    for flag in ([], ["--stop-when-perfect"]):
+        out = tmp_path / f"d{len(flag)}.jsonl"
+        with StubServer() as stub:
+            r = CliRunner().invoke(main, ["teach", stub.url, "--task", "factory-tickets", "--prompts", str(prompts),
+                                          "--out", str(out), "--samples", "3", "--judge", stub.url, *flag])
+            assert r.exit_code == 0, r.output
+            outs[bool(flag)] = (read_lines(out), dict(stub.calls))
+    (full, full_calls), (stopped, stopped_calls) = outs[False], outs[True]
+    # each prompt's second sample is perfect (A: all fields, E: the judge's 5): with the flag the third is
+    # never asked for (past its script the stub repeats the last reply)
+    assert [x["response"] for x in stopped] == [x["response"] for x in full]
+    assert [x["samples"] for x in full] == [3, 3] and [x["samples"] for x in stopped] == [2, 2]
+    a = "A: press-3 hose split, press off"
+    assert (stopped_calls[a], full_calls[a]) == (2, 3)
 
 
 def test_server_errors_are_retried_then_reported(tmp_path):

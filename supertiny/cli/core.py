@@ -94,6 +94,13 @@ def _stack(decorators: list[Any]) -> Any:
     return apply
 
 
+def task_prompt_option(default_help: str) -> Any:
+    """``--task-prompt auto|full|brief`` (see :mod:`supertiny.tasks.prompts`)."""
+    return click.option("--task-prompt", type=click.Choice(("auto", "full", "brief")), default="auto",
+                        show_default=True, help=f"The task's system prompt: full (every definition) or brief (one "
+                        f"line and the schema, for models fine-tuned on the task). auto: {default_help}.")
+
+
 def training_head(data_help: str, teacher_help: str) -> Any:
     """The options a training stage (distill, rl) starts with: STUDENT, --task, --data, --out, --teacher."""
     return _stack([
@@ -103,6 +110,7 @@ def training_head(data_help: str, teacher_help: str) -> Any:
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
                      help="The student to write."),
         click.option("--teacher", default=None, help=teacher_help),
+        task_prompt_option("the one STUDENT was trained with, else brief when the task has one"),
     ])
 
 

@@ -29,7 +29,7 @@ from .core import _quiet_transformers, dev_line, main, run_training, training_he
               help="Longer examples are skipped and counted in the manifest.")
 @training_tail(50, [click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                                  help="Keep KD caches here (default: OUT.work/, removed when done).")])
-def distill_cmd(student: str, task: str, data: str, out_dir: str, teacher: str | None, loss: str,
+def distill_cmd(student: str, task: str, data: str, out_dir: str, teacher: str | None, task_prompt: str, loss: str,
                 temperature: float, alpha: float, beta: float, top_k: int, steps: int | None, epochs: float,
                 lr: float, batch_size: int, grad_accum: int, max_length: int, bf16: bool, save_every: int,
                 eval_every: int, dev: str | None, dev_limit: int, cache_dir: str | None, seed: int, resume: bool,
@@ -41,7 +41,7 @@ def distill_cmd(student: str, task: str, data: str, out_dir: str, teacher: str |
     config = DistillConfig(loss=loss, temperature=temperature, alpha=alpha, beta=beta, top_k=top_k, steps=steps,
                            epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                            max_length=max_length, bf16=bf16, save_every=save_every, eval_every=eval_every,
-                           dev_limit=dev_limit, seed=seed, overwrite=overwrite)
+                           dev_limit=dev_limit, seed=seed, prompt=task_prompt, overwrite=overwrite)
     call = partial(distill, student, out_dir, task, data, config, teacher=teacher, dev=dev, resume=resume,
                    cache_dir=cache_dir)
     run_training(call, "distill", True, as_json, partial(_lines, out_dir))

@@ -20,7 +20,16 @@ from ..export import (
     ONNX_FORMATS,
     ONNX_QUANTS,
 )
-from .core import BACKEND_CHOICE, DTYPE_CHOICE, PROVIDER_CHOICE, _human, _progress, _quiet_transformers, main
+from .core import (
+    BACKEND_CHOICE,
+    DTYPE_CHOICE,
+    PROVIDER_CHOICE,
+    _human,
+    _progress,
+    _quiet_transformers,
+    main,
+    task_prompt_option,
+)
 
 if TYPE_CHECKING:
     from ..eval_run import EvalReport, TaskReport
@@ -74,6 +83,9 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
               help="With --task: labelled JSON Lines, one {\"input\": ..., \"label\": {...}} a line.")
 @click.option("--limit", type=int, default=None, help="With --task: score only the first N records.")
+@task_prompt_option("the one MODEL was trained with (its manifest), else full")
+@click.option("--batch-size", default=8, show_default=True,
+              help="With --task: records decoded together (torch backend; 1: one at a time).")
 @click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True, help="auto: what you deploy on: llama.cpp for .gguf files, onnxruntime for ONNX "
               "exports; torch for Hugging Face directories.")
@@ -85,8 +97,8 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int, stride: int,
              max_tokens: int | None, prompts: tuple[str, ...], max_new_tokens: int | None,
-             no_generate: bool, task: str | None, data_path: str | None, limit: int | None, backend: str,
-             threads: int | None, provider: str, dtype: str, as_json: bool) -> None:
+             no_generate: bool, task: str | None, data_path: str | None, limit: int | None, task_prompt: str,
+             batch_size: int, backend: str, threads: int | None, provider: str, dtype: str, as_json: bool) -> None:
     """Measure MODEL: perplexity on a text, agreement with a teacher, greedy generations;
     or, with --task and --data, its score on a structured-output task."""
     from ..eval_run import TASK_MAX_NEW_TOKENS, EvalConfig, evaluate_model, evaluate_task_model
@@ -103,7 +115,8 @@ def eval_cmd(model: str, text_path: str | None, teacher: str | None, window: int
         config = EvalConfig(prompts=(), backend=backend, threads=threads, provider=provider, dtype=dtype)
         with _progress(f"task {task}") as bar:
             task_report = evaluate_task_model(model, task, data_path, config, limit=limit, progress=bar,
-                                              max_new_tokens=max_new_tokens or TASK_MAX_NEW_TOKENS)
+                                              max_new_tokens=max_new_tokens or TASK_MAX_NEW_TOKENS,
+                                              prompt=task_prompt, batch_size=batch_size)
         if as_json:
             click.echo(json.dumps(task_report.to_dict(), indent=2))
         else:

@@ -26,7 +26,8 @@ from .core import _quiet_transformers, dev_line, main, run_training, training_he
 @click.option("--max-length", default=1024, show_default=True,
               help="Prompt + max-new-tokens; longer prompts are skipped and counted.")
 @training_tail(25)
-def rl_cmd(student: str, task: str, data: str, out_dir: str, teacher: str | None, group: int, kl_coef: float,
+def rl_cmd(student: str, task: str, data: str, out_dir: str, teacher: str | None, task_prompt: str, group: int,
+           kl_coef: float,
            kl: str, steps: int, lr: float, batch_prompts: int, temperature: float, max_new_tokens: int,
            max_length: int, bf16: bool, save_every: int, eval_every: int, dev: str | None, dev_limit: int, seed: int,
            resume: bool, overwrite: bool, as_json: bool) -> None:
@@ -37,7 +38,7 @@ def rl_cmd(student: str, task: str, data: str, out_dir: str, teacher: str | None
     config = RLConfig(group=group, kl_coef=kl_coef, kl=kl, steps=steps, lr=lr, batch_prompts=batch_prompts,
                       temperature=temperature, max_new_tokens=max_new_tokens, max_length=max_length, bf16=bf16,
                       save_every=save_every, eval_every=eval_every, dev_limit=dev_limit, seed=seed,
-                      overwrite=overwrite)
+                      prompt=task_prompt, overwrite=overwrite)
     call = partial(rl, student, out_dir, task, data, config, teacher=teacher, dev=dev, resume=resume)
     run_training(call, "rl", False, as_json, partial(_lines, out_dir))
 

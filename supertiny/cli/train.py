@@ -9,7 +9,7 @@ import click
 from ..compress.teach import TeachConfig, teach
 from ..compress.teachers import TeacherOptions
 from ..runtime.engine import BACKENDS
-from .core import _progress, _quiet_transformers, main
+from .core import _progress, _quiet_transformers, main, task_prompt_option
 
 
 @main.command("teach")
@@ -19,7 +19,10 @@ from .core import _progress, _quiet_transformers, main
               help="Task data: JSON Lines, {\"input\": ..., \"label\": {...}} a line (label optional).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="The teacher data to write (.jsonl).")
+@task_prompt_option("the one TEACHER was trained with (its manifest), else full")
 @click.option("--samples", "-k", default=4, show_default=True, help="Answers asked per prompt (K).")
+@click.option("--stop-when-perfect", is_flag=True,
+              help="Stop a prompt's samples at the first perfect answer (same answer kept, fewer samples made).")
 @click.option("--judge", default=None, metavar="MODEL|URL",
               help="A model or OpenAI-compatible URL that grades unlabelled answers 1-5 (default: schema validity "
                    "alone accepts them).")
@@ -45,7 +48,8 @@ from .core import _progress, _quiet_transformers, main
 @click.option("--timeout", default=120.0, show_default=True, help="Server: seconds one request may take.")
 @click.option("--retries", default=3, show_default=True, help="Server: extra tries on 429, 5xx or a connection error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def teach_cmd(teacher: str, task: str, prompts: str, out: str, samples: int, judge: str | None,
+def teach_cmd(teacher: str, task: str, prompts: str, out: str, task_prompt: str, samples: int, stop_when_perfect: bool,
+              judge: str | None,
               judge_threshold: float, concurrency: int, temperature: float, top_p: float, greedy_first: bool,
               max_new_tokens: int, seed: int, limit: int | None, overwrite: bool, threads: int | None,
               n_ctx: int | None, backend: str, model_name: str | None, judge_model_name: str | None,
@@ -59,7 +63,8 @@ def teach_cmd(teacher: str, task: str, prompts: str, out: str, samples: int, jud
     _quiet_transformers()
     config = TeachConfig(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                          seed=seed, greedy_first=greedy_first, judge=judge, judge_threshold=judge_threshold,
-                         concurrency=concurrency, limit=limit)
+                         concurrency=concurrency, limit=limit, prompt=task_prompt,
+                         stop_when_perfect=stop_when_perfect)
     options = TeacherOptions(threads=threads, n_ctx=n_ctx, backend=backend, model_name=model_name, api_key=api_key,
                              timeout_s=timeout, retries=retries)
     judge_options = TeacherOptions(threads=threads, n_ctx=n_ctx, backend=backend, model_name=judge_model_name,

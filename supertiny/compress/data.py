@@ -139,8 +139,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Record]:
 def calibration_text(path: str | os.PathLike[str] | None) -> str:
     """The calibration text: a ``.txt`` file, a ``.jsonl`` file of records, or the bundled corpus.
 
-    A record gives its text as ``text``, or as ``prompt`` and ``response`` (or
-    ``completion``), joined by a newline; records are joined by a blank line.
+    A record gives its text as ``text``, or as ``prompt`` (or ``input``, as in task and teacher
+    data) and ``response`` (or ``completion``), joined by a newline; records are joined by a blank line.
     """
     from ..evaluate import default_corpus_path
 
@@ -153,8 +153,8 @@ def calibration_text(path: str | os.PathLike[str] | None) -> str:
         raise InvalidInputError(f"calibration file {p} does not exist")
     parts = []
     for rec in read_jsonl(p):
-        text = rec.field("text", required=False) or "\n".join(
-            v for v in (rec.field(k, required=False) for k in ("prompt", "response", "completion")) if v is not None)
+        fields = (rec.field(k, required=False) for k in ("prompt", "input", "response", "completion"))
+        text = rec.field("text", required=False) or "\n".join(v for v in fields if isinstance(v, str))
         if not text:
             raise rec.error("needs a \"text\" field or \"prompt\"/\"response\" fields")
         parts.append(text)

@@ -69,6 +69,7 @@ class DistillConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     dev_limit: int = 10
     seed: int = 0
+    prompt: str = "auto"  # the task prompt (supertiny.tasks.prompts): auto = brief when the task has one
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -52,7 +52,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
 
     from ..models import describe, load_model, resolve
     from ..outdir import check_output_dir
-    from ..tasks import load_task, read_task_data
+    from ..tasks import prompt_record, read_task_data, task_for
     from .kdcache import TopKCache, build_cache, cache_key, examples_hash
     from .trainer import (
         Collator,
@@ -68,7 +68,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
     out = Path(out).expanduser().absolute()
     if config.loss != "sft" and teacher is None:
         raise InvalidInputError(f"--loss {config.loss} distils a teacher's logits: pass --teacher")
-    spec = load_task(task)
+    spec = task_for(task, student, config.prompt, training=True)
     dev_records = read_task_data(dev, spec, labelled=True)[: config.dev_limit] if dev else []
     settings = settings_dict(config, task=spec.name, data=Path(data).absolute(), dev=dev and Path(dev).absolute(),
                              teacher=teacher and resolve(teacher)[1].absolute(), student=resolve(student)[1].absolute())
@@ -154,7 +154,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
             "final": {k: train_logs[-1][k] for k in ("loss", "ce", "kd") if train_logs and k in train_logs[-1]},
             "tokens_per_s": _mean([r["tokens_per_s"] for r in steady]),
             "answer_tokens_per_s": _mean([r["answer_tokens_per_s"] for r in steady]),
-            "world_size": args.world_size, "cache": cache_info,
+            "world_size": args.world_size, "task_prompt": prompt_record(spec), "cache": cache_info,
         }
         quality = evaluator.last or {"skipped": "no --dev data and no teacher to compare with"}
         manifest = stage.install(quality=quality, details=details)

@@ -156,8 +156,9 @@ def parse_judgement(text: str | None) -> Judgement:
 
 def judge_messages(task: Task, input_text: str, answer: str) -> list[Message]:
     """The rubric prompt: the task's instruction and schema, the input, the candidate answer."""
-    content = RUBRIC.format(task=task.system_prompt(), input_name=task.input[:1].upper() + task.input[1:],
-                            input_lower=task.input, input=input_text, answer=answer)
+    content = RUBRIC.format(task=task.with_prompt("full").system_prompt(),  # the judge needs every definition
+                            input_name=task.input[:1].upper() + task.input[1:], input_lower=task.input,
+                            input=input_text, answer=answer)
     return [{"role": "user", "content": content}]
 
 

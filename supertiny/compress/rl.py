@@ -66,6 +66,7 @@ class RLConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     dev_limit: int = 10
     seed: int = 0
+    prompt: str = "auto"  # the task prompt (supertiny.tasks.prompts): auto = the student's, else brief
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -138,13 +138,13 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
 
     from ..models import describe, load_model, resolve
     from ..outdir import check_output_dir
-    from ..tasks import load_task, read_task_data
+    from ..tasks import prompt_record, read_task_data, task_for
     from .distill import _dev_eval, check_same_tokenizer, check_work_dir, work_dir
     from .distill_run import _mean
     from .trainer import EvalCallback, MetricsCallback, loaded, save_trained, train
 
     out = Path(out).expanduser().absolute()
-    spec = load_task(task)
+    spec = task_for(task, student, config.prompt, training=True)
     dev_records = read_task_data(dev, spec, labelled=True)[: config.dev_limit] if dev else []
     settings = {**asdict(config), "task": spec.name, "data": str(Path(data).absolute()),
                 "dev": dev and str(Path(dev).absolute()),
@@ -200,6 +200,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
             "answer_tokens_per_s": _mean([r["answer_tokens_per_s"] for r in steady]),
             "rollout_share": round(sum(r["rollout_share"] for r in steady) / len(steady), 3) if steady else None,
             "reference": "teacher" if teacher else "initial student", "world_size": args.world_size,
+            "task_prompt": prompt_record(spec),
         }
         quality = evaluator.last or {"skipped": "no --dev data"}
         manifest = stage.install(quality=quality, details=details)

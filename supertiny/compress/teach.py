@@ -53,7 +53,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..runtime.sampling import Sampling
-from ..tasks import Task, TaskRecord, field_matches, load_task, read_task_data
+from ..tasks import Task, TaskRecord, field_matches, read_task_data, task_for
 from .judge import Judge, Judgement
 from .teach_records import (
     PROGRESS_SUFFIX,
@@ -85,6 +85,10 @@ class TeachConfig:
         judge_threshold: the lowest grade (1-5) that accepts an answer.
         concurrency: prompts in flight (local: one engine per worker; server: requests in flight).
         limit: use only the first N prompts.
+        stop_when_perfect: stop a prompt's sampling at the first answer with the highest score (all fields
+            right, or the judge's top grade): the kept answer is the same, the later samples are not made.
+        prompt: the task prompt (``auto``: the one the teacher was trained with, else the full one;
+            see :mod:`supertiny.tasks.prompts`).
     """
 
     samples: int = 4
@@ -97,6 +101,8 @@ class TeachConfig:
     judge_threshold: float = 4.0
     concurrency: int = 1
     limit: int | None = None
+    prompt: str = "auto"
+    stop_when_perfect: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("samples", 1), ("max_new_tokens", 1), ("concurrency", 1)):
@@ -187,6 +193,8 @@ class _Sampler:
             judged.append(None if judgement is None else judgement.to_dict())
             if accepted and answer is not None and (best is None or score > best[0]):
                 best = (score, answer)
+                if score >= 1.0 and self.config.stop_when_perfect:
+                    break
         use_judge = any(j is not None for j in judged)
         return PromptResult(index, record.input, None if best is None else best[1], best is not None, max(scores),
                             scores, record.label, judged if use_judge else None)
@@ -213,7 +221,8 @@ def _settings(teacher: str, task: Task, config: TeachConfig, options: TeacherOpt
 
     task_sha = hashlib.sha256(json.dumps({**task.to_dict(), "source": ""}, sort_keys=True).encode()).hexdigest()
     return {**asdict(config), "teacher": spec(teacher), "model_name": options.model_name, "task": task.name,
-            "task_sha256": task_sha, "judge": spec(config.judge), "judge_model_name": judge_options.model_name,
+            "task_sha256": task_sha, "prompt": task.prompt, "judge": spec(config.judge),
+            "judge_model_name": judge_options.model_name,
             "n_ctx": options.n_ctx, "threads": options.threads, "backend": options.backend}
 
 
@@ -247,7 +256,7 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
     out = Path(out)
     if not out.parent.is_dir():
         raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
-    spec = load_task(task)
+    spec = task_for(task, teacher, config.prompt)
     records = read_task_data(prompts, spec)[: config.limit]  # a bad file fails before any model loads
     settings = _settings(teacher, spec, config, options, judge_options)
     key = {k: settings[k] for k in RESUME_KEYS}

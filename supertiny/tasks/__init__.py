@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .fields import NORMALIZE, TYPES, OutputField, check_value
 from .output import ParsedOutput, extract_json, parse_output
+from .prompts import PROMPT_CHOICES, prompt_record, recorded_prompt, task_for
 from .scoring import (
     Complete,
     Progress,
@@ -30,11 +31,12 @@ from .scoring import (
     score,
     score_parsed,
 )
-from .spec import SCHEMA_VERSION, SHIPPED_DIR, Task, TaskExample, list_tasks, load_task, parse_task
+from .spec import PROMPTS, SCHEMA_VERSION, SHIPPED_DIR, Task, TaskExample, list_tasks, load_task, parse_task
 
 __all__ = [
-    "NORMALIZE", "SCHEMA_VERSION", "SHIPPED_DIR", "TYPES", "Complete", "OutputField", "ParsedOutput", "Progress",
+    "NORMALIZE", "PROMPTS", "PROMPT_CHOICES", "SCHEMA_VERSION", "SHIPPED_DIR", "TYPES", "Complete", "OutputField",
+    "ParsedOutput", "Progress",
     "Task", "TaskEvaluation", "TaskExample", "TaskRecord", "TaskScore", "check_value", "engine_complete",
     "evaluate_task", "extract_json", "field_matches", "list_tasks", "load_task", "parse_output", "parse_task",
-    "read_task_data", "score", "score_parsed",
+    "prompt_record", "read_task_data", "recorded_prompt", "task_for", "score", "score_parsed",
 ]

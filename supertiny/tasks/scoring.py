@@ -177,7 +177,9 @@ def engine_complete(engine: Any, max_tokens: int = 128) -> Complete:
 
 
 def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
-                  progress: Progress | None = None) -> TaskEvaluation:
+                  progress: Progress | None = None,
+                  complete_batch: Callable[[list[list[Message]]], list[str]] | None = None,
+                  batch_size: int = 1) -> TaskEvaluation:
     """Run a model on labelled records and score it with the task metric.
 
     Args:
@@ -185,6 +187,8 @@ def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
         task: the task (its prompt, parser and metric).
         records: labelled records, e.g. from :func:`read_task_data`.
         progress: called with (records done, records in all).
+        complete_batch, batch_size: with both (``batch_size`` > 1), records go ``batch_size`` at a
+            time through ``complete_batch`` (several chats -> their replies) instead of ``complete``.
 
     Returns:
         A :class:`TaskEvaluation`: the :class:`TaskScore` and each record's output and parse.
@@ -195,10 +199,13 @@ def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
         if r.label is None:
             raise InvalidInputError(f"{r.source or 'records'}:{r.line}: label: required for evaluation")
     outputs, parsed = [], []
-    for k, r in enumerate(records):
-        text = complete(task.messages(r.input))
-        outputs.append(text)
-        parsed.append(task.parse(text))
+    step = batch_size if complete_batch is not None and batch_size > 1 else 1
+    for start in range(0, len(records), step):
+        chunk = records[start:start + step]
+        texts = complete_batch([task.messages(r.input) for r in chunk]) if step > 1 else \
+            [complete(task.messages(chunk[0].input))]
+        outputs += texts
+        parsed += [task.parse(t) for t in texts]
         if progress:
-            progress(k + 1, len(records))
+            progress(len(outputs), len(records))
     return TaskEvaluation(score_parsed(task, parsed, [r.label for r in records]), outputs, parsed)

@@ -7,6 +7,7 @@ A task is a small TOML file (schema version 1)::
     description = "one line"         # optional
     input = "ticket"                 # what the input is called in the prompt
     instruction = "What to do, with the definitions the model needs."
+    brief = "One line: the prompt of a model fine-tuned on the task."   # optional
 
     [output.asset]                   # one table per JSON key, in the order shown to the model
     type = "string"                  # string | bool | enum
@@ -22,12 +23,18 @@ A task is a small TOML file (schema version 1)::
     input = "..."
     output = { asset = "CNC-07", severity = "high" }
 
+A model fine-tuned on the task does not need the long instruction: with ``brief`` set, the
+**brief prompt** (the brief line and the schema, no few-shot examples) is what training
+stages teach and what every later stage uses for that model (:mod:`supertiny.tasks.prompts`),
+which makes an example several times shorter to train on and to serve.
+
 Every key is validated and unknown keys are rejected with a suggestion; all problems of a
 file are reported in one :class:`~supertiny.errors.TaskError` line that starts with the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +49,7 @@ from .fields import NORMALIZE, TYPES, OutputField, check_value
 from .output import ParsedOutput, parse_output
 
 SCHEMA_VERSION = 1
+PROMPTS = ("full", "brief")
 SHIPPED_DIR = Path(__file__).resolve().parent
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Message = dict[str, str]
@@ -66,13 +74,35 @@ class Task:
     fields: tuple[OutputField, ...]
     examples: tuple[TaskExample, ...]
     source: Path
+    brief: str = ""
+    prompt: str = "full"  # which system prompt messages() uses: "full" or "brief"
 
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
+    def with_prompt(self, prompt: str) -> Task:
+        """The same task with the ``"full"`` or ``"brief"`` prompt; ``"brief"`` needs a ``brief`` line.
+
+        >>> load_task("factory-tickets").with_prompt("brief").prompt
+        'brief'
+        """
+        if prompt not in PROMPTS:
+            raise TaskError(f"unknown prompt {prompt!r}; expected one of: {', '.join(PROMPTS)}")
+        if prompt == "brief" and not self.brief:
+            raise TaskError(f"{self.source}: task {self.name!r} has no brief prompt; add a one-line brief = \"...\" "
+                            "or use the full prompt")
+        return dataclasses.replace(self, prompt=prompt)
+
     def system_prompt(self) -> str:
-        """The instruction, then the exact JSON schema with every allowed value."""
+        """The instruction, then the exact JSON schema with every allowed value; or, brief, one line and the keys.
+
+        >>> load_task("factory-tickets").with_prompt("brief").system_prompt()
+        'Triage this factory maintenance ticket. Answer with one JSON object with the keys asset, category, \
+severity, line_stopped.'
+        """
+        if self.prompt == "brief":
+            return f"{self.brief} Answer with one JSON object with the keys {', '.join(self.field_names)}."
         keys = "\n".join(f.schema_line() for f in self.fields)
         return (f"{self.instruction.strip()}\n\nAnswer with one JSON object and nothing else, with exactly "
                 f"these keys:\n{keys}")
@@ -89,7 +119,7 @@ class Task:
         ['system', 'user']
         """
         out = [{"role": "system", "content": self.system_prompt()}]
-        for ex in self.examples:
+        for ex in self.examples if self.prompt == "full" else ():
             out += [{"role": "user", "content": self.user_prompt(ex.input)},
                     {"role": "assistant", "content": self.format_answer(ex.output)}]
         return out + [{"role": "user", "content": self.user_prompt(input_text)}]
@@ -135,7 +165,7 @@ class Task:
         out = {f.name: {"type": f.type, "description": f.description, "values": list(f.values),
                         "pattern": f.pattern, "normalize": f.normalize} for f in self.fields}
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
-                "input": self.input, "instruction": self.instruction,
+                "input": self.input, "instruction": self.instruction, **({"brief": self.brief} if self.brief else {}),
                 "output": {k: {a: b for a, b in v.items() if b not in (None, "", [])} for k, v in out.items()},
                 "examples": [{"input": e.input, "output": e.output} for e in self.examples],
                 "source": str(self.source)}
@@ -164,7 +194,7 @@ def _values(v: Any) -> tuple[str, ...]:
 _non_empty = schema.expect(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 _TOP: dict[str, Callable[[Any], Any]] = {
     "schema_version": schema.version(SCHEMA_VERSION), "name": schema.NAME,
-    "description": schema.TEXT, "input": _non_empty, "instruction": _non_empty,
+    "description": schema.TEXT, "input": _non_empty, "instruction": _non_empty, "brief": _non_empty,
     "output": schema.expect(lambda v: isinstance(v, dict) and v != {}, "a table with at least one field"),
     "examples": schema.expect(lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v),
                     "a list of tables ([[examples]])"),
@@ -232,7 +262,8 @@ def parse_task(data: Mapping[str, Any], source: str | os.PathLike[str]) -> Task:
                     examples.append(TaskExample(got["input"], answer))
     schema.raise_problems(problems, source, TaskError)
     return Task(name=top["name"], description=top.get("description", ""), input=top["input"],
-                instruction=top["instruction"], fields=tuple(fields), examples=tuple(examples), source=Path(source))
+                instruction=top["instruction"], fields=tuple(fields), examples=tuple(examples), source=Path(source),
+                brief=top.get("brief", "").strip())
 
 
 def _read(path: Path) -> Task:
