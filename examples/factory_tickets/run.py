@@ -27,6 +27,7 @@ functions run the benchmark ``benchmarks/knowledge_transfer.py``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -119,7 +120,8 @@ def teach(s: Settings, times: dict[str, float]) -> None:
     # one engine per core: llama.cpp decodes a 135M model faster as two single-thread workers
     run_stage("teach", p["teacher_data"], supertiny(
         "teach", p["domain_gguf"], "--task", TASK, "--prompts", DATA / "train.jsonl", "--out", p["teacher_data"],
-        "--samples", s.samples, "--stop-when-perfect", "--concurrency", s.threads, "--threads", 1, "--max-new-tokens", 64), times, p["log"])
+        "--samples", s.samples, "--stop-when-perfect", "--concurrency", s.threads, "--threads", 1,
+        "--max-new-tokens", 64), times, p["log"])
 
 
 def student(s: Settings, times: dict[str, float], out: Path | None = None, width: dict[str, str] | None = None,
@@ -153,12 +155,30 @@ def rl(s: Settings, times: dict[str, float]) -> None:
         *resume_flag(p["rl"])), times, p["log"])
 
 
+def _identity(model: Path | str) -> str:
+    """What identifies a model's weights for the evaluation cache: its manifest, else its files' sizes."""
+    p = Path(model)
+    sidecar = p / "supertiny.json" if p.is_dir() else Path(f"{p}.supertiny.json")
+    if sidecar.is_file():
+        return hashlib.sha256(sidecar.read_bytes()).hexdigest()
+    return str(model) if not p.exists() else json.dumps(sorted((q.name, q.stat().st_size) for q in
+                                                               (p.iterdir() if p.is_dir() else [p])))
+
+
 def evaluate(s: Settings, model: Path | str, data: Path | None = None, limit: int | None = -1) -> dict[str, Any]:
     """``supertiny eval MODEL --task factory-tickets --data test.jsonl --json`` (the model's own prompt);
-    ``limit`` -1: the run's ``eval_limit``."""
+    ``limit`` -1: the run's ``eval_limit``. Reports are kept in ``WORK/evals/`` and reused while the model's
+    manifest is unchanged."""
     limit = s.eval_limit if limit == -1 else limit
-    argv = supertiny("eval", model, "--task", TASK, "--data", data or DATA / "test.jsonl", "--max-new-tokens", 64,
+    data = data or DATA / "test.jsonl"
+    argv = supertiny("eval", model, "--task", TASK, "--data", data, "--max-new-tokens", 64,
                      "--threads", s.threads, "--json", *(["--limit", limit] if limit else []))
+    key = hashlib.sha256(json.dumps([argv[3:], _identity(model)], default=str).encode()).hexdigest()[:16]
+    cache = s.work / "evals" / f"{Path(str(model)).name}-{Path(data).stem}-{key}.json"
+    if cache.is_file():
+        report = json.loads(cache.read_text(encoding="utf-8"))
+        print(f"[eval] {model}: task score {report['task_score']:.3f} (kept from {cache.name})", flush=True)
+        return report
     print(f"[eval] $ {' '.join(['supertiny', *argv[3:]])}", flush=True)
     t0 = time.perf_counter()
     r = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
@@ -166,6 +186,8 @@ def evaluate(s: Settings, model: Path | str, data: Path | None = None, limit: in
         raise SystemExit(f"[eval] {model} failed (exit {r.returncode})")
     report = json.loads(r.stdout)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps(report), encoding="utf-8")
     print(f"[eval] {model}: task score {report['task_score']:.3f} ({report['wall_s']:.0f} s)", flush=True)
     return report
 
