@@ -182,6 +182,29 @@ def test_resume_after_interruption_is_bit_identical(setup, make_tiny_dir):
     assert not all(torch.equal(a[k], s[k]) for k in a)  # it did train
 
 
+def _half_solved(task, text, label):
+    """Every answer to a 'red' prompt gets 1 (a solved prompt: no signal); others get 1 for an even length."""
+    return 1.0 if label["color"] == "red" else float(len(text) % 2 == 0)
+
+
+def test_dynamic_sampling_replaces_solved_groups_and_resumes_exactly(setup):
+    tmp, student = setup
+    args = (tmp / "task.toml", tmp / "data.jsonl")
+    plain = rl(student, tmp / "plain", *args, _cfg(steps=4), reward=_half_solved)
+    dyn = rl(student, tmp / "dyn", *args, _cfg(steps=4, resample=4), reward=_half_solved)
+    logs = [r for r in read_metrics_lines(tmp / "dyn") if "loss" in r]
+    assert all(r["groups_sampled"] >= 2 for r in logs)
+    assert dyn.details["informative_share"] > plain.details["informative_share"]
+    assert dyn.details["informative_share"] >= 0.75 and dyn.details["groups_sampled_per_step"] > 2
+    with pytest.raises(Killed):
+        rl(student, tmp / "b", *args, _cfg(steps=4, resample=4), reward=_half_solved, callbacks=[kill_at(3)])
+    rl(student, tmp / "b", *args, _cfg(steps=4, resample=4), reward=_half_solved, resume=True)
+    a, b = load_file(tmp / "dyn" / "model.safetensors"), load_file(tmp / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InvalidInputError, match="resample must be at least 0"):
+        _cfg(resample=-1)
+
+
 def test_bad_data_and_settings_are_one_line_errors(setup):
     tmp, student = setup
     bad = tmp / "bad.jsonl"

@@ -10,7 +10,12 @@ One optimizer step, per batch of prompts:
    Labelled data is required (``{"input": ..., "label": {...}}``).
 3. **Advantage.** :func:`group_advantages`: ``(r - mean(group)) / (std(group) + eps)``,
    the sample standard deviation (as TRL's GRPO); a group whose rewards are all equal
-   teaches nothing and gets advantage 0.
+   teaches nothing and gets advantage 0. With ``resample`` > 0 (DAPO's *dynamic
+   sampling*), such a group is replaced: up to ``resample`` more rounds sample groups for
+   prompts drawn at random (seeded) from the data, and the batch keeps the groups whose
+   rewards differ. After distillation most train prompts are solved by every sample,
+   and without this most steps would update nothing but the KL term. ``reward_mean`` in
+   the metrics is the first round's (the data's own distribution).
 4. **Loss.** :func:`policy_loss`, over the sampled answer tokens (up to and including the
    first end-of-turn token), ``logπ`` taken from ``logits / temperature``::
 
@@ -61,6 +66,7 @@ class RLConfig:
     max_new_tokens: int = 96
     max_length: int = 1024  # prompt + max_new_tokens; longer prompts are skipped and counted
     adv_eps: float = 1e-4
+    resample: int = 0  # extra sampling rounds replacing groups whose rewards are all equal (dynamic sampling)
     bf16: bool = False
     save_every: int = 25
     eval_every: int = 0  # 0: evaluate only at the end
@@ -73,6 +79,8 @@ class RLConfig:
         problems = []
         if self.group < 2:
             problems.append(f"group must be at least 2 (advantages compare answers), got {self.group}")
+        if self.resample < 0:
+            problems.append(f"resample must be at least 0, got {self.resample}")
         problems += bound_problems(self, ("steps", "batch_prompts", "max_new_tokens", "max_length", "dev_limit"),
                                    ("save_every", "eval_every", "seed", "kl_coef"))
         if self.lr <= 0 or self.temperature <= 0 or self.adv_eps <= 0:
@@ -167,9 +175,10 @@ class Rollout:
         return int(self.completions.shape[1])
 
 
-def rollout(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group: int, temperature: float,
-            max_new_tokens: int, seed: int) -> Rollout:
-    """Sample ``group`` answers for each prompt (ids, no padding) with ``model``; deterministic for a seed."""
+def sample_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group: int, temperature: float,
+                   max_new_tokens: int, seed: int) -> list[list[int]]:
+    """``group`` sampled answers per prompt (ids, no padding; prompt-major order), each up to and including its
+    first eos; deterministic for a seed."""
     import torch
     from transformers import GenerationConfig
 
@@ -193,13 +202,34 @@ def rollout(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group:
             out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen)
     finally:
         model.train(was_training)
-    comp = out[:, width:].clone()
-    mask = answer_mask(comp, tokenizer.eos_token_id).to(device)
-    comp = torch.where(mask.bool(), comp, torch.full_like(comp, pad))
-    full_att = torch.cat([att.repeat_interleave(group, dim=0), mask], dim=1)
-    texts = tokenizer.batch_decode([c[m.bool()] for c, m in zip(comp, mask, strict=True)], skip_special_tokens=True)
-    return Rollout(torch.cat([ids.repeat_interleave(group, dim=0), comp], dim=1), full_att,
-                   (full_att.cumsum(-1) - 1).clamp_min(0), comp, mask, texts)
+    comp = out[:, width:].cpu()
+    mask = answer_mask(comp, tokenizer.eos_token_id)
+    return [c[m.bool()].tolist() for c, m in zip(comp, mask, strict=True)]
+
+
+def pack(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], tokenizer: Any, device: Any = "cpu"
+         ) -> Rollout:
+    """Rows of prompt + answer (ids, one prompt per row) as one left-padded :class:`Rollout`."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width, span = max(len(p) for p in prompts), max(1, max(len(a) for a in answers))
+    ids = torch.full((len(prompts), width + span), pad, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for b, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        ids[b, width - len(p):width + len(a)] = torch.tensor([*p, *a], dtype=torch.long)
+        att[b, width - len(p):width + len(a)] = 1
+    ids, att = ids.to(device), att.to(device)
+    texts = tokenizer.batch_decode([list(a) for a in answers], skip_special_tokens=True)
+    return Rollout(ids, att, (att.cumsum(-1) - 1).clamp_min(0), ids[:, width:], att[:, width:], texts)
+
+
+def rollout(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group: int, temperature: float,
+            max_new_tokens: int, seed: int) -> Rollout:
+    """Sample ``group`` answers for each prompt (ids, no padding) with ``model``; deterministic for a seed."""
+    answers = sample_answers(model, tokenizer, prompts, group, temperature, max_new_tokens, seed)
+    rows = [p for p in prompts for _ in range(group)]
+    return pack(rows, answers, tokenizer, next(model.parameters()).device)
 
 
 def rollout_logits(model: Any, ro: Rollout, temperature: float) -> Any:

@@ -15,7 +15,7 @@ from transformers.trainer_utils import SchedulerType
 
 from ..errors import InvalidInputError
 from ..manifest import Manifest, StageRun
-from .rl import STAGE, STAGE_VERSION, RLConfig, group_advantages, policy_loss, rollout, rollout_logits
+from .rl import STAGE, STAGE_VERSION, RLConfig, group_advantages, pack, policy_loss, rollout_logits, sample_answers
 from .trainer import MeteredTrainer
 
 
@@ -83,7 +83,41 @@ class RLTrainer(MeteredTrainer):
         self._reset()
 
     def _fields(self) -> dict[str, Any]:
-        return {"reward": [], "kl": 0.0, "pg": 0.0, "rollout_s": 0.0}
+        return {"reward": [], "kl": 0.0, "pg": 0.0, "rollout_s": 0.0, "groups": 0, "informative": 0}
+
+    def _sample(self, policy: Any, batch: list[Prompt], seed: int) -> tuple[list[Prompt], list[list[int]], Any]:
+        """Groups of sampled answers for ``batch``, groups with equal rewards replaced by up to ``resample``
+        rounds of groups for random prompts; returns the kept prompts (one per group), answers and rewards."""
+        c, g = self.rl, self.rl.group
+        draw = torch.Generator().manual_seed(seed)
+        kept: list[tuple[Prompt, list[list[int]], Any]] = []
+        flat: list[tuple[Prompt, list[list[int]], Any]] = []
+        first: list[tuple[Prompt, list[list[int]], Any]] = []
+        todo = batch
+        for round_ in range(c.resample + 1):
+            answers = sample_answers(policy, self.tok, [p.ids for p in todo], g, c.temperature, c.max_new_tokens,
+                                     seed + 7919 * round_)
+            texts = self.tok.batch_decode(answers, skip_special_tokens=True)
+            rewards = torch.tensor([self.reward_fn(self.task, t, p.label)
+                                    for p, t in zip([p for p in todo for _ in range(g)], texts, strict=True)])
+            if round_ == 0:
+                self._meter["reward"] += rewards.tolist()
+            self._meter["groups"] += len(todo)
+            for j, p in enumerate(todo):
+                r = rewards[j * g:(j + 1) * g]
+                group = (p, answers[j * g:(j + 1) * g], r)
+                (kept if bool(r.max() > r.min()) else flat).append(group)
+                if round_ == 0:
+                    first.append(group)
+            need = len(batch) - len(kept)
+            if need == 0 or round_ == c.resample:
+                break
+            todo = [self.prompts[int(i)] for i in torch.randint(len(self.prompts), (need,), generator=draw)]
+        # without resampling the batch stays as drawn; with it, informative groups first, equal-reward ones fill up
+        chosen = first if c.resample == 0 else (kept + flat)[: len(batch)]
+        self._meter["informative"] += sum(bool(r.max() > r.min()) for _, _, r in chosen)
+        return ([p for p, _, _ in chosen], [a for _, ans, _ in chosen for a in ans],
+                torch.cat([r for _, _, r in chosen]))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -93,10 +127,9 @@ class RLTrainer(MeteredTrainer):
         seed = c.seed * 1_000_003 + self.state.global_step * 101 + self.args.process_index
         policy = self.accelerator.unwrap_model(model)
         t0 = time.perf_counter()
-        ro = rollout(policy, self.tok, [p.ids for p in batch], c.group, c.temperature, c.max_new_tokens, seed)
-        labels = [p.label for p in batch for _ in range(c.group)]
-        rewards = torch.tensor([self.reward_fn(self.task, t, lab) for t, lab in zip(ro.texts, labels, strict=True)])
-        adv = group_advantages(rewards.view(len(batch), c.group), c.adv_eps).flatten().to(ro.input_ids.device)
+        chosen, answers, rewards = self._sample(policy, batch, seed)
+        ro = pack([p.ids for p in chosen for _ in range(c.group)], answers, self.tok, next(policy.parameters()).device)
+        adv = group_advantages(rewards.view(len(chosen), c.group), c.adv_eps).flatten().to(ro.input_ids.device)
         with torch.no_grad():
             ref_logits = rollout_logits(self.reference, ro, c.temperature)
         logits = rollout_logits(model, ro, c.temperature)
@@ -105,7 +138,6 @@ class RLTrainer(MeteredTrainer):
         m["rollout_s"] += time.perf_counter() - t0
         m["tokens"] += int(ro.attention_mask.sum())
         m["answer_tokens"] += int(ro.mask.sum())
-        m["reward"] += rewards.tolist()
         m["kl"] += parts["kl"]
         m["pg"] += parts["pg"]
         m["n"] += 1
@@ -114,7 +146,8 @@ class RLTrainer(MeteredTrainer):
     def _figures(self, m: dict[str, Any], secs: float, rates: dict[str, float]) -> dict[str, float]:
         r = torch.tensor(m["reward"])
         return {"reward_mean": float(r.mean()), "reward_std": float(r.std(unbiased=False)), "kl": m["kl"] / m["n"],
-                "pg": m["pg"] / m["n"], **rates,
+                "pg": m["pg"] / m["n"], "groups_sampled": m["groups"] / m["n"],
+                "informative_share": m["informative"] / (m["n"] * self.rl.batch_prompts), **rates,
                 "rollout_share": min(1.0, m["rollout_s"] / secs)}  # sampling's part of the step time
 
 
@@ -199,6 +232,8 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
             "tokens_per_s": _mean([r["tokens_per_s"] for r in steady]),
             "answer_tokens_per_s": _mean([r["answer_tokens_per_s"] for r in steady]),
             "rollout_share": round(sum(r["rollout_share"] for r in steady) / len(steady), 3) if steady else None,
+            "informative_share": round(sum(r["informative_share"] for r in logs) / len(logs), 3) if logs else None,
+            "groups_sampled_per_step": round(sum(r["groups_sampled"] for r in logs) / len(logs), 2) if logs else None,
             "reference": "teacher" if teacher else "initial student", "world_size": args.world_size,
             "task_prompt": prompt_record(spec),
         }
