@@ -16,7 +16,8 @@ stage and the test scores go to ``WORK/run.json``.
 4. **student**: the domain teacher depth-pruned to ``--layers`` of its 30 layers;
 5. **kd**: logit distillation (forward KL on the teacher's cached top-k, mixed with the
    cross-entropy on the teacher's answers);
-6. **rl**: GRPO-style RL on the task reward with a KL penalty toward the teacher;
+6. **rl**: GRPO-style RL on the task reward with a KL penalty toward the teacher, groups
+   whose answers all scored the same replaced by fresh prompts (dynamic sampling);
 7. **eval**: task score on the test split for the domain teacher and each student;
 8. **deploy**: the final student exported as a Q8_0 GGUF (parity-checked).
 
@@ -54,6 +55,7 @@ class Settings:
     kd_loss: str = "fkl"
     rl_steps: int = 20
     rl_group: int = 4
+    rl_resample: int = 3  # dynamic sampling: most train prompts are solved after KD
     eval_limit: int | None = None  # test records scored (None: all 200)
     threads: int = 2
 
@@ -150,7 +152,7 @@ def rl(s: Settings, times: dict[str, float]) -> None:
     p = paths(s)
     run_stage("rl", p["rl"], supertiny(
         "rl", p["kd"], "--task", TASK, "--data", DATA / "train.jsonl", "--out", p["rl"], "--teacher", p["domain"],
-        "--steps", s.rl_steps, "--group", s.rl_group, "--batch-prompts", 2, "--lr", "1e-5", "--kl-coef", "0.05",
+        "--steps", s.rl_steps, "--group", s.rl_group, "--batch-prompts", 2, "--resample", s.rl_resample, "--lr", "1e-5", "--kl-coef", "0.05",
         "--max-new-tokens", 48, "--bf16", "--save-every", 5, "--dev", DATA / "dev.jsonl", "--dev-limit", 20,
         *resume_flag(p["rl"])), times, p["log"])
 
