@@ -1,7 +1,7 @@
 """Generate labelled factory maintenance tickets for the built-in ``factory-tickets`` task.
 
     python examples/factory_tickets/generate.py --out examples/factory_tickets/data --seed 0 \\
-        --train 600 --dev 100 --test 200
+        --train 600 --dev 100 --test 200 --rl 400
 
 Each ticket is built from facts (an asset tag, a fault of one category, its impact, whether
 people are in danger) and phrases from ``ticket_phrases.py``; the label is computed from the same
@@ -23,8 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ticket_phrases as P  # noqa: E402  (a sibling module; this file runs as a script)
 
-SPLITS = ("train", "dev", "test")
-DEFAULT_SIZES = {"train": 600, "dev": 100, "test": 200}
+# rl: fresh labelled prompts for the RL stage (after distillation the student solves every train prompt, which
+# leaves on-policy RL nothing to learn from). Last, so that adding it leaves the other splits as they were.
+SPLITS = ("train", "dev", "test", "rl")
+DEFAULT_SIZES = {"train": 600, "dev": 100, "test": 200, "rl": 400}
 CATEGORIES = ("electrical", "mechanical", "hydraulic", "pneumatic", "control", "sensor")  # safety comes from danger
 # impact kinds of a ticket with no danger, and how often they are drawn (L: low, XS: scrap and stopped)
 KINDS = {"L": 0.2, "S": 0.3, "X": 0.1, "XS": 0.05, "D": 0.25, "R": 0.1}
@@ -160,9 +162,9 @@ def generate(seed: int, sizes: dict[str, int]) -> dict[str, list[dict]]:
             seen.add(key)
             records.append({"input": text, "label": facts.label()})
     out, start = {}, 0
-    for split in SPLITS:
-        out[split] = records[start:start + sizes.get(split, 0)]
-        start += sizes.get(split, 0)
+    for split in (s for s in SPLITS if s in sizes):
+        out[split] = records[start:start + sizes[split]]
+        start += sizes[split]
     return out
 
 
