@@ -219,12 +219,13 @@ def activations_of(scheme: Scheme) -> str:
     return "float (not quantized)"
 
 
-Handler = Callable[[Any, Any, "list[tuple[str, torch.nn.Linear]]", QuantResult, Any], None]
+Progress = Callable[[int, int], None]  # (Linears done, Linears in all)
+Handler = Callable[[Any, Any, "list[tuple[str, torch.nn.Linear]]", QuantResult, Any, "Progress"], None]
 HANDLERS: dict[type, Handler] = {}
 
 
 def register(config_type: type) -> Callable[[Handler], Handler]:
-    """Decorator: make ``fn(model, scheme, targets, result, calib)`` the handler of ``config_type``."""
+    """Decorator: make ``fn(model, scheme, targets, result, calib, progress)`` the handler of ``config_type``."""
 
     def add(fn: Handler) -> Handler:
         HANDLERS[config_type] = fn
@@ -245,13 +246,15 @@ def targets_of(model: Any, head: bool) -> list[tuple[str, torch.nn.Linear]]:
     return out
 
 
-def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None = None) -> QuantResult:
+def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None = None,
+              progress: Progress | None = None) -> QuantResult:
     """Quantize ``model``'s Linears in place (simulated: weights dequantized, activation hooks attached).
 
     Args:
         model: a ``*ForCausalLM`` of a supported architecture, float32, on the CPU.
         scheme: :class:`W4A16`, :class:`W8A8` or :class:`FP8`.
         calib: token windows for calibrated methods (GPTQ, AWQ); ignored by RTN.
+        progress: called with (Linears done, Linears in all).
 
     Returns:
         :class:`QuantResult` (codes to store, per-layer rows, what stayed in float).
@@ -271,7 +274,7 @@ def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None 
     result = QuantResult(scheme, tied=_param_name(model, emb.weight) if tied and head else None)
     targets = targets_of(model, head)
     with torch.no_grad():
-        handler(model, scheme, targets, result, calib)
+        handler(model, scheme, targets, result, calib, progress or (lambda _d, _t: None))
     quantized = {id(m.weight) for _, m in targets}
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -313,7 +316,7 @@ def _store_int4(result: QuantResult, name: str, module: torch.nn.Linear, q: Any,
 
 @register(W4A16)
 def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
-           calib: Any) -> None:
+           calib: Any, progress: Progress) -> None:
     alphas: dict[str, float] = {}
     stats = None
     if scheme.method != "rtn":
@@ -325,7 +328,7 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
         from .awq import apply_awq_
 
         alphas = apply_awq_(model, scheme, stats, result)
-    for path, module in targets:
+    for done, (path, module) in enumerate(targets, 1):
         name = f"{path}.weight"
         if scheme.method == "gptq":
             from .gptq import gptq_int4
@@ -335,6 +338,7 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
             q = quantize_int4(module.weight, scheme.group, scheme.symmetric)
         extra = {"awq_alpha": alphas[path]} if path in alphas else {}
         _store_int4(result, name, module, q, **extra)
+        progress(done, len(targets))
 
 
 def _act_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
@@ -346,21 +350,22 @@ def _act_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
 
 @register(W8A8)
 def _w8a8(model: Any, scheme: W8A8, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
-          calib: Any) -> None:
-    for path, module in targets:
+          calib: Any, progress: Progress) -> None:
+    for done, (path, module) in enumerate(targets, 1):
         name = f"{path}.weight"
         codes, scale = quantize_int8_rows(module.weight)
         module.weight.copy_((codes.float() * scale).to(module.weight.dtype))
         result.codes.update({f"{name}.codes": codes, f"{name}.scales": scale})
         _record(result, name, module.weight, 8 + SCALE_BITS / module.in_features)
         result.hooks.append(module.register_forward_pre_hook(_act_hook(fake_int8_rows)))
+        progress(done, len(targets))
 
 
 @register(FP8)
 def _fp8(model: Any, scheme: FP8, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
-         calib: Any) -> None:
+         calib: Any, progress: Progress) -> None:
     per_row = scheme.granularity == "channel"
-    for path, module in targets:
+    for done, (path, module) in enumerate(targets, 1):
         name = f"{path}.weight"
         codes, scale = quantize_fp8(module.weight, per_row)
         module.weight.copy_((codes.float() * scale).to(module.weight.dtype))
@@ -368,6 +373,7 @@ def _fp8(model: Any, scheme: FP8, targets: list[tuple[str, torch.nn.Linear]], re
         # float32 scales: one per tensor, or one per output row
         _record(result, name, module.weight, 8 + 32 / (module.in_features if per_row else module.weight.numel()))
         result.hooks.append(module.register_forward_pre_hook(_act_hook(lambda x, r=per_row: fake_fp8(x, r))))
+        progress(done, len(targets))
 
 
 def save_codes(result: QuantResult, folder: Path) -> Path:
@@ -383,7 +389,8 @@ def save_codes(result: QuantResult, folder: Path) -> Path:
 
 
 def read_codes(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The scheme (as recorded) and every quantized weight rebuilt from ``folder``'s stored codes (float32).
+    """What ``folder``'s codes file records (``scheme``, ``tied``, ``version``) and every quantized weight
+    rebuilt from its codes (float32), by tensor name.
 
     Raises:
         InvalidInputError: no codes file, or one of another format.
@@ -407,4 +414,4 @@ def read_codes(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
             weights[name] = q.dequantize()
         else:
             weights[name] = codes.float() * scales
-    return scheme, weights
+    return {"scheme": scheme, "tied": meta.get("tied") or None, "version": int(meta["version"])}, weights
