@@ -199,7 +199,7 @@ def test_awq_keeps_the_function_before_rounding():
     (stats,) = calibrate(m, windows, [InputStatistic(paths)])
     assert stats[paths[0]] is stats[paths[1]]  # q and k read the same tensor: one set of sums
     with torch.no_grad():
-        alphas = apply_awq_(m, W4A16(group=32, method="awq"), stats, QuantResult(W4A16()))
+        alphas, _ = apply_awq_(m, W4A16(group=32, method="awq"), stats, QuantResult(W4A16()))
     assert any(a > 0 for a in alphas.values())
     torch.testing.assert_close(_logits(m, windows), _logits(base, windows), rtol=1e-4, atol=1e-4)
 

@@ -36,11 +36,13 @@ def _fold_(prev: Any, s: torch.Tensor) -> None:
         prev.weight.div_(s)
 
 
-def apply_awq_(model: Any, scheme: Any, stats: dict[str, InputStats], result: Any) -> dict[str, float]:
+def apply_awq_(model: Any, scheme: Any, stats: dict[str, InputStats], result: Any
+               ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Search and fold AWQ scales for every group of every layer (and an untied output layer).
 
     Returns:
-        the chosen exponent α per Linear path (0 means plain RTN won).
+        the chosen exponent α per Linear path (0 means plain RTN won) and the scale ``s`` per path
+        (ones where none was applied): the Linear's input is now ``x / s``.
     """
     layout, dims = layout_of(model), shape(model.config)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -55,10 +57,12 @@ def apply_awq_(model: Any, scheme: Any, stats: dict[str, InputStats], result: An
         result.notes.append(f"AWQ: {layout.path('lm_head')} is tied to the embedding (a scale would change both): "
                             "rounded without AWQ scaling")
     alphas: dict[str, float] = {}
+    scales: dict[str, torch.Tensor] = {}
     for prev, paths, tie in groups:
         linears = [model.get_submodule(p) for p in paths]
         s, alpha, _ = awq_search([m.weight for m in linears], stats[paths[0]], scheme.group, scheme.symmetric,
                                  scheme.awq_grid, tie)
+        scales.update(dict.fromkeys(paths, s))
         if alpha == 0:
             alphas.update(dict.fromkeys(paths, 0.0))
             continue
@@ -67,4 +71,6 @@ def apply_awq_(model: Any, scheme: Any, stats: dict[str, InputStats], result: An
         for m in linears:
             m.weight.mul_(s[None, :])
         alphas.update(dict.fromkeys(paths, alpha))
-    return alphas
+    for path, st in stats.items():  # Linears outside any group (a tied output layer): unscaled
+        scales.setdefault(path, torch.ones(st.h.shape[0]))
+    return alphas, scales

@@ -9,6 +9,9 @@ layer's output error, up to a factor) and ``mean |x|`` per input channel.
   the inverse Hessian (Cholesky form), so that ``‖(W - Q) X‖`` stays small. Damping adds
   ``damp * mean(diag H)`` to the diagonal; group scales and zero points are computed
   when the loop reaches a group's first column, from the error-updated weights.
+* **Clip search** (AWQ's ``auto_clip``): each group's range is shrunk by the ratio in
+  :data:`CLIP_RATIOS` that minimises that group's own output error ``Δ_g H_gg Δ_gᵀ``
+  per row (:func:`clip_int4`).
 * **AWQ** (Lin et al., 2023): scale input channel ``j`` of the weights by
   ``s_j = mean|x_j|^α`` before rounding and divide the activations by ``s`` (folded
   into the op that produces them: a norm's weight, the rows of ``v_proj`` or
@@ -31,9 +34,10 @@ import torch
 
 from ..errors import InvalidInputError
 from .data import Statistic
-from .qformats import Int4Weight, group_slices, int4_codes, int4_params, quantize_int4
+from .qformats import Int4Weight, group_slices, int4_codes, int4_dequant, int4_params, quantize_int4
 
 GPTQ_BLOCK = 128  # columns updated lazily together (a multiple of every group size offered)
+CLIP_RATIOS = tuple(1 - i / 20 for i in range(10))  # AWQ's clip search: the group range times 1.0 ... 0.55
 
 
 @dataclass(frozen=True)
@@ -189,3 +193,26 @@ def awq_search(weights: Sequence[torch.Tensor], stats: InputStats, group: int, s
             best = (loss, alpha, s)
     assert best is not None
     return best[2], best[1], losses
+
+
+def clip_int4(w: torch.Tensor, h: torch.Tensor, group: int, symmetric: bool) -> Int4Weight:
+    """Round-to-nearest int4 with each row's group range shrunk by the ratio (of :data:`CLIP_RATIOS`) that
+    minimises the group's output error over the calibration inputs (``H = mean(x xᵀ)``)."""
+    w = w.detach().float()
+    cols = group_slices(w.shape[1], group)
+    codes = torch.empty(w.shape, dtype=torch.uint8)
+    scales = torch.empty(w.shape[0], len(cols), dtype=torch.float32)
+    zeros = torch.empty(w.shape[0], len(cols), dtype=torch.uint8)
+    for g, c in enumerate(cols):
+        wg, hg = w[:, c], h[c, c]
+        best = torch.full((w.shape[0],), float("inf"))
+        for ratio in CLIP_RATIOS:
+            scale, zero = int4_params(wg, symmetric, ratio)
+            q = int4_codes(wg, scale, zero)
+            d = int4_dequant(q, scale, zero) - wg
+            err = ((d @ hg) * d).sum(1)
+            better = err < best
+            best = torch.where(better, err, best)
+            scales[better, g], zeros[better, g] = scale[better], zero[better]
+            codes[better, c] = q[better]
+    return Int4Weight(codes, scales, zeros, group)

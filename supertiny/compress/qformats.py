@@ -47,8 +47,9 @@ def group_slices(in_features: int, group: int) -> list[slice]:
     return [slice(b, min(b + group, in_features)) for b in range(0, in_features, group)]
 
 
-def int4_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of each row of ``w`` (one group: ``[rows, columns]``).
+def int4_params(w: torch.Tensor, symmetric: bool, ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each row of ``w`` (one group: ``[rows, columns]``); ``ratio < 1`` shrinks the
+    range (clipping the extremes), as AWQ's clip search tries.
 
     Returns:
         ``(scale float32 [rows], zero uint8 [rows])``.
@@ -56,12 +57,12 @@ def int4_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.T
     w = w.float()
     if symmetric:
         idx = w.abs().argmax(dim=1, keepdim=True)
-        m = w.gather(1, idx)[:, 0]
+        m = w.gather(1, idx)[:, 0] * ratio
         scale = m / -8.0
         zero = torch.full_like(scale, 8.0)
     else:
-        lo = w.min(dim=1).values.clamp(max=0)
-        hi = w.max(dim=1).values.clamp(min=0)
+        lo = w.min(dim=1).values.clamp(max=0) * ratio
+        hi = w.max(dim=1).values.clamp(min=0) * ratio
         scale = (hi - lo) / INT4_MAX_CODE
         zero = None
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)

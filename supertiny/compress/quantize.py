@@ -12,7 +12,8 @@ kernel runs (``kernel: "simulated"`` in the report).
   calibration windows). AWQ folds its per-channel scales into the op that feeds each
   group of Linears (the norms, ``v_proj`` rows for ``o_proj``, ``up_proj`` rows for
   ``down_proj``), so the model stays a plain checkpoint whose Linear weights are
-  exactly ``(code - zero) * scale``.
+  exactly ``(code - zero) * scale``; its rounding then shrinks each group's range by
+  the ratio that minimises the group's output error (AWQ's clip search).
 * :class:`W8A8` — int8 per-output-channel weights, int8 dynamic per-token activations.
 * :class:`FP8` — FP8 E4M3 weights and dynamic activations, one scale per tensor
   (``granularity="tensor"``) or per output channel / per token (``"channel"``).
@@ -283,10 +284,19 @@ def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None 
         seen.add(id(p))
         if id(p) not in quantized:
             result.float_params += p.numel()
-            why = "bias" if name.endswith(".bias") else "norm" if p.dim() == 1 else \
-                "embedding lookup table (untied)" if p is emb.weight else "output layer (head=False)"
-            result.kept_float[name] = why
+            result.kept_float[name] = _why_float(name, p, p is emb.weight, tied)
     return result
+
+
+def _why_float(name: str, p: torch.Tensor, is_embedding: bool, tied: bool) -> str:
+    """Why a parameter stayed in float (the report's ``kept_float``)."""
+    if name.endswith(".bias"):
+        return "bias"
+    if p.dim() == 1:
+        return "norm"
+    if is_embedding:
+        return "embedding and tied output layer (head=False)" if tied else "embedding lookup table (untied)"
+    return "output layer (head=False)"
 
 
 def _param_name(model: Any, p: torch.Tensor) -> str:
@@ -318,6 +328,7 @@ def _store_int4(result: QuantResult, name: str, module: torch.nn.Linear, q: Any,
 def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
            calib: Any, progress: Progress) -> None:
     alphas: dict[str, float] = {}
+    scales: dict[str, torch.Tensor] = {}
     stats = None
     if scheme.method != "rtn":
         from .data import calibrate
@@ -327,13 +338,19 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
     if scheme.method == "awq":
         from .awq import apply_awq_
 
-        alphas = apply_awq_(model, scheme, stats, result)
+        alphas, scales = apply_awq_(model, scheme, stats, result)
     for done, (path, module) in enumerate(targets, 1):
         name = f"{path}.weight"
         if scheme.method == "gptq":
             from .gptq import gptq_int4
 
             q = gptq_int4(module.weight, stats[path].h, scheme.group, scheme.symmetric, scheme.damp)
+        elif scheme.method == "awq":
+            from .gptq import clip_int4
+
+            # the scaled weight's input is x / s: its H is diag(1/s) H diag(1/s)
+            s = scales[path]
+            q = clip_int4(module.weight, stats[path].h / s[:, None] / s[None, :], scheme.group, scheme.symmetric)
         else:
             q = quantize_int4(module.weight, scheme.group, scheme.symmetric)
         extra = {"awq_alpha": alphas[path]} if path in alphas else {}
