@@ -11,7 +11,8 @@ layer's output error, up to a factor) and ``mean |x|`` per input channel.
   when the loop reaches a group's first column, from the error-updated weights.
 * **Clip search** (AWQ's ``auto_clip``): each group's range is shrunk by the ratio in
   :data:`CLIP_RATIOS` that minimises that group's own output error ``Δ_g H_gg Δ_gᵀ``
-  per row (:func:`clip_int4`).
+  per row (:func:`clip_params`); AWQ rounds with it (:func:`clip_int4`), and GPTQ picks
+  each group's scale with it on the error-updated columns.
 * **AWQ** (Lin et al., 2023): scale input channel ``j`` of the weights by
   ``s_j = mean|x_j|^α`` before rounding and divide the activations by ``s`` (folded
   into the op that produces them: a norm's weight, the rows of ``v_proj`` or
@@ -104,8 +105,12 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
                             "tokens")
 
 
-def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int, symmetric: bool, damp: float = 0.01) -> Int4Weight:
+def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int, symmetric: bool, damp: float = 0.01,
+              clip: bool = True) -> Int4Weight:
     """GPTQ-quantize a weight ``[out, in]`` to group-wise int4, given its input's ``H`` ``[in, in]``.
+
+    With ``clip``, each group's range comes from the clip search (:func:`clip_params`) on
+    the error-updated columns, instead of their min and max.
 
     Returns:
         the :class:`~supertiny.compress.qformats.Int4Weight` (its ``dequantize()`` is the new weight).
@@ -131,7 +136,12 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int, symmetric: bool, dam
             col = i1 + i
             if col % group == 0:  # a group starts: its parameters from the error-updated columns
                 g = col // group
-                scale, zero = int4_params(w1[:, i:i + min(group, n - col)], symmetric)
+                cols = slice(i, i + min(group, n - col))
+                if clip:
+                    scale, zero = clip_params(w1[:, cols], h[col:col + cols.stop - cols.start,
+                                                             col:col + cols.stop - cols.start], symmetric)
+                else:
+                    scale, zero = int4_params(w1[:, cols], symmetric)
                 scales[:, g], zeros[:, g] = scale, zero
             assert scale is not None and zero is not None
             c = int4_codes(w1[:, i:i + 1], scale, zero)[:, 0]
@@ -195,6 +205,22 @@ def awq_search(weights: Sequence[torch.Tensor], stats: InputStats, group: int, s
     return best[2], best[1], losses
 
 
+def clip_params(wg: torch.Tensor, hg: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scale and zero point of one group ``wg`` ``[out, g]`` whose range ratio (of :data:`CLIP_RATIOS`)
+    minimises the group's output error ``Δ hg Δᵀ``."""
+    best = torch.full((wg.shape[0],), float("inf"))
+    scales = torch.empty(wg.shape[0])
+    zeros = torch.empty(wg.shape[0], dtype=torch.uint8)
+    for ratio in CLIP_RATIOS:
+        scale, zero = int4_params(wg, symmetric, ratio)
+        d = int4_dequant(int4_codes(wg, scale, zero), scale, zero) - wg
+        err = ((d @ hg) * d).sum(1)
+        better = err < best
+        best = torch.where(better, err, best)
+        scales[better], zeros[better] = scale[better], zero[better]
+    return scales, zeros
+
+
 def clip_int4(w: torch.Tensor, h: torch.Tensor, group: int, symmetric: bool) -> Int4Weight:
     """Round-to-nearest int4 with each row's group range shrunk by the ratio (of :data:`CLIP_RATIOS`) that
     minimises the group's output error over the calibration inputs (``H = mean(x xᵀ)``)."""
@@ -204,15 +230,6 @@ def clip_int4(w: torch.Tensor, h: torch.Tensor, group: int, symmetric: bool) -> 
     scales = torch.empty(w.shape[0], len(cols), dtype=torch.float32)
     zeros = torch.empty(w.shape[0], len(cols), dtype=torch.uint8)
     for g, c in enumerate(cols):
-        wg, hg = w[:, c], h[c, c]
-        best = torch.full((w.shape[0],), float("inf"))
-        for ratio in CLIP_RATIOS:
-            scale, zero = int4_params(wg, symmetric, ratio)
-            q = int4_codes(wg, scale, zero)
-            d = int4_dequant(q, scale, zero) - wg
-            err = ((d @ hg) * d).sum(1)
-            better = err < best
-            best = torch.where(better, err, best)
-            scales[better, g], zeros[better, g] = scale[better], zero[better]
-            codes[better, c] = q[better]
+        scales[:, g], zeros[:, g] = clip_params(w[:, c], h[c, c], symmetric)
+        codes[:, c] = int4_codes(w[:, c], scales[:, g], zeros[:, g])
     return Int4Weight(codes, scales, zeros, group)
