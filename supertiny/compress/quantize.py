@@ -9,7 +9,8 @@ kernel runs (``kernel: "simulated"`` in the report).
 
 * :class:`W4A16` — group-wise int4 weights (group 32/64/128, symmetric or asymmetric),
   rounded by ``rtn``, ``gptq`` or ``awq`` (:mod:`.gptq`; the calibrated ones need
-  calibration windows). AWQ folds its per-channel scales into the op that feeds each
+  calibration windows, and both pick each group's range by a clip search on the
+  group's output error). AWQ folds its per-channel scales into the op that feeds each
   group of Linears (the norms, ``v_proj`` rows for ``o_proj``, ``up_proj`` rows for
   ``down_proj``), so the model stays a plain checkpoint whose Linear weights are
   exactly ``(code - zero) * scale``; its rounding then shrinks each group's range by
