@@ -8,3 +8,9 @@ them without importing the stage.
 """
 
 LAYER_METRICS = ("block-influence", "loss")  # how depth pruning ranks layers (prune.PruneConfig)
+
+# Quantization (quantize.py): scheme names, calibrated methods, int4 group sizes, FP8 scale granularities.
+QUANT_SCHEMES = ("w4a16", "w8a8", "fp8")
+QUANT_METHODS = ("rtn", "gptq", "awq")
+QUANT_GROUPS = (32, 64, 128)
+FP8_GRANULARITIES = ("tensor", "channel")

@@ -1,0 +1,435 @@
+"""Quantization schemes as config objects, applied in place by :func:`quantize_` (torchao's style).
+
+A scheme is a frozen, validated config; :func:`quantize_` looks up its handler by the
+config's type in :data:`HANDLERS` (filled by :func:`register`). On a CPU every scheme
+runs as a **faithful simulation**: weights are replaced by their quantize-dequantize
+values with the format's exact rounding (:mod:`.qformats`), and W8A8/FP8 activations
+are quantize-dequantized by forward pre-hooks on the same Linears; no integer or FP8
+kernel runs (``kernel: "simulated"`` in the report).
+
+* :class:`W4A16` — group-wise int4 weights (group 32/64/128, symmetric or asymmetric),
+  rounded by ``rtn``, ``gptq`` or ``awq`` (:mod:`.gptq`; the calibrated ones need
+  calibration windows, and both pick each group's range by a clip search on the
+  group's output error). AWQ folds its per-channel scales into the op that feeds each
+  group of Linears (the norms, ``v_proj`` rows for ``o_proj``, ``up_proj`` rows for
+  ``down_proj``), so the model stays a plain checkpoint whose Linear weights are
+  exactly ``(code - zero) * scale``; its rounding then shrinks each group's range by
+  the ratio that minimises the group's output error (AWQ's clip search).
+* :class:`W8A8` — int8 per-output-channel weights, int8 dynamic per-token activations.
+* :class:`FP8` — FP8 E4M3 weights and dynamic activations, one scale per tensor
+  (``granularity="tensor"``) or per output channel / per token (``"channel"``).
+
+What is quantized: every decoder Linear (q, k, v, o, gate, up, down) and, with
+``head=True`` (the default), the output layer — and with it the **tied embedding
+table**, which is the same tensor (its lookups then read the dequantized rows, as
+onnxruntime's ``GatherBlockQuantized`` and llama.cpp do). AWQ leaves a tied output
+layer unscaled (a scale would change the embedding too) and GPTQ rounds it like any
+Linear. An untied embedding table, the norms and biases stay in float (listed in the
+report).
+
+**Storage of the codes** (:func:`save_codes`, :func:`read_codes`): beside the plain
+Hugging Face checkpoint (whose weights are the dequantized values, so every tool loads
+it), ``quantization/codes.safetensors`` holds, per quantized weight named
+``W = "<module path>.weight"`` (the output layer as ``lm_head.weight`` even when tied):
+
+* W4A16: ``W.codes`` uint8 ``[out, ceil(in/2)]`` — 4-bit codes packed two per byte
+  along the row, column ``2j`` in the low nibble (onnxruntime MatMulNBits' ``B`` order:
+  reshape to ``[out, in/group, group/2]``); ``W.scales`` float32 ``[out, groups]``;
+  ``W.zeros`` uint8 ``[out, groups]`` (0..15, unpacked; 8 for symmetric). Dequantized:
+  ``(code - zero) * scale``, groups of ``group`` columns, the last one possibly shorter.
+* W8A8: ``W.codes`` int8 ``[out, in]``, ``W.scales`` float32 ``[out, 1]``: ``code * scale``.
+* FP8: ``W.codes`` float8_e4m3fn ``[out, in]``, ``W.scales`` float32 ``[]`` or ``[out, 1]``.
+
+The file's metadata holds ``format: supertiny-quant``, ``version``, the scheme
+(``scheme`` as JSON) and ``tied`` (the embedding tensor that shares ``lm_head.weight``).
+
+Example::
+
+    from supertiny.compress.quantize import W4A16, quantize_
+    result = quantize_(model, W4A16(group=64, method="gptq"), calib=windows)
+    result.details()["bits_per_weight"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import InvalidInputError
+from . import FP8_GRANULARITIES, QUANT_GROUPS, QUANT_METHODS
+from .qformats import (
+    Int4Weight,
+    fake_fp8,
+    fake_int8_rows,
+    pack_int4,
+    quantize_fp8,
+    quantize_int4,
+    quantize_int8_rows,
+    unpack_int4,
+)
+
+CODES_FILE = "quantization/codes.safetensors"
+CODES_FORMAT, CODES_VERSION = "supertiny-quant", 1
+SCALE_BITS = 16  # an exported int scale is float16 (MatMulNBits, GGUF); FP8 keeps float32 scales
+
+
+@dataclass(frozen=True)
+class W4A16:
+    """Group-wise int4 weights, 16-bit (float) activations.
+
+    Attributes:
+        group: input columns per scale (32, 64 or 128).
+        symmetric: zero point fixed at 8 (else one integer zero point per group).
+        method: ``rtn`` (round to nearest), ``gptq`` or ``awq`` (both need calibration).
+        head: quantize the output layer (and the embedding when tied).
+        damp: GPTQ's damping, a fraction of the mean Hessian diagonal.
+        awq_grid: AWQ's number of exponents tried (0, 1/grid, ...).
+    """
+
+    group: int = 128
+    symmetric: bool = False
+    method: str = "rtn"
+    head: bool = True
+    damp: float = 0.01
+    awq_grid: int = 20
+    name: ClassVar[str] = "w4a16"
+
+    def __post_init__(self) -> None:
+        if self.group not in QUANT_GROUPS:
+            raise InvalidInputError(f"w4a16: group must be one of {', '.join(map(str, QUANT_GROUPS))}, "
+                                    f"got {self.group}")
+        if self.method not in QUANT_METHODS:
+            raise InvalidInputError(f"w4a16: unknown method {self.method!r}; known: {', '.join(QUANT_METHODS)}")
+        if not 0 < self.damp < 1:
+            raise InvalidInputError(f"w4a16: damp must lie in (0, 1), got {self.damp}")
+        if self.awq_grid < 1:
+            raise InvalidInputError(f"w4a16: awq_grid must be at least 1, got {self.awq_grid}")
+
+
+@dataclass(frozen=True)
+class W8A8:
+    """int8 per-output-channel weights, int8 dynamic per-token activations (round to nearest)."""
+
+    head: bool = True
+    method: str = "rtn"
+    name: ClassVar[str] = "w8a8"
+
+    def __post_init__(self) -> None:
+        if self.method != "rtn":
+            raise InvalidInputError(f"w8a8 rounds to nearest only (method 'rtn'), got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class FP8:
+    """FP8 E4M3 weights and dynamic activations; one scale per tensor or per channel/token."""
+
+    granularity: str = "tensor"
+    head: bool = True
+    method: str = "rtn"
+    name: ClassVar[str] = "fp8"
+
+    def __post_init__(self) -> None:
+        if self.granularity not in FP8_GRANULARITIES:
+            raise InvalidInputError(f"fp8: unknown granularity {self.granularity!r}; known: "
+                                    f"{', '.join(FP8_GRANULARITIES)}")
+        if self.method != "rtn":
+            raise InvalidInputError(f"fp8 rounds to nearest only (method 'rtn'), got {self.method!r}")
+
+
+Scheme = W4A16 | W8A8 | FP8
+SCHEME_TYPES: dict[str, type] = {cls.name: cls for cls in (W4A16, W8A8, FP8)}
+
+
+def scheme_from_name(name: str, **options: Any) -> Scheme:
+    """A scheme by name with the given options (``None`` values are left at their defaults).
+
+    Raises:
+        InvalidInputError: an unknown name (the known ones listed) or an option the scheme does not take.
+
+    Example:
+        >>> scheme_from_name("w4a16", group=64, method="gptq", granularity=None)
+        W4A16(group=64, symmetric=False, method='gptq', head=True, damp=0.01, awq_grid=20)
+    """
+    cls = SCHEME_TYPES.get(name)
+    if cls is None:
+        raise InvalidInputError(f"unknown quantization scheme {name!r}; known: {', '.join(SCHEME_TYPES)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    allowed = {f.name for f in fields(cls)}
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise InvalidInputError(f"{name} takes no {', '.join(extra)} (its options: {', '.join(sorted(allowed))})")
+    return cls(**given)
+
+
+def scheme_dict(scheme: Scheme) -> dict[str, Any]:
+    """``{"name": ..., **fields}``: how manifests and the codes file record a scheme."""
+    return {"name": scheme.name, **asdict(scheme)}
+
+
+@dataclass
+class QuantResult:
+    """What :func:`quantize_` did.
+
+    Attributes:
+        scheme: the config applied.
+        codes: the stored form of every quantized weight (see the module doc), by tensor name.
+        layers: one row per quantized weight (name, shape, bits/weight, AWQ exponent...).
+        kept_float: the parameters left in float, with why.
+        hooks: the activation-quantization hooks (removing them makes the model weight-only).
+        tied: the embedding tensor sharing ``lm_head.weight``, if any.
+        notes: what the reader of the report should know.
+    """
+
+    scheme: Scheme
+    codes: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    kept_float: dict[str, str] = field(default_factory=dict)
+    hooks: list[Any] = field(default_factory=list)
+    tied: str | None = None
+    notes: list[str] = field(default_factory=list)
+    quantized_params: int = 0
+    quantized_bits: float = 0.0
+    float_params: int = 0
+
+    def details(self) -> dict[str, Any]:
+        """The manifest's view: scheme, kernel, bits per weight, size-equivalent bytes, layers, floats kept."""
+        total = self.quantized_params + self.float_params
+        bits_all = self.quantized_bits + SCALE_BITS * self.float_params
+        return {
+            "scheme": scheme_dict(self.scheme), "kernel": "simulated",
+            "activations": activations_of(self.scheme),
+            "bits_per_weight": round(self.quantized_bits / max(1, self.quantized_params), 4),
+            "bits_per_weight_all": round(bits_all / max(1, total), 4),
+            "size_equivalent_bytes": math.ceil(bits_all / 8),
+            "quantized_parameters": self.quantized_params, "float_parameters": self.float_params,
+            "tied_embedding": self.tied, "kept_float": self.kept_float, "layers": self.layers,
+        }
+
+
+def activations_of(scheme: Scheme) -> str:
+    """How a scheme treats activations, in words (the report's ``activations``)."""
+    if isinstance(scheme, W8A8):
+        return "int8, dynamic per token"
+    if isinstance(scheme, FP8):
+        return f"fp8 e4m3, dynamic per {'token' if scheme.granularity == 'channel' else 'tensor'}"
+    return "float (not quantized)"
+
+
+Progress = Callable[[int, int], None]  # (Linears done, Linears in all)
+Handler = Callable[[Any, Any, "list[tuple[str, torch.nn.Linear]]", QuantResult, Any, "Progress"], None]
+HANDLERS: dict[type, Handler] = {}
+
+
+def register(config_type: type) -> Callable[[Handler], Handler]:
+    """Decorator: make ``fn(model, scheme, targets, result, calib, progress)`` the handler of ``config_type``."""
+
+    def add(fn: Handler) -> Handler:
+        HANDLERS[config_type] = fn
+        return fn
+
+    return add
+
+
+def targets_of(model: Any, head: bool) -> list[tuple[str, torch.nn.Linear]]:
+    """The Linears a scheme quantizes, by module path: every decoder layer's, then the output layer."""
+    from ..archs import layout_of
+
+    layout = layout_of(model)
+    out = [(layout.path(role, i), layout.module(model, role, i))
+           for i in range(len(layout.decoder_layers(model))) for role in layout.LINEARS]
+    if head:
+        out.append((layout.path("lm_head"), layout.module(model, "lm_head")))
+    return out
+
+
+def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None = None,
+              progress: Progress | None = None) -> QuantResult:
+    """Quantize ``model``'s Linears in place (simulated: weights dequantized, activation hooks attached).
+
+    Args:
+        model: a ``*ForCausalLM`` of a supported architecture, float32, on the CPU.
+        scheme: :class:`W4A16`, :class:`W8A8` or :class:`FP8`.
+        calib: token windows for calibrated methods (GPTQ, AWQ); ignored by RTN.
+        progress: called with (Linears done, Linears in all).
+
+    Returns:
+        :class:`QuantResult` (codes to store, per-layer rows, what stayed in float).
+
+    Raises:
+        InvalidInputError: an unknown scheme type, or a calibrated method without windows.
+    """
+    handler = HANDLERS.get(type(scheme))
+    if handler is None:
+        known = ", ".join(t.__name__ for t in HANDLERS)
+        raise InvalidInputError(f"no quantization handler for {type(scheme).__name__}; known: {known}")
+    if getattr(scheme, "method", "rtn") != "rtn" and not calib:
+        raise InvalidInputError(f"{scheme.name} --method {scheme.method} needs calibration windows")
+    head = getattr(scheme, "head", True)
+    emb, out_layer = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out_layer.weight is emb.weight
+    result = QuantResult(scheme, tied=_param_name(model, emb.weight) if tied and head else None)
+    targets = targets_of(model, head)
+    with torch.no_grad():
+        handler(model, scheme, targets, result, calib, progress or (lambda _d, _t: None))
+    quantized = {id(m.weight) for _, m in targets}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) not in quantized:
+            result.float_params += p.numel()
+            result.kept_float[name] = _why_float(name, p, p is emb.weight, tied)
+    return result
+
+
+def _why_float(name: str, p: torch.Tensor, is_embedding: bool, tied: bool) -> str:
+    """Why a parameter stayed in float (the report's ``kept_float``)."""
+    if name.endswith(".bias"):
+        return "bias"
+    if p.dim() == 1:
+        return "norm"
+    if is_embedding:
+        return "embedding and tied output layer (head=False)" if tied else "embedding lookup table (untied)"
+    return "output layer (head=False)"
+
+
+def _param_name(model: Any, p: torch.Tensor) -> str:
+    return next(n for n, q in model.named_parameters(remove_duplicate=False) if q is p)
+
+
+def _record(result: QuantResult, name: str, w: torch.Tensor, bits: float, **extra: Any) -> None:
+    result.quantized_params += w.numel()
+    result.quantized_bits += bits * w.numel()
+    result.layers.append({"name": name, "shape": list(w.shape), "bits_per_weight": round(bits, 4), **extra})
+
+
+def int4_bits(in_features: int, group: int, symmetric: bool) -> float:
+    """Size-equivalent bits per int4 weight: 4 + a float16 scale (and a 4-bit zero point) per group."""
+    groups = math.ceil(in_features / group)
+    return 4 + groups * (SCALE_BITS + (0 if symmetric else 4)) / in_features
+
+
+def _store_int4(result: QuantResult, name: str, module: torch.nn.Linear, q: Any, **extra: Any) -> None:
+    """Put an int4 weight into ``module`` (dequantized) and its codes into ``result``."""
+    scheme = result.scheme
+    assert isinstance(scheme, W4A16)
+    module.weight.copy_(q.dequantize().to(module.weight.dtype))
+    result.codes.update({f"{name}.codes": pack_int4(q.codes), f"{name}.scales": q.scales, f"{name}.zeros": q.zeros})
+    _record(result, name, module.weight, int4_bits(module.in_features, scheme.group, scheme.symmetric), **extra)
+
+
+@register(W4A16)
+def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
+           calib: Any, progress: Progress) -> None:
+    alphas: dict[str, float] = {}
+    scales: dict[str, torch.Tensor] = {}
+    stats = None
+    if scheme.method != "rtn":
+        from .data import calibrate
+        from .gptq import InputStatistic
+
+        (stats,) = calibrate(model, calib, [InputStatistic([p for p, _ in targets])])
+    if scheme.method == "awq":
+        from .awq import apply_awq_
+
+        alphas, scales = apply_awq_(model, scheme, stats, result)
+    for done, (path, module) in enumerate(targets, 1):
+        name = f"{path}.weight"
+        if scheme.method == "gptq":
+            from .gptq import gptq_int4
+
+            q = gptq_int4(module.weight, stats[path].h, scheme.group, scheme.symmetric, scheme.damp)
+        elif scheme.method == "awq":
+            from .gptq import clip_int4
+
+            # the scaled weight's input is x / s: its H is diag(1/s) H diag(1/s)
+            s = scales[path]
+            q = clip_int4(module.weight, stats[path].h / s[:, None] / s[None, :], scheme.group, scheme.symmetric)
+        else:
+            q = quantize_int4(module.weight, scheme.group, scheme.symmetric)
+        extra = {"awq_alpha": alphas[path]} if path in alphas else {}
+        _store_int4(result, name, module, q, **extra)
+        progress(done, len(targets))
+
+
+def _act_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    def hook(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (fn(args[0]), *args[1:])
+
+    return hook
+
+
+@register(W8A8)
+def _w8a8(model: Any, scheme: W8A8, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
+          calib: Any, progress: Progress) -> None:
+    for done, (path, module) in enumerate(targets, 1):
+        name = f"{path}.weight"
+        codes, scale = quantize_int8_rows(module.weight)
+        module.weight.copy_((codes.float() * scale).to(module.weight.dtype))
+        result.codes.update({f"{name}.codes": codes, f"{name}.scales": scale})
+        _record(result, name, module.weight, 8 + SCALE_BITS / module.in_features)
+        result.hooks.append(module.register_forward_pre_hook(_act_hook(fake_int8_rows)))
+        progress(done, len(targets))
+
+
+@register(FP8)
+def _fp8(model: Any, scheme: FP8, targets: list[tuple[str, torch.nn.Linear]], result: QuantResult,
+         calib: Any, progress: Progress) -> None:
+    per_row = scheme.granularity == "channel"
+    for done, (path, module) in enumerate(targets, 1):
+        name = f"{path}.weight"
+        codes, scale = quantize_fp8(module.weight, per_row)
+        module.weight.copy_((codes.float() * scale).to(module.weight.dtype))
+        result.codes.update({f"{name}.codes": codes, f"{name}.scales": scale})
+        # float32 scales: one per tensor, or one per output row
+        _record(result, name, module.weight, 8 + 32 / (module.in_features if per_row else module.weight.numel()))
+        result.hooks.append(module.register_forward_pre_hook(_act_hook(lambda x, r=per_row: fake_fp8(x, r))))
+        progress(done, len(targets))
+
+
+def save_codes(result: QuantResult, folder: Path) -> Path:
+    """Write ``result``'s codes to ``folder/quantization/codes.safetensors`` (see the module doc)."""
+    from safetensors.torch import save_file
+
+    path = folder / CODES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": CODES_FORMAT, "version": str(CODES_VERSION), "scheme": json.dumps(scheme_dict(result.scheme)),
+            "tied": result.tied or "", "shapes": json.dumps({r["name"]: r["shape"] for r in result.layers})}
+    save_file({k: v.contiguous() for k, v in result.codes.items()}, str(path), metadata=meta)
+    return path
+
+
+def read_codes(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """What ``folder``'s codes file records (``scheme``, ``tied``, ``version``) and every quantized weight
+    rebuilt from its codes (float32), by tensor name.
+
+    Raises:
+        InvalidInputError: no codes file, or one of another format.
+    """
+    from safetensors import safe_open
+
+    path = Path(folder) / CODES_FILE
+    if not path.is_file():
+        raise InvalidInputError(f"{folder} holds no quantization codes ({CODES_FILE})")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != CODES_FORMAT:
+            raise InvalidInputError(f"{path}: not a {CODES_FORMAT} file (format {meta.get('format')!r})")
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    scheme, shapes = json.loads(meta["scheme"]), json.loads(meta["shapes"])
+    weights = {}
+    for name, (_out_f, in_f) in shapes.items():
+        codes, scales = t[f"{name}.codes"], t[f"{name}.scales"]
+        if scheme["name"] == "w4a16":
+            q = Int4Weight(unpack_int4(codes, in_f), scales, t[f"{name}.zeros"], scheme["group"])
+            weights[name] = q.dequantize()
+        else:
+            weights[name] = codes.float() * scales
+    return {"scheme": scheme, "tied": meta.get("tied") or None, "version": int(meta["version"])}, weights
