@@ -207,9 +207,10 @@ def sample_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
     return [c[m.bool()].tolist() for c, m in zip(comp, mask, strict=True)]
 
 
-def pack(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], tokenizer: Any, device: Any = "cpu"
-         ) -> Rollout:
-    """Rows of prompt + answer (ids, one prompt per row) as one left-padded :class:`Rollout`."""
+def pack(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], tokenizer: Any, device: Any = "cpu",
+         texts: Sequence[str] | None = None) -> Rollout:
+    """Rows of prompt + answer (ids, one prompt per row) as one left-padded :class:`Rollout`; ``texts``: the
+    answers already decoded (else they are decoded here)."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -220,8 +221,9 @@ def pack(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], tok
         ids[b, width - len(p):width + len(a)] = torch.tensor([*p, *a], dtype=torch.long)
         att[b, width - len(p):width + len(a)] = 1
     ids, att = ids.to(device), att.to(device)
-    texts = tokenizer.batch_decode([list(a) for a in answers], skip_special_tokens=True)
-    return Rollout(ids, att, (att.cumsum(-1) - 1).clamp_min(0), ids[:, width:], att[:, width:], texts)
+    if texts is None:
+        texts = tokenizer.batch_decode([list(a) for a in answers], skip_special_tokens=True)
+    return Rollout(ids, att, (att.cumsum(-1) - 1).clamp_min(0), ids[:, width:], att[:, width:], list(texts))
 
 
 def rollout(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group: int, temperature: float,

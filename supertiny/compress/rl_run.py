@@ -56,6 +56,21 @@ def load_prompts(path: Any, task: Any, tokenizer: Any, max_length: int, max_new_
     return prompts, counts
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One prompt's G sampled answers (ids and text) and their rewards."""
+
+    prompt: Prompt
+    answers: list[list[int]]
+    texts: list[str]
+    rewards: Any
+
+    @property
+    def informative(self) -> bool:
+        """Whether the rewards differ (a group whose rewards are all equal has advantage 0: no signal)."""
+        return bool(self.rewards.max() > self.rewards.min())
+
+
 class _Indices(torch.utils.data.Dataset):
     def __init__(self, n: int):
         self.n = n
@@ -85,14 +100,12 @@ class RLTrainer(MeteredTrainer):
     def _fields(self) -> dict[str, Any]:
         return {"reward": [], "kl": 0.0, "pg": 0.0, "rollout_s": 0.0, "groups": 0, "informative": 0}
 
-    def _sample(self, policy: Any, batch: list[Prompt], seed: int) -> tuple[list[Prompt], list[list[int]], Any]:
+    def _sample(self, policy: Any, batch: list[Prompt], seed: int) -> tuple[list[_Group], Any]:
         """Groups of sampled answers for ``batch``, groups with equal rewards replaced by up to ``resample``
-        rounds of groups for random prompts; returns the kept prompts (one per group), answers and rewards."""
+        rounds of groups for random prompts; returns the kept groups and their rewards, flattened."""
         c, g = self.rl, self.rl.group
         draw = torch.Generator().manual_seed(seed)
-        kept: list[tuple[Prompt, list[list[int]], Any]] = []
-        flat: list[tuple[Prompt, list[list[int]], Any]] = []
-        first: list[tuple[Prompt, list[list[int]], Any]] = []
+        groups: list[_Group] = []
         todo = batch
         for round_ in range(c.resample + 1):
             answers = sample_answers(policy, self.tok, [p.ids for p in todo], g, c.temperature, c.max_new_tokens,
@@ -103,21 +116,17 @@ class RLTrainer(MeteredTrainer):
             if round_ == 0:
                 self._meter["reward"] += rewards.tolist()
             self._meter["groups"] += len(todo)
-            for j, p in enumerate(todo):
-                r = rewards[j * g:(j + 1) * g]
-                group = (p, answers[j * g:(j + 1) * g], r)
-                (kept if bool(r.max() > r.min()) else flat).append(group)
-                if round_ == 0:
-                    first.append(group)
-            need = len(batch) - len(kept)
-            if need == 0 or round_ == c.resample:
+            groups += [_Group(p, answers[j * g:(j + 1) * g], texts[j * g:(j + 1) * g], rewards[j * g:(j + 1) * g])
+                       for j, p in enumerate(todo)]
+            need = len(batch) - sum(x.informative for x in groups)
+            if need <= 0 or round_ == c.resample:
                 break
             todo = [self.prompts[int(i)] for i in torch.randint(len(self.prompts), (need,), generator=draw)]
-        # without resampling the batch stays as drawn; with it, informative groups first, equal-reward ones fill up
-        chosen = first if c.resample == 0 else (kept + flat)[: len(batch)]
-        self._meter["informative"] += sum(bool(r.max() > r.min()) for _, _, r in chosen)
-        return ([p for p, _, _ in chosen], [a for _, ans, _ in chosen for a in ans],
-                torch.cat([r for _, _, r in chosen]))
+        # without resampling the batch stays as drawn; with it, informative groups first (in the order found),
+        # equal-reward ones only to fill up
+        chosen = groups if c.resample == 0 else sorted(groups, key=lambda x: not x.informative)[: len(batch)]
+        self._meter["informative"] += sum(x.informative for x in chosen)
+        return chosen, torch.cat([x.rewards for x in chosen])
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -127,8 +136,9 @@ class RLTrainer(MeteredTrainer):
         seed = c.seed * 1_000_003 + self.state.global_step * 101 + self.args.process_index
         policy = self.accelerator.unwrap_model(model)
         t0 = time.perf_counter()
-        chosen, answers, rewards = self._sample(policy, batch, seed)
-        ro = pack([p.ids for p in chosen for _ in range(c.group)], answers, self.tok, next(policy.parameters()).device)
+        chosen, rewards = self._sample(policy, batch, seed)
+        ro = pack([x.prompt.ids for x in chosen for _ in range(c.group)], [a for x in chosen for a in x.answers],
+                  self.tok, next(policy.parameters()).device, texts=[t for x in chosen for t in x.texts])
         adv = group_advantages(rewards.view(len(chosen), c.group), c.adv_eps).flatten().to(ro.input_ids.device)
         with torch.no_grad():
             ref_logits = rollout_logits(self.reference, ro, c.temperature)
