@@ -341,6 +341,8 @@ class StageRun:
         A directory stage passes nothing (its folder is :attr:`dir`); a single-file
         stage passes the finished staging file. Returns the manifest as written.
         """
+        from .tasks.prompts import RECORD_KEY, recorded_prompt
+
         with self.step("hash"):
             if self.source_path is None:
                 source = {"path": self.source_url, "sha256": None, "info": self.info}
@@ -352,12 +354,10 @@ class StageRun:
             else:
                 files = file_table(self.dir)
         details = dict(details or {})
-        if self.source_path is not None and "task_prompt" not in details:
+        if self.source_path is not None and RECORD_KEY not in details:
             # the prompt a fine-tuned model expects travels with every artifact made from it
-            with contextlib.suppress(UserError, OSError, ValueError):
-                made_from = read_manifest(self.source_path)
-                if made_from and "task_prompt" in made_from.details:
-                    details["task_prompt"] = made_from.details["task_prompt"]
+            if record := recorded_prompt(self.source_path):
+                details[RECORD_KEY] = record
         manifest = Manifest(
             stage=self.stage, stage_version=self.version, source=source, settings=self.settings, files=files,
             quality=quality or {}, details=details, notes=list(self.notes),

@@ -52,7 +52,8 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
 
     from ..models import describe, load_model, resolve
     from ..outdir import check_output_dir
-    from ..tasks import prompt_record, read_task_data, task_for
+    from ..tasks import read_task_data, task_for
+    from ..tasks.prompts import RECORD_KEY, prompt_record
     from .kdcache import TopKCache, build_cache, cache_key, examples_hash
     from .trainer import (
         Collator,
@@ -154,7 +155,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: DistillConfig, tea
             "final": {k: train_logs[-1][k] for k in ("loss", "ce", "kd") if train_logs and k in train_logs[-1]},
             "tokens_per_s": _mean([r["tokens_per_s"] for r in steady]),
             "answer_tokens_per_s": _mean([r["answer_tokens_per_s"] for r in steady]),
-            "world_size": args.world_size, "task_prompt": prompt_record(spec), "cache": cache_info,
+            "world_size": args.world_size, RECORD_KEY: prompt_record(spec), "cache": cache_info,
         }
         quality = evaluator.last or {"skipped": "no --dev data and no teacher to compare with"}
         manifest = stage.install(quality=quality, details=details)

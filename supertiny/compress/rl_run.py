@@ -181,7 +181,8 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
 
     from ..models import describe, load_model, resolve
     from ..outdir import check_output_dir
-    from ..tasks import prompt_record, read_task_data, task_for
+    from ..tasks import read_task_data, task_for
+    from ..tasks.prompts import RECORD_KEY, prompt_record
     from .distill import _dev_eval, check_same_tokenizer, check_work_dir, work_dir
     from .distill_run import _mean
     from .trainer import EvalCallback, MetricsCallback, loaded, save_trained, train
@@ -245,7 +246,7 @@ def run(student: Any, out: Any, task: Any, data: Any, config: RLConfig, teacher:
             "informative_share": round(sum(r["informative_share"] for r in logs) / len(logs), 3) if logs else None,
             "groups_sampled_per_step": round(sum(r["groups_sampled"] for r in logs) / len(logs), 2) if logs else None,
             "reference": "teacher" if teacher else "initial student", "world_size": args.world_size,
-            "task_prompt": prompt_record(spec),
+            RECORD_KEY: prompt_record(spec),
         }
         quality = evaluator.last or {"skipped": "no --dev data"}
         manifest = stage.install(quality=quality, details=details)
