@@ -20,9 +20,7 @@ Run:  .venv/bin/python benchmarks/knowledge_transfer.py [--keep DIR] [--eval-lim
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,27 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "factory_tickets"))
 import run as example  # noqa: E402  (the example's stages)
 
+from supertiny.manifest import read_manifest  # noqa: E402  (light: no torch or transformers)
+
 # About the depth student's parameters (16 of 30 layers: 85.0M) with all 30 layers kept:
 # query heads 9 -> 6, MLP 1536 -> 896, hidden 576 -> 512 (84.2M).
 WIDTH = {"heads": "6", "mlp": "896", "hidden": "512"}
 
 
-def perplexity(work: Path, model: Path | str, threads: int) -> float:
+def perplexity(s: example.Settings, model: Path | str) -> float:
     """Perplexity on 8,192 tokens of the bundled corpus (kept in WORK/evals/ while the model is unchanged)."""
-    argv = example.supertiny("eval", model, "--no-generate", "--max-tokens", 8192, "--threads", threads, "--json",
+    argv = example.supertiny("eval", model, "--no-generate", "--max-tokens", 8192, "--threads", s.threads, "--json",
                              "--backend", "torch")
-    key = hashlib.sha256(json.dumps([argv[3:], example._identity(model)], default=str).encode()).hexdigest()[:16]
-    cache = work / "evals" / f"ppl-{Path(str(model)).name}-{key}.json"
-    if not cache.is_file():
-        r = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
-        cache.parent.mkdir(exist_ok=True)
-        cache.write_text(json.dumps(json.loads(r.stdout)["score"]), encoding="utf-8")
-    return json.loads(cache.read_text(encoding="utf-8"))["perplexity"]
-
-
-def manifest(path: Path) -> dict:
-    p = path / "supertiny.json" if path.is_dir() else Path(f"{path}.supertiny.json")
-    return json.loads(p.read_text(encoding="utf-8"))
+    return example.eval_json(s, f"ppl-{Path(str(model)).name}", argv, model)[0]["score"]["perplexity"]
 
 
 def main() -> int:
@@ -82,7 +71,7 @@ def main() -> int:
             scores[name] = example.evaluate(s, model)
     handwritten = {name: example.evaluate(s, arms[name], example.DATA / "handwritten.jsonl", limit=None)
                    for name in ("domain teacher", "+ KD (fkl, top-32)", "+ KD + RL", "width + KD")}
-    ppl = {name: perplexity(work, arms[name], s.threads) for name in
+    ppl = {name: perplexity(s, arms[name]) for name in
            ("domain teacher", f"depth {s.layers}L, untrained", "+ KD (fkl, top-32)", "width, untrained", "width + KD")}
     total = time.perf_counter() - t0
 
@@ -106,10 +95,10 @@ def main() -> int:
     print(f"\n{'training stage':<22} {'tokens/s':>9} {'answer tok/s':>12} {'steps':>6} {'wall s':>7}")
     for name, path, stage in (("SFT (teacher data)", sft, "sft"), ("KD fkl, cached top-32", p["kd"], "kd"),
                               ("RL on-policy", p["rl"], "rl"), ("prototype SFT (135M)", p["domain"], "prototype")):
-        d = manifest(path)["details"]
+        d = read_manifest(path).details
         print(f"{name:<22} {d['tokens_per_s']:>9.1f} {d['answer_tokens_per_s']:>12.1f} {d['steps']:>6} "
               f"{times.get(stage, float('nan')):>7.0f}")
-    sft_tps, kd_tps = (manifest(x)["details"]["tokens_per_s"] for x in (sft, p["kd"]))
+    sft_tps, kd_tps = (read_manifest(x).details["tokens_per_s"] for x in (sft, p["kd"]))
     print(f"KD / SFT tokens/s: {kd_tps / sft_tps:.2f}x (target >= 0.7x)")
 
     print(f"\n{'depth vs width':<26} {'params':>7} {'ppl before':>10} {'ppl after':>9} {'task after':>10}")

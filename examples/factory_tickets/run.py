@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from supertiny.manifest import manifest_path, read_manifest
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 TASK = "factory-tickets"
@@ -79,8 +81,7 @@ def run_stage(name: str, out: Path, argv: list[str], times: dict[str, float], lo
     """Run one stage's command unless its output is already complete; time it into ``times``."""
     if done(out):
         # the time it took when it ran, from its manifest (the stage's own steps, without start-up)
-        sidecar = out / "supertiny.json" if out.is_dir() else Path(f"{out}.supertiny.json")
-        times[name] = round(sum(json.loads(sidecar.read_text(encoding="utf-8"))["seconds"].values()), 1)
+        times[name] = round(sum(read_manifest(out).seconds.values()), 1)
         print(f"[{name}] {out} is complete: skipped (took {times[name]:.0f} s)", flush=True)
         return
     shown = " ".join(["supertiny", *argv[3:]])
@@ -163,37 +164,40 @@ def rl(s: Settings, times: dict[str, float]) -> None:
 def _identity(model: Path | str) -> str:
     """What identifies a model's weights for the evaluation cache: its manifest, else its files' sizes."""
     p = Path(model)
-    sidecar = p / "supertiny.json" if p.is_dir() else Path(f"{p}.supertiny.json")
-    if sidecar.is_file():
-        return hashlib.sha256(sidecar.read_bytes()).hexdigest()
+    if manifest_path(p).is_file():
+        return hashlib.sha256(manifest_path(p).read_bytes()).hexdigest()
     return str(model) if not p.exists() else json.dumps(sorted((q.name, q.stat().st_size) for q in
                                                                (p.iterdir() if p.is_dir() else [p])))
 
 
-def evaluate(s: Settings, model: Path | str, data: Path | None = None, limit: int | None = -1) -> dict[str, Any]:
-    """``supertiny eval MODEL --task factory-tickets --data test.jsonl --json`` (the model's own prompt);
-    ``limit`` -1: the run's ``eval_limit``. Reports are kept in ``WORK/evals/`` and reused while the model's
-    manifest is unchanged."""
-    limit = s.eval_limit if limit == -1 else limit
-    data = data or DATA / "test.jsonl"
-    argv = supertiny("eval", model, "--task", TASK, "--data", data, "--max-new-tokens", 64,
-                     "--threads", s.threads, "--json", *(["--limit", limit] if limit else []))
+def eval_json(s: Settings, label: str, argv: list[str], model: Path | str) -> tuple[dict[str, Any], bool]:
+    """The JSON report of a ``supertiny eval ... --json`` command line, and whether it was kept from an earlier
+    run: reports live in ``WORK/evals/LABEL-KEY.json``, keyed by the command and the model's manifest."""
     key = hashlib.sha256(json.dumps([argv[3:], _identity(model)], default=str).encode()).hexdigest()[:16]
-    cache = s.work / "evals" / f"{Path(str(model)).name}-{Path(data).stem}-{key}.json"
+    cache = s.work / "evals" / f"{label}-{key}.json"
     if cache.is_file():
-        report = json.loads(cache.read_text(encoding="utf-8"))
-        print(f"[eval] {model}: task score {report['task_score']:.3f} (kept from {cache.name})", flush=True)
-        return report
+        return json.loads(cache.read_text(encoding="utf-8")), True
     print(f"[eval] $ {' '.join(['supertiny', *argv[3:]])}", flush=True)
     t0 = time.perf_counter()
     r = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     if r.returncode != 0:
         raise SystemExit(f"[eval] {model} failed (exit {r.returncode})")
-    report = json.loads(r.stdout)
-    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    report = {**json.loads(r.stdout), "wall_s": round(time.perf_counter() - t0, 1)}
     cache.parent.mkdir(exist_ok=True)
     cache.write_text(json.dumps(report), encoding="utf-8")
-    print(f"[eval] {model}: task score {report['task_score']:.3f} ({report['wall_s']:.0f} s)", flush=True)
+    return report, False
+
+
+def evaluate(s: Settings, model: Path | str, data: Path | None = None, limit: int | None = -1) -> dict[str, Any]:
+    """``supertiny eval MODEL --task factory-tickets --data test.jsonl --json`` (the model's own prompt);
+    ``limit`` -1: the run's ``eval_limit``. Reports are reused while the model's manifest is unchanged."""
+    limit = s.eval_limit if limit == -1 else limit
+    data = data or DATA / "test.jsonl"
+    argv = supertiny("eval", model, "--task", TASK, "--data", data, "--max-new-tokens", 64,
+                     "--threads", s.threads, "--json", *(["--limit", limit] if limit else []))
+    report, kept = eval_json(s, f"{Path(str(model)).name}-{Path(data).stem}", argv, model)
+    print(f"[eval] {model}: task score {report['task_score']:.3f} "
+          f"({'kept from an earlier run' if kept else str(round(report['wall_s'])) + ' s'})", flush=True)
     return report
 
 
