@@ -146,7 +146,7 @@ def load_gguf(gf: GGUFFile, dtype: torch.dtype) -> PreTrainedModel:
             continue
         try:
             w = dequantize(t.data, t.tensor_type)
-        except (NotImplementedError, ValueError) as exc:
+        except (NotImplementedError, ValueError) as exc:  # gguf-py: a type it cannot dequantize; bad data size
             raise BrokenCheckpointError(f"{gf.path}: cannot dequantize {t.name} "
                                         f"({t.tensor_type.name}): {exc}") from None
         if spec.permute_qk_for_gguf and (".attn_q." in t.name or ".attn_k." in t.name):
