@@ -280,6 +280,7 @@ def test_cli_quantize_w8a8_on_task_records(make_tiny_dir, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout[r.stdout.index("{"):])
     assert m["details"]["calibration"]["task"] == "tiny-colors"
+    assert m["details"]["calibration"]["prompt"] == "full"  # an untrained model: the task's full prompt
     assert m["quality"]["activations_quantized"] is True and m["quality"]["text"] == "bundled corpus"
     assert any("round to nearest" in n for n in m["notes"])
 

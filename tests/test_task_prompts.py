@@ -83,6 +83,15 @@ def test_a_fine_tuned_model_records_its_prompt_and_it_travels(tmp_path, make_tin
     assert copied.details["task_prompt"] == {"task": "tiny-colors", "prompt": "brief"}
     assert recorded_prompt(out) == {"task": "tiny-colors", "prompt": "brief"}
 
+    # quantize calibrates on task records with the prompt the model was trained with, and passes the record on
+    r = CliRunner().invoke(main, ["quantize", str(tmp_path / "sft"), str(tmp_path / "q8"), "--scheme", "w8a8",
+                                  "--task", str(task), "--data", str(tmp_path / "data.jsonl"), "--eval-tokens",
+                                  "128", "--json"])
+    assert r.exit_code == 0, r.output
+    q = json.loads(r.stdout[r.stdout.index("{"):])
+    assert q["details"]["calibration"]["prompt"] == "brief"
+    assert q["details"]["task_prompt"] == {"task": "tiny-colors", "prompt": "brief"}
+
     # eval --task on it uses the brief prompt and says so; --task-prompt full overrides
     for flag, want in (([], "brief"), (["--task-prompt", "full"], "full")):
         r = CliRunner().invoke(main, ["eval", str(tmp_path / "sft"), "--task", str(task), "--data",

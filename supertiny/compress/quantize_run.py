@@ -79,12 +79,14 @@ class QuantizeConfig:
         return d
 
 
-def _task_ids(config: QuantizeConfig, tokenizer: Any) -> tuple[list[int], dict[str, Any]]:
-    """Calibration token stream from task records (chat prompt + answer each, end to end)."""
-    from ..tasks import load_task
+def _task_ids(config: QuantizeConfig, tokenizer: Any, model: str | os.PathLike[str]
+              ) -> tuple[list[int], dict[str, Any]]:
+    """Calibration token stream from task records (chat prompt + answer each, end to end), with the prompt the
+    model was trained with (a fine-tuned model's brief prompt, from its manifest)."""
+    from ..tasks import task_for
     from .distill import load_examples
 
-    task = load_task(config.task)  # type: ignore[arg-type]
+    task = task_for(config.task, model)  # type: ignore[arg-type]
     examples, counts = load_examples(config.data, task, tokenizer, TASK_MAX_LENGTH)  # type: ignore[arg-type]
     ids: list[int] = []
     used = 0
@@ -93,7 +95,7 @@ def _task_ids(config: QuantizeConfig, tokenizer: Any) -> tuple[list[int], dict[s
             break
         ids += list(ex.ids)
         used += 1
-    return ids[:config.calib_tokens], {"task": task.name, "data": config.data, "records": used,
+    return ids[:config.calib_tokens], {"task": task.name, "prompt": task.prompt, "data": config.data, "records": used,
                                        "records_in_file": counts["records"]}
 
 
@@ -132,7 +134,7 @@ def quantize(
     run.lap("load")
     calibration: dict[str, Any]
     if config.task is not None:
-        calib_ids, calibration = _task_ids(config, lm.tokenizer)
+        calib_ids, calibration = _task_ids(config, lm.tokenizer, model)
         held = ev.tokenize_text(lm.tokenizer, held_text or read_text(ev.default_corpus_path()))[:config.eval_tokens]
         held_from = config.eval_text or "bundled corpus"
     else:
