@@ -273,9 +273,10 @@ def _gguf_lines(out: str, m: Manifest) -> list[str]:
 @export_group.command("onnx")
 @click.argument("model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--quant", type=click.Choice(ONNX_QUANTS), default="none",
-              show_default=True, help="int4/int8: weight-only MatMulNBits (W4A16/W8A16); int8-dynamic: int8 "
-              "weights and activations (quantize_dynamic).")
+@click.option("--quant", type=click.Choice(ONNX_QUANTS), default=None,
+              help="int4/int8: weight-only MatMulNBits (W4A16/W8A16) by onnxruntime's round to nearest; "
+              "int8-dynamic: int8 weights and activations (quantize_dynamic); carry: the codes a `supertiny "
+              "quantize` checkpoint stores [default: carry for such a checkpoint, else none].")
 @click.option("--format", "graph_format", type=click.Choice(ONNX_FORMATS), default="optimum",
               show_default=True, help="optimum: optimum's graph (ORTModelForCausalLM loads it); genai: "
               "onnxruntime-genai's fused graph, ~3x faster decoding on CPU (needs supertiny[genai]).")
@@ -293,8 +294,9 @@ def _gguf_lines(out: str, m: Manifest) -> list[str]:
 @_parity_options("manifest", threads="onnxruntime threads for the check")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty (only once the new export passed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_onnx_cmd(model: str, out_dir: str, quant: str, graph_format: str, block_size: str, accuracy_level: int,
-                    symmetric: bool | None, keep_float_embeddings: bool, fp16: bool, opset: int | None,
+def export_onnx_cmd(model: str, out_dir: str, quant: str | None, graph_format: str, block_size: str,
+                    accuracy_level: int, symmetric: bool | None, keep_float_embeddings: bool, fp16: bool,
+                    opset: int | None,
                     no_verify: bool, verify_tokens: int, text_path: str | None, threads: int | None,
                     overwrite: bool, as_json: bool) -> None:
     """Export MODEL to OUT_DIR (ONNX with KV cache) for onnxruntime; manifest in OUT_DIR/supertiny.json."""

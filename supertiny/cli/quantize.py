@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..compress import FP8_GRANULARITIES, QUANT_GROUPS, QUANT_METHODS, QUANT_SCHEMES
+from ..compress import FP8_GRANULARITIES, HEAD_BITS, QUANT_GROUPS, QUANT_METHODS, QUANT_SCHEMES
 from ..manifest import Manifest
 from .core import _human, _quiet_transformers, main, run_training
 
@@ -28,6 +28,9 @@ from .core import _human, _quiet_transformers, main, run_training
               help="fp8: one scale per tensor, or per output channel (weights) and token (activations) "
               "[default: tensor].")
 @click.option("--float-head", is_flag=True, help="Leave the output layer (and a tied embedding) in float.")
+@click.option("--head-bits", type=click.Choice([str(b) for b in HEAD_BITS]), default=None,
+              help="w4a16: the output layer (and a tied embedding) in int4 like the rest, or in group-wise int8 "
+              "(llama.cpp's Q8_0 at group 32) [default: 4].")
 @click.option("--calib", type=click.Path(dir_okay=False), default=None,
               help="Calibration text: .txt, or .jsonl with text or prompt/response (default: the bundled corpus).")
 @click.option("--task", default=None, help="Calibrate on a task's chat prompts instead: a shipped task's name "
@@ -43,8 +46,9 @@ from .core import _human, _quiet_transformers, main, run_training
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def quantize_cmd(model: str, out_dir: str, scheme: str, group: str | None, method: str | None,
-                 symmetric: bool | None, granularity: str | None, float_head: bool, calib: str | None,
-                 task: str | None, data: str | None, calib_tokens: int, eval_tokens: int, eval_text: str | None,
+                 symmetric: bool | None, granularity: str | None, float_head: bool, head_bits: str | None,
+                 calib: str | None, task: str | None, data: str | None, calib_tokens: int, eval_tokens: int,
+                 eval_text: str | None,
                  overwrite: bool, as_json: bool) -> None:
     """Quantize MODEL into OUT_DIR: a plain Hugging Face checkpoint of the dequantized weights, the codes in
     OUT_DIR/quantization/, and a manifest with the quality against the unquantized model."""
@@ -53,7 +57,8 @@ def quantize_cmd(model: str, out_dir: str, scheme: str, group: str | None, metho
 
     _quiet_transformers()
     chosen = scheme_from_name(scheme, group=int(group) if group else None, method=method, symmetric=symmetric,
-                              granularity=granularity, head=False if float_head else None)
+                              granularity=granularity, head=False if float_head else None,
+                              head_bits=int(head_bits) if head_bits else None)
     config = QuantizeConfig(scheme=chosen, calib=calib, task=task, data=data, calib_tokens=calib_tokens,
                             eval_tokens=eval_tokens, eval_text=eval_text, overwrite=overwrite)
     # a progress bar per phase (quantizing, comparing), named by the library's log line

@@ -13,4 +13,5 @@ LAYER_METRICS = ("block-influence", "loss")  # how depth pruning ranks layers (p
 QUANT_SCHEMES = ("w4a16", "w8a8", "fp8")
 QUANT_METHODS = ("rtn", "gptq", "awq")
 QUANT_GROUPS = (32, 64, 128)
+HEAD_BITS = (4, 8)  # w4a16: the output layer (and a tied embedding) in int4 or group-wise int8
 FP8_GRANULARITIES = ("tensor", "channel")

@@ -4,7 +4,7 @@ Every function here is a pure tensor function, so the schemes (:mod:`.quantize`)
 calibrated methods (:mod:`.gptq`) and the tests share one definition of each format:
 
 * **int4, group-wise** (W4A16): each run of ``group`` input columns of a weight row has a
-  float32 scale and an integer zero point; ``w ≈ (code - zero) * scale`` with codes
+  scale and an integer zero point; ``w ≈ (code - zero) * scale`` with codes
   0..15. *Asymmetric*: the group's range ``[min(w, 0), max(w, 0)]`` spans the 16 levels
   (``scale = (hi - lo) / 15``, ``zero = round(-lo / scale)``), as onnxruntime's
   MatMulNBits quantizer and GPTQ do. *Symmetric*: ``zero = 8`` and ``scale = m / -8``
@@ -14,11 +14,19 @@ calibrated methods (:mod:`.gptq`) and the tests share one definition of each for
   is quantized on its own columns.
 * **int8 per channel** (W8A8 weights) and **per token** (W8A8 dynamic activations):
   symmetric, ``scale = absmax / 127``, codes -127..127.
+* **int8, group-wise** (the W4A16 scheme's ``head_bits=8`` output layer): symmetric,
+  ``scale = absmax / 127`` per group, codes -127..127 (llama.cpp's Q8_0 with group 32).
 * **FP8 E4M3** (``float8_e4m3fn``: 4 exponent bits, bias 7, 3 mantissa bits, no
   infinities): round to nearest, ties to even, subnormals below ``2**-6`` in steps of
   ``2**-9``, saturating at ±448. :func:`round_fp8_e4m3` computes it by hand;
   :func:`to_fp8_e4m3` uses torch's cast where torch has the type (they agree bit for
   bit: tested).
+
+Group scales (int4 and group-wise int8) are rounded to **float16** values before the codes
+are taken, because every deployed format stores them so (MatMulNBits' and GGUF's block
+scales): the dequantized checkpoint is then exactly what an exporter that carries the
+codes writes (:mod:`supertiny.export.carry`). A symmetric group's extreme value then
+lands on code 0 up to that rounding.
 
 Rounding is ``torch.round`` (ties to even) of an exact float32 division; all-zero groups
 get scale 1 (codes = zero point, dequantized 0), never a division by zero.
@@ -32,6 +40,7 @@ import torch
 
 INT4_MAX_CODE = 15
 INT8_MAX = 127
+FP16_MAX = 65504.0
 FP8_E4M3_MAX = 448.0
 FP8_E4M3_MIN_NORMAL_EXP = -6  # smallest normal exponent; below it, subnormals in steps of 2**-9
 FP8_E4M3_MANTISSA_BITS = 3
@@ -45,6 +54,12 @@ def group_slices(in_features: int, group: int) -> list[slice]:
         [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
     """
     return [slice(b, min(b + group, in_features)) for b in range(0, in_features, group)]
+
+
+def fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to the nearest float16 value (kept float32); 0 (or an underflow to 0) becomes 1."""
+    s = scale.clamp(-FP16_MAX, FP16_MAX).half().float()
+    return torch.where(s == 0, torch.ones_like(s), s)
 
 
 def int4_params(w: torch.Tensor, symmetric: bool, ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +80,7 @@ def int4_params(w: torch.Tensor, symmetric: bool, ratio: float = 1.0) -> tuple[t
         hi = w.max(dim=1).values.clamp(min=0) * ratio
         scale = (hi - lo) / INT4_MAX_CODE
         zero = None
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    scale = fp16_scale(scale)
     if zero is None:
         zero = torch.round(-lo / scale).clamp(0, INT4_MAX_CODE)
     return scale, zero.to(torch.uint8)
@@ -135,6 +150,27 @@ def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     codes = torch.round(x / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return codes, scale
+
+
+def quantize_int8_groups(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric group-wise int8 of a weight ``[out, in]``: ``(codes int8 [out, in], scales float32 [out, groups])``,
+    ``scale = absmax / 127`` per group rounded to float16 (llama.cpp's Q8_0 with ``group = 32``)."""
+    w = w.float()
+    cols = group_slices(w.shape[1], group)
+    codes = torch.empty(w.shape, dtype=torch.int8)
+    scales = torch.empty(w.shape[0], len(cols), dtype=torch.float32)
+    for g, c in enumerate(cols):
+        scales[:, g] = fp16_scale(w[:, c].abs().amax(dim=1) / INT8_MAX)
+        codes[:, c] = torch.round(w[:, c] / scales[:, g:g + 1]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return codes, scales
+
+
+def int8_groups_dequant(codes: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
+    """``code * scale`` per group of ``group`` columns, float32."""
+    out = torch.empty(codes.shape, dtype=torch.float32)
+    for g, c in enumerate(group_slices(codes.shape[1], group)):
+        out[:, c] = codes[:, c].float() * scales[:, g:g + 1]
+    return out
 
 
 def fake_int8_rows(x: torch.Tensor) -> torch.Tensor:

@@ -27,21 +27,16 @@ layer unscaled (a scale would change the embedding too) and GPTQ rounds it like 
 Linear. An untied embedding table, the norms and biases stay in float (listed in the
 report).
 
-**Storage of the codes** (:func:`save_codes`, :func:`read_codes`): beside the plain
-Hugging Face checkpoint (whose weights are the dequantized values, so every tool loads
-it), ``quantization/codes.safetensors`` holds, per quantized weight named
-``W = "<module path>.weight"`` (the output layer as ``lm_head.weight`` even when tied):
+**Storage of the codes**: beside the plain Hugging Face checkpoint (whose weights are the
+dequantized values, so every tool loads it), ``quantization/codes.safetensors`` holds the
+codes, scales and zero points of every quantized weight (:mod:`.qstore`), which the
+exporters carry into ONNX ``MatMulNBits`` and GGUF blocks (:mod:`supertiny.export.carry`).
 
-* W4A16: ``W.codes`` uint8 ``[out, ceil(in/2)]`` — 4-bit codes packed two per byte
-  along the row, column ``2j`` in the low nibble (onnxruntime MatMulNBits' ``B`` order:
-  reshape to ``[out, in/group, group/2]``); ``W.scales`` float32 ``[out, groups]``;
-  ``W.zeros`` uint8 ``[out, groups]`` (0..15, unpacked; 8 for symmetric). Dequantized:
-  ``(code - zero) * scale``, groups of ``group`` columns, the last one possibly shorter.
-* W8A8: ``W.codes`` int8 ``[out, in]``, ``W.scales`` float32 ``[out, 1]``: ``code * scale``.
-* FP8: ``W.codes`` float8_e4m3fn ``[out, in]``, ``W.scales`` float32 ``[]`` or ``[out, 1]``.
-
-The file's metadata holds ``format: supertiny-quant``, ``version``, the scheme
-(``scheme`` as JSON) and ``tied`` (the embedding tensor that shares ``lm_head.weight``).
+**Mixed precision for the output layer**: ``W4A16(head_bits=8)`` stores the output layer
+(and the tied embedding table) as group-wise int8 (llama.cpp's Q8_0 with group 32) while
+the decoder Linears stay int4. On a small model with a large vocabulary the output layer
+is a fifth of the weights and the most sensitive one; 8 bits there cost ~14 MB on
+SmolLM2-135M and buy most of the remaining quality (``benchmarks/quantize_schemes.py``).
 
 Example::
 
@@ -52,7 +47,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -62,20 +56,20 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InvalidInputError
-from . import FP8_GRANULARITIES, QUANT_GROUPS, QUANT_METHODS
+from . import FP8_GRANULARITIES, HEAD_BITS, QUANT_GROUPS, QUANT_METHODS
 from .qformats import (
-    Int4Weight,
     fake_fp8,
     fake_int8_rows,
+    int8_groups_dequant,
     pack_int4,
     quantize_fp8,
     quantize_int4,
+    quantize_int8_groups,
     quantize_int8_rows,
-    unpack_int4,
 )
+from .qstore import CODES_FILE, read_coded, read_codes  # noqa: F401 - the storage API, re-exported
+from .qstore import save_codes as _save_codes
 
-CODES_FILE = "quantization/codes.safetensors"
-CODES_FORMAT, CODES_VERSION = "supertiny-quant", 1
 SCALE_BITS = 16  # an exported int scale is float16 (MatMulNBits, GGUF); FP8 keeps float32 scales
 
 
@@ -88,6 +82,7 @@ class W4A16:
         symmetric: zero point fixed at 8 (else one integer zero point per group).
         method: ``rtn`` (round to nearest), ``gptq`` or ``awq`` (both need calibration).
         head: quantize the output layer (and the embedding when tied).
+        head_bits: 4 (the output layer like the decoder) or 8 (group-wise int8, round to nearest).
         damp: GPTQ's damping, a fraction of the mean Hessian diagonal.
         awq_grid: AWQ's number of exponents tried (0, 1/grid, ...).
     """
@@ -96,6 +91,7 @@ class W4A16:
     symmetric: bool = False
     method: str = "rtn"
     head: bool = True
+    head_bits: int = 4
     damp: float = 0.01
     awq_grid: int = 20
     name: ClassVar[str] = "w4a16"
@@ -106,6 +102,11 @@ class W4A16:
                                     f"got {self.group}")
         if self.method not in QUANT_METHODS:
             raise InvalidInputError(f"w4a16: unknown method {self.method!r}; known: {', '.join(QUANT_METHODS)}")
+        if self.head_bits not in HEAD_BITS:
+            raise InvalidInputError(f"w4a16: head_bits must be one of {', '.join(map(str, HEAD_BITS))}, "
+                                    f"got {self.head_bits}")
+        if self.head_bits != 4 and not self.head:
+            raise InvalidInputError("w4a16: head_bits applies to a quantized output layer; drop it or the float head")
         if not 0 < self.damp < 1:
             raise InvalidInputError(f"w4a16: damp must lie in (0, 1), got {self.damp}")
         if self.awq_grid < 1:
@@ -154,7 +155,7 @@ def scheme_from_name(name: str, **options: Any) -> Scheme:
 
     Example:
         >>> scheme_from_name("w4a16", group=64, method="gptq", granularity=None)
-        W4A16(group=64, symmetric=False, method='gptq', head=True, damp=0.01, awq_grid=20)
+        W4A16(group=64, symmetric=False, method='gptq', head=True, head_bits=4, damp=0.01, awq_grid=20)
     """
     cls = SCHEME_TYPES.get(name)
     if cls is None:
@@ -304,10 +305,14 @@ def _param_name(model: Any, p: torch.Tensor) -> str:
     return next(n for n, q in model.named_parameters(remove_duplicate=False) if q is p)
 
 
-def _record(result: QuantResult, name: str, w: torch.Tensor, bits: float, **extra: Any) -> None:
+def _record(result: QuantResult, name: str, w: torch.Tensor, bits: float, fmt: str, group: int | None,
+            **extra: Any) -> None:
+    """One report row (also the codes file's ``layers`` entry: shape, format, group; None = one scale per row or
+    tensor)."""
     result.quantized_params += w.numel()
     result.quantized_bits += bits * w.numel()
-    result.layers.append({"name": name, "shape": list(w.shape), "bits_per_weight": round(bits, 4), **extra})
+    result.layers.append({"name": name, "shape": list(w.shape), "format": fmt, "group": group,
+                          "bits_per_weight": round(bits, 4), **extra})
 
 
 def int4_bits(in_features: int, group: int, symmetric: bool) -> float:
@@ -322,7 +327,17 @@ def _store_int4(result: QuantResult, name: str, module: torch.nn.Linear, q: Any,
     assert isinstance(scheme, W4A16)
     module.weight.copy_(q.dequantize().to(module.weight.dtype))
     result.codes.update({f"{name}.codes": pack_int4(q.codes), f"{name}.scales": q.scales, f"{name}.zeros": q.zeros})
-    _record(result, name, module.weight, int4_bits(module.in_features, scheme.group, scheme.symmetric), **extra)
+    _record(result, name, module.weight, int4_bits(module.in_features, scheme.group, scheme.symmetric), "int4",
+            scheme.group, **extra)
+
+
+def _store_int8_groups(result: QuantResult, name: str, module: torch.nn.Linear, group: int) -> None:
+    """Round ``module``'s weight to group-wise int8 in place; its codes into ``result``."""
+    codes, scales = quantize_int8_groups(module.weight, group)
+    module.weight.copy_(int8_groups_dequant(codes, scales, group).to(module.weight.dtype))
+    result.codes.update({f"{name}.codes": codes, f"{name}.scales": scales})
+    _record(result, name, module.weight, 8 + math.ceil(module.in_features / group) * SCALE_BITS / module.in_features,
+            "int8", group)
 
 
 @register(W4A16)
@@ -340,8 +355,13 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
         from .awq import apply_awq_
 
         alphas, scales = apply_awq_(model, scheme, stats, result)
+    head8 = targets[-1][0] if scheme.head and scheme.head_bits == 8 else None
     for done, (path, module) in enumerate(targets, 1):
         name = f"{path}.weight"
+        if path == head8:
+            _store_int8_groups(result, name, module, scheme.group)
+            progress(done, len(targets))
+            continue
         if scheme.method == "gptq":
             from .gptq import gptq_int4
 
@@ -374,7 +394,7 @@ def _w8a8(model: Any, scheme: W8A8, targets: list[tuple[str, torch.nn.Linear]], 
         codes, scale = quantize_int8_rows(module.weight)
         module.weight.copy_((codes.float() * scale).to(module.weight.dtype))
         result.codes.update({f"{name}.codes": codes, f"{name}.scales": scale})
-        _record(result, name, module.weight, 8 + SCALE_BITS / module.in_features)
+        _record(result, name, module.weight, 8 + SCALE_BITS / module.in_features, "int8", None)
         result.hooks.append(module.register_forward_pre_hook(_act_hook(fake_int8_rows)))
         progress(done, len(targets))
 
@@ -389,47 +409,12 @@ def _fp8(model: Any, scheme: FP8, targets: list[tuple[str, torch.nn.Linear]], re
         module.weight.copy_((codes.float() * scale).to(module.weight.dtype))
         result.codes.update({f"{name}.codes": codes, f"{name}.scales": scale})
         # float32 scales: one per tensor, or one per output row
-        _record(result, name, module.weight, 8 + 32 / (module.in_features if per_row else module.weight.numel()))
+        _record(result, name, module.weight, 8 + 32 / (module.in_features if per_row else module.weight.numel()),
+                "fp8", None)
         result.hooks.append(module.register_forward_pre_hook(_act_hook(lambda x, r=per_row: fake_fp8(x, r))))
         progress(done, len(targets))
 
 
 def save_codes(result: QuantResult, folder: Path) -> Path:
-    """Write ``result``'s codes to ``folder/quantization/codes.safetensors`` (see the module doc)."""
-    from safetensors.torch import save_file
-
-    path = folder / CODES_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": CODES_FORMAT, "version": str(CODES_VERSION), "scheme": json.dumps(scheme_dict(result.scheme)),
-            "tied": result.tied or "", "shapes": json.dumps({r["name"]: r["shape"] for r in result.layers})}
-    save_file({k: v.contiguous() for k, v in result.codes.items()}, str(path), metadata=meta)
-    return path
-
-
-def read_codes(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """What ``folder``'s codes file records (``scheme``, ``tied``, ``version``) and every quantized weight
-    rebuilt from its codes (float32), by tensor name.
-
-    Raises:
-        InvalidInputError: no codes file, or one of another format.
-    """
-    from safetensors import safe_open
-
-    path = Path(folder) / CODES_FILE
-    if not path.is_file():
-        raise InvalidInputError(f"{folder} holds no quantization codes ({CODES_FILE})")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != CODES_FORMAT:
-            raise InvalidInputError(f"{path}: not a {CODES_FORMAT} file (format {meta.get('format')!r})")
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    scheme, shapes = json.loads(meta["scheme"]), json.loads(meta["shapes"])
-    weights = {}
-    for name, (_out_f, in_f) in shapes.items():
-        codes, scales = t[f"{name}.codes"], t[f"{name}.scales"]
-        if scheme["name"] == "w4a16":
-            q = Int4Weight(unpack_int4(codes, in_f), scales, t[f"{name}.zeros"], scheme["group"])
-            weights[name] = q.dequantize()
-        else:
-            weights[name] = codes.float() * scales
-    return {"scheme": scheme, "tied": meta.get("tied") or None, "version": int(meta["version"])}, weights
+    """Write ``result``'s codes to ``folder/quantization/codes.safetensors`` (format: :mod:`.qstore`)."""
+    return _save_codes(result.codes, result.layers, scheme_dict(result.scheme), result.tied, folder)

@@ -14,7 +14,7 @@ GGUF_QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M"
                     "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS")
 
 # ONNX (onnx.OnnxExportConfig).
-ONNX_QUANTS = ("none", "int8", "int8-dynamic", "int4")
+ONNX_QUANTS = ("none", "int8", "int8-dynamic", "int4", "carry")  # carry: a quantized checkpoint's own codes
 ONNX_FORMATS = ("optimum", "genai")
 ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)
 # MatMulNBits accuracy levels: the type activations are computed in (0: the kernel

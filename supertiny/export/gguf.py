@@ -32,12 +32,14 @@ from ..gguf_file import GGUFFile
 from ..manifest import Manifest, StageRun, manifest_path
 from ..models import LoadedModel, describe, load_model, resolve
 from . import GGUF_DTYPES, GGUF_QUANT_TYPES
+from .carry import Carried, gguf_carried_blocks, load_carried
 from .gguf_vocab import vocab_from_tokenizer, write_vocab
 from .parity import ExportVerificationError, check_export, describe_failure
 
 DTYPES, QUANT_TYPES = GGUF_DTYPES, GGUF_QUANT_TYPES  # the tables live in the package, free of numpy
 K_QUANT_BLOCK = 256  # K-quants pack rows in super-blocks of 256 weights
 STAGE, STAGE_VERSION = "export-gguf", 1
+CARRY = "CARRY"  # quant: write a quantized checkpoint's own codes as llama.cpp blocks (.carry)
 
 Progress = Callable[[int, int], None]
 
@@ -49,7 +51,9 @@ class GGUFExportConfig:
     Attributes:
         dtype: float type of the written file (``f32``, ``f16``, ``bf16``); 1-D tensors
             (norms, biases) stay f32 as llama.cpp expects.
-        quant: a llama.cpp quantization type applied after writing (``Q4_K_M``...).
+        quant: a llama.cpp quantization type applied after writing (``Q4_K_M``...), or ``carry``: the
+            codes a ``supertiny quantize`` checkpoint stores, written as Q4_0/Q4_1/Q8_0 blocks
+            (:mod:`.carry`). Default (None): ``carry`` for such a checkpoint, else none.
         verify: run the parity check (skipping it is recorded in the report).
         verify_tokens: tokens of evaluation text scored by the check.
         text: evaluation text file (default: the bundled corpus).
@@ -73,12 +77,13 @@ class GGUFExportConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise InvalidInputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.quant is not None and self.quant.upper() not in QUANT_TYPES:
-            raise InvalidInputError(f"unknown quantization {self.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+        if self.quant is not None and self.quant.upper() not in (*QUANT_TYPES, CARRY):
+            raise InvalidInputError(f"unknown quantization {self.quant!r}; choose one of {', '.join(QUANT_TYPES)}, "
+                                    "or carry (a quantized checkpoint's own codes)")
         if self.verify_tokens < 16:
             raise InvalidInputError(f"verify_tokens must be at least 16, got {self.verify_tokens}")
-        if self.imatrix_tokens < 0 or (self.imatrix_tokens and self.quant is None):
-            raise InvalidInputError("an importance matrix (imatrix_tokens > 0) needs a quantization type")
+        if self.imatrix_tokens < 0 or (self.imatrix_tokens and (self.quant or CARRY).upper() == CARRY):
+            raise InvalidInputError("an importance matrix (imatrix_tokens > 0) needs a llama.cpp quantization type")
 
 
 def _numpy_f32(t: Any) -> np.ndarray:
@@ -171,7 +176,7 @@ def _plan(source: _Source, cfg: Any, spec: ArchSpec, dtype: str) -> list[tuple[s
     return plan
 
 
-def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str]) -> None:
+def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str], file_type: str | None = None) -> None:
     import gguf
 
     s = shape(cfg)
@@ -191,7 +196,8 @@ def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str]) -> N
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+    w.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{file_type}") if file_type else
+                    {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "bf16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
     scaling = getattr(cfg, "rope_scaling", None) or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -211,18 +217,30 @@ def _add_hparams(w: Any, cfg: Any, name: str, dtype: str, notes: list[str]) -> N
 
 
 def _write(path: Path, source: _Source, cfg: Any, spec: ArchSpec, tokenizer: Any, config: GGUFExportConfig,
-           notes: list[str], progress: Progress | None) -> int:
-    """Stream the source into an unquantized GGUF file; returns the tensor count."""
+           notes: list[str], progress: Progress | None, carried: Carried | None = None) -> int:
+    """Stream the source into a GGUF file (unquantized, or the carried codes as llama.cpp blocks); returns the
+    tensor count."""
     import gguf
 
     plan = _plan(source, cfg, spec, config.dtype)
+    blocks: dict[str, tuple[np.ndarray, str]] = {}
+    if carried is not None:
+        blocks, note = gguf_carried_blocks(carried, [p[0] for p in plan])
+        notes.append(note)
+        plan = [(h, g, s, blocks[h][1] if h in blocks else k) for h, g, s, k in plan]
     w = gguf.GGUFWriter(str(path), spec.gguf_arch)
-    _add_hparams(w, cfg, source.path.stem if source.kind == "gguf" else source.path.name, config.dtype, notes)
+    kinds = Counter(k for *_, k in plan if k in ("Q4_0", "Q4_1", "Q8_0"))
+    _add_hparams(w, cfg, source.path.stem if source.kind == "gguf" else source.path.name, config.dtype, notes,
+                 kinds.most_common(1)[0][0] if kinds else None)
     write_vocab(w, vocab_from_tokenizer(tokenizer, cfg.vocab_size, pre=config.pre))
     np_types = {"F32": np.float32, "F16": np.float16}
-    for _, gguf_name, tshape, kind in plan:
+    for hf_name, gguf_name, tshape, kind in plan:
         n = int(np.prod(tshape))
-        if kind == "BF16":
+        if hf_name in blocks:
+            data = blocks[hf_name][0]
+            w.add_tensor_info(gguf_name, (*tshape[:-1], data.shape[1]), np.dtype(np.uint8), data.nbytes,
+                              raw_dtype=getattr(gguf.GGMLQuantizationType, kind))
+        elif kind == "BF16":
             w.add_tensor_info(gguf_name, (*tshape[:-1], tshape[-1] * 2), np.dtype(np.uint8), n * 2,
                               raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
@@ -233,14 +251,14 @@ def _write(path: Path, source: _Source, cfg: Any, spec: ArchSpec, tokenizer: Any
     dims = shape(cfg)
     heads, kv_heads = dims.heads, dims.kv_heads
     for i, (hf_name, _, _, kind) in enumerate(plan):
-        data = source.get(hf_name)
+        data = blocks[hf_name][0] if hf_name in blocks else source.get(hf_name)
         if spec.permute_qk_for_gguf and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_qk(data, heads)
         elif spec.permute_qk_for_gguf and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = permute_qk(data, kv_heads)
         if kind == "BF16":
             data = gguf.quants.quantize(data, gguf.GGMLQuantizationType.BF16)
-        else:
+        elif hf_name not in blocks:
             data = data.astype(np_types[kind], copy=False)
         w.write_tensor_data(np.ascontiguousarray(data))
         if progress:
@@ -338,6 +356,10 @@ def export_gguf(
     say = log or (lambda _msg: None)
     kind, src = resolve(model)
     source_info = describe(model).to_dict()  # also rejects unsupported architectures, before any slow work
+    carried = load_carried(src) if kind == "hf" else None
+    quant = quant or (CARRY if carried else None)
+    if quant == CARRY and carried is None:
+        raise InvalidInputError(f"{model} stores no quantization codes to carry (make it with `supertiny quantize`)")
     text = None
     if config.verify or config.imatrix_tokens:  # read the text first, so a wrong path fails fast
         from ..evaluate import default_corpus_path, read_text
@@ -346,6 +368,9 @@ def export_gguf(
     run = StageRun(STAGE, STAGE_VERSION, out, source=model, info=source_info,
                    settings={**asdict(config), "quant": quant}, single_file=True)
     notes = run.notes
+    if carried is not None and quant != CARRY:
+        notes.append(f"the checkpoint's {carried.scheme['name']} codes are not carried: llama.cpp quantizes "
+                     f"its dequantized weights to {quant or config.dtype}")
     # A GGUF source is read through the dequantized torch model; a HF directory streams
     # from its safetensors, and its torch model is loaded only to verify, after writing.
     lm = load_model(model) if kind == "gguf" else None
@@ -370,18 +395,21 @@ def export_gguf(
     with run:
         raw = run.temp("raw")
         quantized = run.temp("quant")
-        final = quantized if quant else raw
+        requantize = quant not in (None, CARRY)
+        final = quantized if requantize else raw
         say(f"writing {config.dtype} GGUF ({spec.gguf_arch} graph)")
         with run.step("write"):
-            n_tensors = _write(raw, _Source(kind, src, lm), cfg, spec, tokenizer, config, notes, progress)
+            n_tensors = _write(raw, _Source(kind, src, lm), cfg, spec, tokenizer, config, notes, progress,
+                               carried if quant == CARRY else None)
         imatrix = None
-        if quant and config.imatrix_tokens:
+        if requantize and config.imatrix_tokens:
             say(f"collecting an importance matrix on {config.imatrix_tokens} tokens")
             with run.step("imatrix"):
                 lm = lm or load_model(model)
                 imatrix, calibration = _imatrix(lm, spec, text, config)
             notes.append(calibration)
-        if quant:
+        if requantize:
+            assert quant is not None
             say(f"quantizing to {quant} with llama.cpp")
             with run.step("quantize"):
                 native_log = _quantize(raw, quantized, quant, config.threads, imatrix)

@@ -44,16 +44,17 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..archs import shape
 from ..errors import InvalidInputError, MissingExtraError, UnsupportedArchitectureError
 from ..manifest import Manifest, StageRun
-from ..models import LoadedModel, describe, load_model
+from ..models import LoadedModel, describe, load_model, resolve
 from ..outdir import check_output_dir
 from . import ONNX_ACCURACY_LEVELS, ONNX_BLOCK_SIZES, ONNX_FORMATS, ONNX_QUANTS
+from .carry import carry_into_onnx, load_carried
 from .parity import ExportVerificationError, check_export, describe_failure
 
 # the tables live in the package, free of onnx
@@ -70,7 +71,9 @@ class OnnxExportConfig:
     """Settings of one ONNX export; bad values fail with the list of good ones.
 
     Attributes:
-        quant: ``none``, ``int4``, ``int8`` (weight-only) or ``int8-dynamic``.
+        quant: ``none``, ``int4``, ``int8`` (weight-only), ``int8-dynamic``, or ``carry``: the codes a
+            ``supertiny quantize`` checkpoint stores, written as MatMulNBits/GatherBlockQuantized
+            (:mod:`.carry`). Default (None): ``carry`` for such a checkpoint, else ``none``.
         format: ``optimum`` (optimum's graph, loads in ``ORTModelForCausalLM``) or
             ``genai`` (onnxruntime-genai's fused graph, the fastest on CPU).
         block_size: weights per quantization block (int4/int8).
@@ -88,7 +91,7 @@ class OnnxExportConfig:
         overwrite: replace an existing, non-empty ``OUT_DIR``.
     """
 
-    quant: str = "none"
+    quant: str | None = None
     format: str = "optimum"
     block_size: int = 32
     accuracy_level: int = 4
@@ -103,7 +106,7 @@ class OnnxExportConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.quant not in QUANTS:
+        if self.quant is not None and self.quant not in QUANTS:
             raise InvalidInputError(f"unknown quantization {self.quant!r}; choose one of {', '.join(QUANTS)}")
         if self.block_size not in BLOCK_SIZES:
             raise InvalidInputError(f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}, "
@@ -118,6 +121,8 @@ class OnnxExportConfig:
             raise InvalidInputError(f"unknown ONNX format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.symmetric is None:  # resolved here so that the manifest records what was used
             object.__setattr__(self, "symmetric", self.format == "genai")
+        if self.quant == "carry" and (self.format == "genai" or self.fp16):
+            raise InvalidInputError("carried codes export into the optimum float32 graph: drop --format genai/--fp16")
         if self.format == "genai":
             if self.quant == "int8-dynamic":
                 raise InvalidInputError("the genai format quantizes with none, int4 or int8 (weight-only), "
@@ -385,12 +390,18 @@ def export_onnx(
     say = log or (lambda _msg: None)
     onnx, onnx_export_from_model = _onnx_modules()
     source_info = describe(model).to_dict()  # rejects unsupported models before any slow work
+    carried = load_carried(resolve(model)[1])
+    config = replace(config, quant=config.quant or ("carry" if carried else "none"))
+    if config.quant == "carry" and carried is None:
+        raise InvalidInputError(f"{model} stores no quantization codes to carry (make it with `supertiny quantize`)")
     text = ""
     if config.verify:
         from ..evaluate import default_corpus_path, read_text
 
         text = read_text(config.text or default_corpus_path())
     run = StageRun(STAGE, STAGE_VERSION, out, source=model, info=source_info, settings=asdict(config))
+    if carried is not None and config.quant != "carry":
+        run.note(f"the checkpoint's {carried.scheme['name']} codes are not carried: quant {config.quant}")
     lm = load_model(model)
     run.lap("load")
     if config.format == "optimum" and config.quant != "none" and untie_output_layer(lm):
@@ -416,7 +427,15 @@ def export_onnx(
             say("converting to float16")
             with run.step("fp16"), _quiet():
                 _to_fp16(onnx, model_file)
-        if config.format == "optimum" and config.quant != "none":
+        carry_report = None
+        if config.quant == "carry":
+            assert carried is not None
+            say(f"carrying the checkpoint's {carried.scheme['name']} codes into MatMulNBits")
+            with run.step("carry"):
+                proto = _load(onnx, model_file)
+                carry_report = {**carried.summary(), **carry_into_onnx(proto, carried, config.accuracy_level)}
+                _save(onnx, proto, model_file)
+        elif config.format == "optimum" and config.quant != "none":
             say(f"quantizing to {config.quant} with onnxruntime")
             with run.step("quantize"), _quiet():
                 _quantize(onnx, model_file, config)
@@ -435,6 +454,9 @@ def export_onnx(
                 if parity["tokenization_equal"] and cache_diff > FP32_LOGITS_ATOL:
                     why += f"; cached decoding differs from a full pass by {cache_diff:.2e}"
                 raise ExportVerificationError(f"the ONNX export does not match the source: {why}")
-        manifest = run.install(quality=parity, details={"model_file": model_file.name, **summary})
+        details = {"model_file": model_file.name, **summary}
+        if carry_report:
+            details["carried"] = carry_report
+        manifest = run.install(quality=parity, details=details)
     say(f"wrote {out} ({manifest.bytes:,} bytes)")
     return manifest
