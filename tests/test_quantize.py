@@ -16,9 +16,11 @@ from supertiny.compress.qformats import (
     fake_fp8,
     fake_int8_rows,
     group_slices,
+    int8_groups_dequant,
     pack_int4,
     quantize_fp8,
     quantize_int4,
+    quantize_int8_groups,
     quantize_int8_rows,
     round_fp8_e4m3,
     to_fp8_e4m3,
@@ -58,6 +60,51 @@ def test_int4_symmetric_codes_by_hand():
     assert q.scales.tolist() == [[0.25], [-0.25]] and q.zeros.tolist() == [[8], [8]]
     assert q.codes.tolist() == [[10, 0, 12, 9], [0, 12, 7, 8]]
     assert q.dequantize().tolist() == [[0.5, -2.0, 1.0, 0.25], [2.0, -1.0, 0.25, 0.0]]
+
+
+def test_group_scales_are_float16_values():
+    # 1/3 has no float16 value: the scale is rounded first (0.33325195...), the codes are taken with the rounded one
+    w = torch.tensor([[-8 / 3, 1.0, 0.5, 0.0]])
+    q = quantize_int4(w, group=4, symmetric=True)
+    s = torch.tensor(1 / 3).half().float().item()
+    assert q.scales.tolist() == [[s]] and q.codes.tolist() == [[0, 11, 10, 8]]
+    torch.manual_seed(0)
+    for sym in (True, False):
+        sc = quantize_int4(torch.randn(16, 64), 32, sym).scales
+        assert torch.equal(sc, sc.half().float())
+
+
+def test_int8_groups_by_hand():
+    # group 2: [2.54, -1.0] -> scale 0.02, [0.0, 0.0] -> scale 1 (all zero)
+    w = torch.tensor([[2.54, -1.0, 0.0, 0.0]])
+    codes, scales = quantize_int8_groups(w, 2)
+    s = torch.tensor(0.02).half().float().item()
+    assert scales.tolist() == [[s, 1.0]]
+    assert codes.tolist() == [[round(2.54 / s), round(-1.0 / s), 0, 0]] and codes.dtype == torch.int8
+    assert int8_groups_dequant(codes, scales, 2).tolist() == [[codes[0, 0].item() * s, codes[0, 1].item() * s,
+                                                               0.0, 0.0]]
+
+
+def test_w4a16_int8_head_stores_q8_0_style_codes(tmp_path):
+    model = build_tiny_model(seed=3)
+    ref = model.lm_head.weight.detach().clone()
+    result = quantize_(model, W4A16(group=32, symmetric=True, head_bits=8))
+    rows = {r["name"]: r for r in result.layers}
+    assert rows["lm_head.weight"]["format"] == "int8" and rows["lm_head.weight"]["bits_per_weight"] == 8.5
+    assert rows["model.layers.0.mlp.down_proj.weight"]["format"] == "int4"
+    assert result.codes["lm_head.weight.codes"].dtype == torch.int8
+    # the tied embedding reads the same 8-bit rows; 8 bits sit far closer to float than 4
+    assert torch.equal(model.model.embed_tokens.weight, model.lm_head.weight)
+    err8 = (model.lm_head.weight - ref).abs().max()
+    err4 = (quantize_int4(ref, 32, True).dequantize() - ref).abs().max()
+    assert err8 * 8 < err4
+    save_codes(result, tmp_path)
+    _, weights = read_codes(tmp_path)
+    assert torch.equal(weights["lm_head.weight"], model.lm_head.weight.detach())
+    with pytest.raises(InvalidInputError, match="head_bits applies to a quantized output layer"):
+        W4A16(head=False, head_bits=8)
+    with pytest.raises(InvalidInputError, match="head_bits must be one of 4, 8"):
+        W4A16(head_bits=6)
 
 
 def test_int4_short_last_group_and_zero_group():
@@ -299,3 +346,46 @@ def test_cli_bad_scheme_arguments_are_one_line_errors(make_tiny_dir, tmp_path, a
     if message.startswith("error:"):
         assert r.output.strip().count("\n") == 0
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- size-budget allocation
+
+
+def test_size_budget_lifts_the_units_that_save_most_kl_per_byte():
+    base = quantize_(build_tiny_model(seed=4), W4A16(group=32, symmetric=True))
+    all4 = base.details()["size_equivalent_bytes"]
+    one_layer = 7 * 64 * 128 // 2 + 64 * 64  # roughly: a tiny layer's weights, 4 more bits each (upper bound)
+    budget_mb = (all4 + one_layer) / 1e6
+    model = build_tiny_model(seed=4)
+    result = quantize_(model, W4A16(group=32, symmetric=True, max_mb=budget_mb), _windows())
+    alloc = result.details()["allocation"]
+    rows = {r["unit"]: r for r in alloc["units"]}
+    assert set(rows) == {"layer 0", "layer 1", "output layer"}
+    assert alloc["all_int4_bytes"] == all4
+    # greedy by KL saved per byte, within the budget: recompute the choice from the measured rows
+    expected, total = [], alloc["all_int4_bytes"]
+    for r in sorted(rows.values(), key=lambda r: -r["kl_saved"] / r["extra_bytes"]):
+        if r["kl_saved"] > 0 and total + r["extra_bytes"] <= budget_mb * 1e6:
+            expected.append(r["unit"])
+            total += r["extra_bytes"]
+    assert alloc["int8_units"] == expected and expected
+    assert result.details()["size_equivalent_bytes"] <= budget_mb * 1e6
+    formats = {r["name"]: r["format"] for r in result.layers}
+    for unit in expected:
+        prefix = "lm_head" if unit == "output layer" else f"model.layers.{unit.split()[1]}."
+        assert {f for n, f in formats.items() if n.startswith(prefix)} == {"int8"}
+    assert sorted(formats.values()).count("int4") == 15 - sum(7 if u != "output layer" else 1 for u in expected)
+    assert all(r["kl_int8"] < alloc["kl_all_int4"] for r in rows.values() if r["unit"] in expected)
+    # the model holds exactly what the codes say
+    params = dict(model.named_parameters(remove_duplicate=False))
+    from supertiny.compress.qstore import CodedWeight  # noqa: PLC0415
+
+    for r in result.layers:
+        n = r["name"]
+        if r["format"] == "int8":
+            c = CodedWeight("int8", result.codes[f"{n}.codes"], result.codes[f"{n}.scales"], None, 32)
+            assert torch.equal(c.dequantize(), params[n].detach())
+    with pytest.raises(InvalidInputError, match="below the all-int4 size"):
+        quantize_(build_tiny_model(seed=4), W4A16(group=32, max_mb=all4 / 2e6), _windows())
+    with pytest.raises(InvalidInputError, match="size budget .* needs calibration windows"):
+        quantize_(build_tiny_model(seed=4), W4A16(max_mb=1.0))

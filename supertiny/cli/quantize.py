@@ -31,6 +31,9 @@ from .core import _human, _quiet_transformers, main, run_training
 @click.option("--head-bits", type=click.Choice([str(b) for b in HEAD_BITS]), default=None,
               help="w4a16: the output layer (and a tied embedding) in int4 like the rest, or in group-wise int8 "
               "(llama.cpp's Q8_0 at group 32) [default: 4].")
+@click.option("--max-mb", type=float, default=None,
+              help="w4a16: a size budget (MB, size-equivalent); the decoder layers and output layer whose 8-bit "
+              "version saves the most calibration KL per byte are stored in int8 while the total fits.")
 @click.option("--calib", type=click.Path(dir_okay=False), default=None,
               help="Calibration text: .txt, or .jsonl with text or prompt/response (default: the bundled corpus).")
 @click.option("--task", default=None, help="Calibrate on a task's chat prompts instead: a shipped task's name "
@@ -47,9 +50,8 @@ from .core import _human, _quiet_transformers, main, run_training
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def quantize_cmd(model: str, out_dir: str, scheme: str, group: str | None, method: str | None,
                  symmetric: bool | None, granularity: str | None, float_head: bool, head_bits: str | None,
-                 calib: str | None, task: str | None, data: str | None, calib_tokens: int, eval_tokens: int,
-                 eval_text: str | None,
-                 overwrite: bool, as_json: bool) -> None:
+                 max_mb: float | None, calib: str | None, task: str | None, data: str | None, calib_tokens: int,
+                 eval_tokens: int, eval_text: str | None, overwrite: bool, as_json: bool) -> None:
     """Quantize MODEL into OUT_DIR: a plain Hugging Face checkpoint of the dequantized weights, the codes in
     OUT_DIR/quantization/, and a manifest with the quality against the unquantized model."""
     from ..compress.quantize import scheme_from_name
@@ -58,7 +60,7 @@ def quantize_cmd(model: str, out_dir: str, scheme: str, group: str | None, metho
     _quiet_transformers()
     chosen = scheme_from_name(scheme, group=int(group) if group else None, method=method, symmetric=symmetric,
                               granularity=granularity, head=False if float_head else None,
-                              head_bits=int(head_bits) if head_bits else None)
+                              head_bits=int(head_bits) if head_bits else None, max_mb=max_mb)
     config = QuantizeConfig(scheme=chosen, calib=calib, task=task, data=data, calib_tokens=calib_tokens,
                             eval_tokens=eval_tokens, eval_text=eval_text, overwrite=overwrite)
     # a progress bar per phase (quantizing, comparing), named by the library's log line

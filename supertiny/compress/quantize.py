@@ -83,6 +83,9 @@ class W4A16:
         method: ``rtn`` (round to nearest), ``gptq`` or ``awq`` (both need calibration).
         head: quantize the output layer (and the embedding when tied).
         head_bits: 4 (the output layer like the decoder) or 8 (group-wise int8, round to nearest).
+        max_mb: a size budget (MB, size-equivalent): the decoder layers and output layer whose int8 version
+            saves the most calibration KL per byte are stored in group-wise int8 while the total fits
+            (:mod:`.qalloc`; needs calibration windows).
         damp: GPTQ's damping, a fraction of the mean Hessian diagonal.
         awq_grid: AWQ's number of exponents tried (0, 1/grid, ...).
     """
@@ -92,6 +95,7 @@ class W4A16:
     method: str = "rtn"
     head: bool = True
     head_bits: int = 4
+    max_mb: float | None = None
     damp: float = 0.01
     awq_grid: int = 20
     name: ClassVar[str] = "w4a16"
@@ -107,6 +111,8 @@ class W4A16:
                                     f"got {self.head_bits}")
         if self.head_bits != 4 and not self.head:
             raise InvalidInputError("w4a16: head_bits applies to a quantized output layer; drop it or the float head")
+        if self.max_mb is not None and not self.max_mb > 0:
+            raise InvalidInputError(f"w4a16: max_mb must be positive, got {self.max_mb}")
         if not 0 < self.damp < 1:
             raise InvalidInputError(f"w4a16: damp must lie in (0, 1), got {self.damp}")
         if self.awq_grid < 1:
@@ -197,6 +203,7 @@ class QuantResult:
     quantized_params: int = 0
     quantized_bits: float = 0.0
     float_params: int = 0
+    allocation: dict[str, Any] | None = None
 
     def details(self) -> dict[str, Any]:
         """The manifest's view: scheme, kernel, bits per weight, size-equivalent bytes, layers, floats kept."""
@@ -210,6 +217,7 @@ class QuantResult:
             "size_equivalent_bytes": math.ceil(bits_all / 8),
             "quantized_parameters": self.quantized_params, "float_parameters": self.float_params,
             "tied_embedding": self.tied, "kept_float": self.kept_float, "layers": self.layers,
+            **({"allocation": self.allocation} if self.allocation else {}),
         }
 
 
@@ -271,6 +279,8 @@ def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None 
         raise InvalidInputError(f"no quantization handler for {type(scheme).__name__}; known: {known}")
     if getattr(scheme, "method", "rtn") != "rtn" and not calib:
         raise InvalidInputError(f"{scheme.name} --method {scheme.method} needs calibration windows")
+    if getattr(scheme, "max_mb", None) and not calib:
+        raise InvalidInputError(f"{scheme.name} with a size budget (max_mb) needs calibration windows")
     head = getattr(scheme, "head", True)
     emb, out_layer = model.get_input_embeddings(), model.get_output_embeddings()
     tied = out_layer.weight is emb.weight
@@ -331,9 +341,19 @@ def _store_int4(result: QuantResult, name: str, module: torch.nn.Linear, q: Any,
             scheme.group, **extra)
 
 
-def _store_int8_groups(result: QuantResult, name: str, module: torch.nn.Linear, group: int) -> None:
-    """Round ``module``'s weight to group-wise int8 in place; its codes into ``result``."""
-    codes, scales = quantize_int8_groups(module.weight, group)
+def _store_int8_groups(result: QuantResult, name: str, module: torch.nn.Linear, group: int,
+                       codes: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> None:
+    """Round ``module``'s weight to group-wise int8 in place (or take the given codes), replacing any entry of
+    ``name`` in ``result``."""
+    old = next((r for r in result.layers if r["name"] == name), None)
+    if old is not None:  # an int4 weight lifted to int8 by the size-budget allocation
+        result.layers.remove(old)
+        result.quantized_params -= module.weight.numel()
+        result.quantized_bits -= old["bits_per_weight"] * module.weight.numel()
+        for k in (f"{name}.codes", f"{name}.scales", f"{name}.zeros"):
+            result.codes.pop(k, None)
+    if codes is None or scales is None:
+        codes, scales = quantize_int8_groups(module.weight, group)
     module.weight.copy_(int8_groups_dequant(codes, scales, group).to(module.weight.dtype))
     result.codes.update({f"{name}.codes": codes, f"{name}.scales": scales})
     _record(result, name, module.weight, 8 + math.ceil(module.in_features / group) * SCALE_BITS / module.in_features,
@@ -351,10 +371,16 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
         from .gptq import InputStatistic
 
         (stats,) = calibrate(model, calib, [InputStatistic([p for p, _ in targets])])
+    reference = None
+    if scheme.max_mb:
+        from .qalloc import ALLOC_WINDOWS, log_probs
+
+        reference = log_probs(model, calib[:ALLOC_WINDOWS])  # the float model's, before any weight moves
     if scheme.method == "awq":
         from .awq import apply_awq_
 
         alphas, scales = apply_awq_(model, scheme, stats, result)
+    originals = {p: m.weight.detach().clone() for p, m in targets} if scheme.max_mb else {}
     head8 = targets[-1][0] if scheme.head and scheme.head_bits == 8 else None
     for done, (path, module) in enumerate(targets, 1):
         name = f"{path}.weight"
@@ -377,6 +403,13 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
         extra = {"awq_alpha": alphas[path]} if path in alphas else {}
         _store_int4(result, name, module, q, **extra)
         progress(done, len(targets))
+    if scheme.max_mb:
+        from .qalloc import ALLOC_WINDOWS, allocate_int8
+
+        assert reference is not None
+        result.allocation = allocate_int8(
+            model, result, targets, originals, scheme.group, scheme.head, calib[:ALLOC_WINDOWS], reference,
+            scheme.max_mb * 1e6, lambda r, n, m, c, s: _store_int8_groups(r, n, m, scheme.group, c, s), progress)
 
 
 def _act_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:

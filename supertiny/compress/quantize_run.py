@@ -9,7 +9,7 @@ scheme with :func:`~supertiny.compress.quantize.quantize_`, and writes through
   weights (float32, exactly ``(code - zero) * scale``), so transformers, ``supertiny
   eval`` and every exporter load it unchanged;
 * ``OUT/quantization/codes.safetensors`` — the integer/FP8 codes, scales and zero points
-  (format in :mod:`.quantize`), for exporters that carry them instead of re-quantizing;
+  (format in :mod:`.qstore`), which the exporters carry instead of re-quantizing (:mod:`supertiny.export.carry`);
 * ``OUT/supertiny.json`` — scheme, method, kernel (``simulated``), bits per weight, the
   size-equivalent bytes, per-layer rows, and under ``quality`` the quantized model
   (activation quantization included) against the unquantized one on held-out tokens:
@@ -125,7 +125,7 @@ def quantize(
     check_output_dir(out, config.overwrite)
     say = log or (lambda _m: None)
     scheme = config.scheme
-    calibrated = getattr(scheme, "method", "rtn") != "rtn"
+    calibrated = getattr(scheme, "method", "rtn") != "rtn" or bool(getattr(scheme, "max_mb", None))
     source = describe(model).to_dict()
     text = None if config.task is not None else calibration_text(config.calib)
     held_text = read_text(config.eval_text) if config.eval_text is not None else None
