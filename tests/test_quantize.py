@@ -301,7 +301,8 @@ def test_cli_quantize_writes_a_checkpoint_that_eval_and_verify_accept(make_tiny_
     m = json.loads(r.stdout[r.stdout.index("{"):])
     assert m["stage"] == "quantize" and m["details"]["kernel"] == "simulated"
     assert m["details"]["scheme"] == {"name": "w4a16", "group": 32, "symmetric": False, "method": "awq",
-                                      "head": True, "head_bits": 4, "damp": 0.01, "awq_grid": 20}
+                                      "head": True, "head_bits": 4, "max_mb": None, "damp": 0.01,
+                                      "awq_grid": 20}
     assert m["details"]["calibration"]["tokens"] == 256
     q = m["quality"]
     assert q["tokens"] == 256 and 0 <= q["kl_mean"] and 0 < q["top1_agreement"] <= 1

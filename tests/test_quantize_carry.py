@@ -1,4 +1,4 @@
-"""Quantized checkpoints carried into GGUF and ONNX: the exported weights are the stored codes, not a re-quantization."""
+"""Quantized checkpoints carried into GGUF and ONNX: the exported weights are the stored codes, not re-quantized."""
 
 from __future__ import annotations
 
