@@ -89,3 +89,15 @@ def test_what_cannot_batch(engine, monkeypatch):
     monkeypatch.setattr(engine, "shared_cache", True)  # a genai graph's in-place cache
     with pytest.raises(InvalidInputError, match="optimum graph"):
         generate_batch(engine, PROMPTS, 4)
+
+
+def test_bench_parallel_runs_onnx_in_static_batches(engine):
+    from supertiny.runtime.bench import BenchConfig, bench
+
+    config = BenchConfig(prompt_lengths=(8,), new_tokens=4, repeats=1, warmup=0, concurrency=(1, 4), requests=4,
+                         request_prompt_tokens=8, request_max_tokens=4, parallel=4, threads=1)
+    (result,) = bench([str(engine.path.parent)], config, isolate=False)["results"]
+    assert (result["format"], result["parallel"]) == ("onnx", 4)
+    levels = result["concurrency"]
+    assert [c["concurrency"] for c in levels] == [1, 4] and all(c["requests"] == 4 for c in levels)
+    assert all(c["throughput_tokens_per_s"] > 0 and c["latency_ms_p50"] <= c["latency_ms_p95"] for c in levels)

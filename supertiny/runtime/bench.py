@@ -53,8 +53,9 @@ class BenchConfig:
         requests: requests per concurrency level (at least one per client).
         request_prompt_tokens / request_max_tokens: the shape of each latency request.
         slots: engines serving the requests in parallel (the server's ``--slots``).
-        parallel: GGUF: one batched engine decoding this many sequences together (the
-            server's ``--parallel``; 0: off). Single-stream figures then come from it too.
+        parallel: one engine decoding this many sequences together (0: off): GGUF with
+            continuous batching (the server's ``--parallel``; single-stream figures then come
+            from the batched engine too), ONNX optimum exports in static batches.
         threads, n_ctx, backend, gpu_layers, provider: how the engine is opened.
     """
 
@@ -268,11 +269,17 @@ def closed_loop(clients: int, requests: int, send: Callable[[int], Iterator[int]
 def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, config: BenchConfig,
                        offset: int) -> dict[str, Any]:
     from .batch_scheduler import BatchScheduler
+    from .onnx_batch import StaticBatchScheduler
+    from .onnxrt import OnnxEngine
     from .scheduler import Scheduler
 
     n = max(config.requests, clients)
-    scheduler = (BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600) if config.parallel else
-                 Scheduler(engines, max_queue=n, request_timeout_s=3600))
+    if not config.parallel:
+        scheduler = Scheduler(engines, max_queue=n, request_timeout_s=3600)
+    elif isinstance(engines[0], OnnxEngine):
+        scheduler = StaticBatchScheduler(engines[0], batch=config.parallel, max_queue=n, request_timeout_s=3600)
+    else:
+        scheduler = BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600)
 
     def send(i: int) -> Iterator[int]:
         start = (offset + i * 97) % max(1, len(corpus) - config.request_prompt_tokens)
@@ -319,12 +326,20 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     t0 = time.perf_counter()
     options = {"threads": threads, "n_ctx": n_ctx, "gpu_layers": config.gpu_layers, "provider": config.provider}
     if config.parallel:  # one engine decoding `parallel` sequences per forward pass
-        if kind != "gguf" or config.backend not in ("auto", "llama.cpp"):
-            raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} is not one")
+        if (kind, config.backend) not in {("gguf", "auto"), ("gguf", "llama.cpp"), ("onnx", "auto"),
+                                          ("onnx", "onnxruntime")}:
+            raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend (continuously) and "
+                                    f"ONNX exports (static batches); {path} is neither")
         from .batched import BatchedLlamaEngine
         from .engine import EngineOptions
 
-        engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=config.parallel)]
+        if kind == "gguf":
+            engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=config.parallel)]
+        else:
+            from .onnx_batch import check_batchable
+
+            engines = [open_engine(artifact, "onnxruntime", **options)]
+            check_batchable(engines[0])
     else:
         engines = [open_engine(artifact, config.backend, **options) for _ in range(config.slots)]
     engine = engines[0]
