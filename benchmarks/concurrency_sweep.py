@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--student", type=int, default=0, metavar="LAYERS",
                     help="also a depth-pruned student keeping LAYERS of the teacher's 30 layers")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each cell keeps its best round")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--requests-per-client", type=int, default=1, help="requests per level = max(4, this x clients)")
@@ -202,15 +203,19 @@ def main() -> None:
         level(make, prompts, 2, 2, 4)
     rows: dict[str, dict[int, dict]] = {name: {} for name in files}
     started = time.perf_counter()
-    for c in levels:
-        for name, (_, make) in opened.items():
-            rows[name][c] = r = level(make, prompts, c, max(4, per_client * c), args.new_tokens)
-            print(f"  {name:>18} c={c:>2}: {r['tok_s']:6.1f} tok/s  p95 {r['p95_ms']:7.0f} ms", file=sys.stderr,
-                  flush=True)
+    for _ in range(args.rounds):
+        for c in levels:
+            for name, (_, make) in opened.items():
+                r = level(make, prompts, c, max(4, per_client * c), args.new_tokens)
+                if r["tok_s"] > rows[name].get(c, {}).get("tok_s", 0):  # best round: the least disturbed
+                    rows[name][c] = r
+                print(f"  {name:>18} c={c:>2}: {r['tok_s']:6.1f} tok/s  p95 {r['p95_ms']:7.0f} ms", file=sys.stderr,
+                      flush=True)
     for engine, _ in opened.values():
         engine.close()
 
-    title = (f"default teacher (SmolLM2-135M) and exports, {args.threads} threads, {os.cpu_count()} cores; "
+    title = (f"default teacher (SmolLM2-135M) and exports, {args.threads} thread(s), {os.cpu_count()} cores, "
+             f"best of {args.rounds} round(s); "
              f"prompt {args.prompt_tokens} + {args.new_tokens} new tokens, closed loop; GGUF continuous batching, "
              f"ONNX static batches")
     print(f"{title}; measured in {time.perf_counter() - started:.0f} s\n")
