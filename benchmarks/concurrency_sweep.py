@@ -110,18 +110,28 @@ def level(make, prompts: list[list[int]], clients: int, requests: int, new: int)
             "p50_ms": percentile(run.latencies, 50) * 1000}
 
 
-def crossings(rows: dict[str, dict[int, dict]], levels: list[int]) -> list[str]:
-    """Where one format's tokens/s curve overtakes another's between two adjacent levels."""
+def crossings(rows: dict[str, dict[int, dict]], levels: list[int], margin: float = 0.1) -> list[str]:
+    """Where one format's tokens/s curve overtakes another's: it is more than ``margin``
+    (10%) slower at one level and more than ``margin`` faster at a later one (smaller
+    swaps are within a shared machine's noise). The last such swap of each pair is reported.
+    """
     out = []
     names = list(rows)
+
+    def lead(a: str, b: str, c: int) -> int:  # +1: a clearly faster, -1: b clearly faster, 0: a tie
+        ra, rb = rows[a][c]["tok_s"], rows[b][c]["tok_s"]
+        return 0 if abs(ra - rb) <= margin * max(ra, rb) else (1 if ra > rb else -1)
+
     for a_i, a in enumerate(names):
         for b in names[a_i + 1:]:
-            for lo, hi in zip(levels, levels[1:], strict=False):
-                d_lo = rows[a][lo]["tok_s"] - rows[b][lo]["tok_s"]
-                d_hi = rows[a][hi]["tok_s"] - rows[b][hi]["tok_s"]
-                if d_lo * d_hi < 0:
-                    win, lose = (a, b) if d_hi > 0 else (b, a)
-                    out.append(f"{win} overtakes {lose} between {lo} and {hi} streams")
+            clear = [(c, lead(a, b, c)) for c in levels if lead(a, b, c)]
+            swaps = [(lo, hi, s) for (lo, p), (hi, s) in zip(clear, clear[1:], strict=False) if p != s]
+            if swaps:
+                lo, hi, s = swaps[-1]
+                win, lose = (a, b) if s > 0 else (b, a)
+                out.append(f"{win} overtakes {lose} between {lo} and {hi} streams ({win} vs {lose}: "
+                           f"{rows[win][lo]['tok_s']:.0f} vs {rows[lose][lo]['tok_s']:.0f} tok/s at {lo}, "
+                           f"{rows[win][hi]['tok_s']:.0f} vs {rows[lose][hi]['tok_s']:.0f} at {hi})")
     return out
 
 
@@ -232,7 +242,7 @@ def main() -> None:
     for c in levels:
         best = max(rows, key=lambda n, c=c: rows[n][c]["tok_s"])
         print(f"fastest at {c:>2} streams: {best} ({rows[best][c]['tok_s']:.1f} tok/s)")
-    print(*(crossings(rows, levels) or ["no curves cross"]), sep="\n")
+    print(*(crossings(rows, levels) or ["no curves cross by more than 10%"]), sep="\n")
     print(plot(rows, levels, title, Path(args.plot)))
     if args.json:
         Path(args.json).write_text(json.dumps({"title": title, "levels": levels, "files": {k: str(v) for k, v in
