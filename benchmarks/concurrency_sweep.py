@@ -155,8 +155,10 @@ def plot(rows: dict[str, dict[int, dict]], levels: list[int], title: str, path: 
         a.set_ylabel(label)
         a.grid(alpha=0.3)
     ax2.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    ax2.legend(fontsize=8, loc="lower right")  # the latency plot has room there
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, 150), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return f"plot: {path}"
@@ -179,7 +181,12 @@ def main() -> None:
     ap.add_argument("--plot", default="concurrency_sweep.png")
     ap.add_argument("--json", default=None, help="also write every figure here")
     ap.add_argument("--export-only", action="store_true", help="make the exports, measure nothing")
+    ap.add_argument("--replot", default=None, metavar="JSON", help="draw --plot from a --json file, measure nothing")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        rows = {name: {int(c): r for c, r in row.items()} for name, row in saved["rows"].items()}
+        return print(plot(rows, saved["levels"], saved["title"], Path(args.plot)))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     levels = [1, 4, 16] if args.quick else [int(v) for v in args.levels.split(",")]
     per_client = 1 if args.quick else args.requests_per_client
