@@ -177,7 +177,9 @@ def generate_batch(engine: OnnxEngine, prompts: Sequence[Sequence[int]], max_new
 
     Greedy replies equal :meth:`OnnxEngine.generate`'s one prompt at a time (tested).
 
-    >>> generate_batch(OnnxEngine("out/"), [[1, 2, 3], [4, 5]], 8)  # doctest: +SKIP
+    Example::
+
+        replies = generate_batch(OnnxEngine("out/"), [[1, 2, 3], [4, 5]], 8)
     """
     budgets = [engine.check_request(len(p), max_new_tokens) for p in prompts]
     out: list[list[int]] = [[] for _ in prompts]
