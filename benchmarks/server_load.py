@@ -73,18 +73,21 @@ def peak_rss_mb(pid: int) -> float | None:
         return None
 
 
-def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: list[str]) -> dict:
+def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: list[str],
+              system_prompt: str | None = None) -> dict:
     import openai
 
     from supertiny.runtime.bench import closed_loop, percentile
 
+    # no system message: the chat template adds its own (SmolLM2's: ~20 tokens)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=600)
 
     def send(i: int):
         stream = client.chat.completions.create(
             model="smollm2", stream=True, temperature=0, max_tokens=max_tokens,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-            messages=[{"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}])
+            messages=[*system, {"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}])
         pieces = 0
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -117,6 +120,7 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=0, help="then this many requests at once (429s expected)")
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=60, help="60: about 80 tokens with the chat template")
+    ap.add_argument("--system", default=None, help="a system message (default: the chat template's own)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     prompts = excerpts(997, args.prompt_words)
@@ -124,9 +128,10 @@ def main() -> None:
         layouts = [(1, args.cores, args.parallel)]
     else:
         layouts = [(1, args.cores, 0), (args.cores, 1, 0)] if args.cores > 1 else [(1, 1, 0)]
+    system = f", system message {args.system!r}" if args.system else ""
     per_level = f"{args.per_client} x clients" if args.per_client else "max(8, 2 x clients)"
     print(f"default teacher Q4_1 GGUF, llama.cpp; {args.cores} cores; streaming chat, {args.prompt_words}-word "
-          f"prompts, {args.max_tokens} new tokens, greedy; requests per level = {per_level}; "
+          f"prompts{system}, {args.max_tokens} new tokens, greedy; requests per level = {per_level}; "
           f"--max-queue {args.max_queue}\n")
     print("| layout | clients | ok | 429 | other errors | p50 ms | p95 ms | TTFT p50 ms | TTFT p95 ms | tokens/s "
           "| req/s | wall s |")
@@ -140,12 +145,12 @@ def main() -> None:
             for c in levels:
                 n = args.per_client * c if args.per_client else max(8, 2 * c)
                 t0 = time.perf_counter()
-                r = run_level(port, c, n, args.max_tokens, prompts)
+                r = run_level(port, c, n, args.max_tokens, prompts, args.system)
                 print(f"| {name} | {c} | {r['ok']} | {r['n429']} | {len(r['errors']) - r['n429']} | {r['p50']:.0f} "
                       f"| {r['p95']:.0f} | {r['ttft50']:.0f} | {r['ttft95']:.0f} | {r['tok_s']:.1f} | "
                       f"{r['req_s']:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)
             if args.burst:
-                r = run_level(port, args.burst, args.burst, args.max_tokens, prompts)
+                r = run_level(port, args.burst, args.burst, args.max_tokens, prompts, args.system)
                 capacity = (parallel or slots) + args.max_queue
                 print(f"\nburst: {args.burst} requests at once -> {r['ok']} answered, {r['n429']} x 429 (expected "
                       f"about {max(0, args.burst - capacity)}: capacity {capacity} = running + queue), "
