@@ -17,11 +17,12 @@ together once their caches are left-padded to one length, the padding masked out
   for the next batch (:class:`StaticBatchScheduler`); llama.cpp's engine admits new
   sequences between steps instead (:mod:`.batched`).
 
-onnxruntime-genai's graphs (``--format genai``) are not batched here: their
-``GroupQueryAttention`` writes a shared in-place cache sized ``[B, heads, max_length,
-head_dim]`` and takes per-row valid lengths (``seqlens_k``) derived from the mask, which
-onnxruntime-genai's own generator drives (``GeneratorParams`` with a batch of
-left-padded prompts; all rows share one ``max_length``, finished rows keep emitting pad).
+onnxruntime-genai's graphs (``--format genai``) are not batched here: our engine binds
+their in-place ``GroupQueryAttention`` cache per sequence. onnxruntime-genai batches them
+itself: its ``Engine``/``Request`` API (0.15) steps several requests together; on its
+static KV cache a new batch is admitted only once every request of the running one has
+completed (``StaticCacheManager::CanAllocate``), and admitting between steps needs its
+paged cache (``PagedCacheManager``, a paged-attention graph).
 
 Example::
 
