@@ -102,7 +102,8 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--requests", default=8, show_default=True, help="Requests per concurrency level.")
 @click.option("--slots", default=1, show_default=True, help="Engines serving requests in parallel (as `serve`).")
 @click.option("--parallel", default=0, show_default=True,
-              help="GGUF: one batched engine decoding this many sequences together (as `serve`; 0: off).")
+              help="One engine decoding this many sequences together (0: off): GGUF continuously (as `serve`), "
+              "ONNX (optimum graph) in static batches.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: the target's, else all cores).")
 @click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True)

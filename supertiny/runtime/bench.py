@@ -26,17 +26,19 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import InvalidInputError, SupertinyError, UserError
+from .loadtest import LoadRun, closed_loop, decode_rate, peak_rss_bytes, percentile, summarize
+
+__all__ = ["BenchConfig", "LoadRun", "bench", "bench_artifact", "closed_loop", "decode_rate", "measured_for_budgets",
+           "peak_rss_bytes", "percentile", "summarize", "verdicts"]
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -53,8 +55,9 @@ class BenchConfig:
         requests: requests per concurrency level (at least one per client).
         request_prompt_tokens / request_max_tokens: the shape of each latency request.
         slots: engines serving the requests in parallel (the server's ``--slots``).
-        parallel: GGUF: one batched engine decoding this many sequences together (the
-            server's ``--parallel``; 0: off). Single-stream figures then come from it too.
+        parallel: one engine decoding this many sequences together (0: off): GGUF with
+            continuous batching (the server's ``--parallel``; single-stream figures then come
+            from the batched engine too), ONNX optimum exports in static batches.
         threads, n_ctx, backend, gpu_layers, provider: how the engine is opened.
     """
 
@@ -108,48 +111,7 @@ class BenchConfig:
         )
 
 
-# -- the maths (pure; tested on synthetic timings) ---------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks
-    (numpy's default), so p50 of an even count is the mean of the middle two.
-
-    >>> percentile([1, 2, 3, 4], 50), percentile([10, 20], 95), percentile([5], 99)
-    (2.5, 19.5, 5.0)
-    """
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in 0..100, got {q}")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return float(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
-
-
-def summarize(values: Sequence[float], name: str, quantiles: Sequence[int] = (50,)) -> dict[str, float]:
-    """``{name}_p50``, ... plus ``{name}_min``/``_max`` (the spread of the runs).
-
-    >>> summarize([3.0, 1.0, 2.0], "ttft_ms")
-    {'ttft_ms_p50': 2.0, 'ttft_ms_min': 1.0, 'ttft_ms_max': 3.0}
-    """
-    out = {f"{name}_p{q}": percentile(values, q) for q in quantiles}
-    out[f"{name}_min"], out[f"{name}_max"] = float(min(values)), float(max(values))
-    return out
-
-
-def decode_rate(token_times: Sequence[float]) -> float:
-    """Tokens per second between the first and the last token (the first token's time
-    is the prefill's, so it is not counted).
-
-    >>> round(decode_rate([1.0, 1.25, 1.5, 1.75, 2.0]), 6)
-    4.0
-    """
-    if len(token_times) < 2:
-        raise ValueError("decode rate needs at least two token times")
-    span = token_times[-1] - token_times[0]
-    return (len(token_times) - 1) / span if span > 0 else math.inf
+# -- budgets ------------------------------------------------------------------------------
 
 
 def measured_for_budgets(result: dict[str, Any], target: Any) -> dict[str, float]:
@@ -177,18 +139,6 @@ def verdicts(result: dict[str, Any], target: Any) -> list[dict[str, Any]]:
 # -- measuring one artifact (runs in the child process) ----------------------------------
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set of this process (Linux/macOS via getrusage, Windows via psutil)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        import psutil
-
-        return int(psutil.Process().memory_info().peak_wset)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def _corpus_ids(engine: Any, need: int) -> list[int]:
     from ..evaluate import default_corpus_path, read_text
 
@@ -209,70 +159,20 @@ def _timed_run(engine: Any, prompt: list[int], new_tokens: int) -> list[float]:
     return times
 
 
-@dataclass
-class LoadRun:
-    """What :func:`closed_loop` saw: per-request seconds, tokens and failures."""
-
-    latencies: list[float]
-    ttfts: list[float]
-    tokens: int
-    errors: list[BaseException]
-    wall_s: float
-
-
-def closed_loop(clients: int, requests: int, send: Callable[[int], Iterator[int]]) -> LoadRun:
-    """``clients`` threads send requests ``0..requests-1`` back to back (a closed loop:
-    each client waits for its reply before sending the next), as users of a server do.
-
-    ``send(i)`` performs request ``i`` and yields the number of tokens in each piece of
-    the reply as it arrives; latency and time to first token are taken around it.
-    A request that raises is recorded in ``errors`` and the client goes on.
-    """
-    todo: queue.Queue[int] = queue.Queue()
-    for i in range(requests):
-        todo.put(i)
-    run = LoadRun([], [], 0, [], 0.0)
-    lock = threading.Lock()
-
-    def client() -> None:
-        while True:
-            try:
-                i = todo.get_nowait()
-            except queue.Empty:
-                return
-            t0, first, count = time.perf_counter(), None, 0
-            try:
-                for n in send(i):
-                    if n and first is None:
-                        first = time.perf_counter() - t0
-                    count += n
-            except Exception as exc:  # reported by the caller, never swallowed
-                with lock:
-                    run.errors.append(exc)
-                continue
-            with lock:
-                run.latencies.append(time.perf_counter() - t0)
-                run.ttfts.append(first if first is not None else run.latencies[-1])
-                run.tokens += count
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    run.wall_s = time.perf_counter() - start
-    return run
-
-
 def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, config: BenchConfig,
                        offset: int) -> dict[str, Any]:
     from .batch_scheduler import BatchScheduler
+    from .onnx_batch import StaticBatchScheduler
+    from .onnxrt import OnnxEngine
     from .scheduler import Scheduler
 
     n = max(config.requests, clients)
-    scheduler = (BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600) if config.parallel else
-                 Scheduler(engines, max_queue=n, request_timeout_s=3600))
+    if not config.parallel:
+        scheduler = Scheduler(engines, max_queue=n, request_timeout_s=3600)
+    elif isinstance(engines[0], OnnxEngine):
+        scheduler = StaticBatchScheduler(engines[0], batch=config.parallel, max_queue=n, request_timeout_s=3600)
+    else:
+        scheduler = BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600)
 
     def send(i: int) -> Iterator[int]:
         start = (offset + i * 97) % max(1, len(corpus) - config.request_prompt_tokens)
@@ -319,12 +219,20 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     t0 = time.perf_counter()
     options = {"threads": threads, "n_ctx": n_ctx, "gpu_layers": config.gpu_layers, "provider": config.provider}
     if config.parallel:  # one engine decoding `parallel` sequences per forward pass
-        if kind != "gguf" or config.backend not in ("auto", "llama.cpp"):
-            raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} is not one")
+        if (kind, config.backend) not in {("gguf", "auto"), ("gguf", "llama.cpp"), ("onnx", "auto"),
+                                          ("onnx", "onnxruntime")}:
+            raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend (continuously) and "
+                                    f"ONNX exports (static batches); {path} is neither")
         from .batched import BatchedLlamaEngine
         from .engine import EngineOptions
 
-        engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=config.parallel)]
+        if kind == "gguf":
+            engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=config.parallel)]
+        else:
+            from .onnx_batch import check_batchable
+
+            engines = [open_engine(artifact, "onnxruntime", **options)]
+            check_batchable(engines[0])
     else:
         engines = [open_engine(artifact, config.backend, **options) for _ in range(config.slots)]
     engine = engines[0]
