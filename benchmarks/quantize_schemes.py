@@ -15,7 +15,7 @@ topics that ship with CPython (``pydoc_data.topics``). Speed: decode tokens/s an
 of a 256-token prompt, 2 threads, median of 2 runs after a warm-up.
 
 Run:  .venv/bin/python benchmarks/quantize_schemes.py [--tokens 4096] [--calib-tokens 4096]
-          [--student DIR | --student-layers 24] [--quick] [--asymmetric] [--build-only] [--keep DIR]
+          [--student DIR | --student-layers 24] [--quick] [--asymmetric] [--only W1,W2] [--build-only] [--keep DIR]
 It prints one table per model and writes quantize_schemes.png (quality vs size) and
 quantize_schemes.json into the work folder.
 """
@@ -90,9 +90,10 @@ def build(src: Path, work: Path, calib_tokens: int, quick: bool, asymmetric: boo
     schemes = [("w8a8", W8A8()), ("w4-rtn", W4A16(group=32, symmetric=True)),
                ("w4-gptq", W4A16(group=32, symmetric=True, method="gptq")),
                ("w4-awq", W4A16(group=32, symmetric=True, method="awq")),
-               ("w4-gptq-h8", best),
+               ("w4-gptq-h8", best), ("w4-awq-h8", W4A16(group=32, symmetric=True, method="awq", head_bits=8)),
                # int8 where it saves most KL per byte, within a 92 MB file (~2 MB of it vocabulary and norms)
-               ("w4-gptq-90mb", W4A16(group=32, symmetric=True, method="gptq", max_mb=90.0))]
+               ("w4-gptq-90mb", W4A16(group=32, symmetric=True, method="gptq", max_mb=90.0)),
+               ("w4-awq-90mb", W4A16(group=32, symmetric=True, method="awq", max_mb=90.0))]
     if asymmetric:  # Q4_1 blocks: 5 bits/weight, past a 92 MB file for the teacher with an 8-bit head
         schemes.append(("w4-gptq-asym-h8", W4A16(group=32, method="gptq", head_bits=8)))
     if quick:
@@ -194,6 +195,8 @@ def main() -> None:
     ap.add_argument("--no-student", action="store_true")
     ap.add_argument("--quick", action="store_true", help="three of supertiny's schemes instead of six")
     ap.add_argument("--asymmetric", action="store_true", help="add W4A16 GPTQ with zero points (GGUF Q4_1)")
+    ap.add_argument("--only", default=None, help="measure only the rows whose label contains one of these "
+                    "comma-separated words (and the references)")
     ap.add_argument("--build-only", action="store_true", help="make the artifacts (into --keep) and stop; a second "
                     "run measures them, e.g. on a quiet machine")
     args, work = start(ap, "supertiny-quant-", keep_help="folder to keep (and reuse) the artifacts in")
@@ -219,6 +222,8 @@ def main() -> None:
         params = sum(p.numel() for p in lm.model.parameters())
         del lm
         rows = build(src, sub, args.calib_tokens, args.quick, args.asymmetric)
+        if args.only:  # the references, and the rows named
+            rows = [r for r in rows if r["family"] == "reference" or any(k in r["label"] for k in args.only.split(","))]
         if args.build_only:
             continue
         measure(rows, src, sub, ids, held)

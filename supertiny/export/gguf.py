@@ -83,7 +83,8 @@ class GGUFExportConfig:
         if self.verify_tokens < 16:
             raise InvalidInputError(f"verify_tokens must be at least 16, got {self.verify_tokens}")
         if self.imatrix_tokens < 0 or (self.imatrix_tokens and (self.quant or CARRY).upper() == CARRY):
-            raise InvalidInputError("an importance matrix (imatrix_tokens > 0) needs a quantization type of llama.cpp's")
+            raise InvalidInputError("an importance matrix (imatrix_tokens > 0) needs a quantization type "
+                                    "(one of llama.cpp's)")
 
 
 def _numpy_f32(t: Any) -> np.ndarray:
