@@ -324,9 +324,17 @@ def test_cli_quantize_w8a8_on_task_records(make_tiny_dir, tmp_path):
     src, out = make_tiny_dir(), tmp_path / "q8"
     r = CliRunner().invoke(main, ["quantize", str(src), str(out), "--scheme", "w8a8", "--task",
                                   str(tmp_path / "task.toml"), "--data", str(tmp_path / "data.jsonl"),
-                                  "--eval-tokens", "128", "--json"])
+                                  "--eval-tokens", "128", "--task-eval", str(tmp_path / "data.jsonl"),
+                                  "--task-limit", "3", "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout[r.stdout.index("{"):])
+    # the task scored on both models, the unquantized one exactly as `eval --task` scores it
+    from supertiny.eval_run import evaluate_task_model  # noqa: PLC0415
+
+    t = m["quality"]["task"]
+    ref = evaluate_task_model(str(src), str(tmp_path / "task.toml"), str(tmp_path / "data.jsonl"), limit=3)
+    assert t["records"] == 3 and t["prompt"] == "full" and t["reference_score"] == ref.evaluation.score.task_score
+    assert 0 <= t["score"] <= 1
     assert m["details"]["calibration"]["task"] == "tiny-colors"
     assert m["details"]["calibration"]["prompt"] == "full"  # an untrained model: the task's full prompt
     assert m["quality"]["activations_quantized"] is True and m["quality"]["text"] == "bundled corpus"
@@ -340,6 +348,7 @@ def test_cli_quantize_w8a8_on_task_records(make_tiny_dir, tmp_path):
     (["--scheme", "fp8", "--symmetric"], "error: fp8 takes no symmetric"),
     (["--scheme", "w4a16", "--group", "48"], "Invalid value for '--group'"),
     (["--scheme", "w4a16", "--task", "factory-tickets"], "error: --task and --data go together"),
+    (["--scheme", "w4a16", "--task-eval", "x.jsonl"], "error: --task-eval scores a task: give --task"),
 ])
 def test_cli_bad_scheme_arguments_are_one_line_errors(make_tiny_dir, tmp_path, args, message):
     r = CliRunner().invoke(main, ["quantize", str(make_tiny_dir()), str(tmp_path / "o"), *args])

@@ -40,6 +40,9 @@ from .core import _human, _quiet_transformers, main, run_training
               "(factory-tickets) or a task .toml file; needs --data.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="With --task: task records (input, label) or teacher data (input, response).")
+@click.option("--task-eval", type=click.Path(dir_okay=False), default=None,
+              help="With --task: labelled records on which the quantized and the unquantized model are both scored.")
+@click.option("--task-limit", type=int, default=None, help="With --task-eval: score only the first N records.")
 @click.option("--calib-tokens", default=2048, show_default=True, help="Calibration tokens (gptq/awq).")
 @click.option("--eval-tokens", default=2048, show_default=True,
               help="Held-out tokens on which the quantized model is compared with the original.")
@@ -50,7 +53,8 @@ from .core import _human, _quiet_transformers, main, run_training
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def quantize_cmd(model: str, out_dir: str, scheme: str, group: str | None, method: str | None,
                  symmetric: bool | None, granularity: str | None, float_head: bool, head_bits: str | None,
-                 max_mb: float | None, calib: str | None, task: str | None, data: str | None, calib_tokens: int,
+                 max_mb: float | None, calib: str | None, task: str | None, data: str | None, task_eval: str | None,
+                 task_limit: int | None, calib_tokens: int,
                  eval_tokens: int, eval_text: str | None, overwrite: bool, as_json: bool) -> None:
     """Quantize MODEL into OUT_DIR: a plain Hugging Face checkpoint of the dequantized weights, the codes in
     OUT_DIR/quantization/, and a manifest with the quality against the unquantized model."""
@@ -62,7 +66,8 @@ def quantize_cmd(model: str, out_dir: str, scheme: str, group: str | None, metho
                               granularity=granularity, head=False if float_head else None,
                               head_bits=int(head_bits) if head_bits else None, max_mb=max_mb)
     config = QuantizeConfig(scheme=chosen, calib=calib, task=task, data=data, calib_tokens=calib_tokens,
-                            eval_tokens=eval_tokens, eval_text=eval_text, overwrite=overwrite)
+                            eval_tokens=eval_tokens, eval_text=eval_text, task_eval=task_eval,
+                            task_limit=task_limit, overwrite=overwrite)
     # a progress bar per phase (quantizing, comparing), named by the library's log line
     run_training(partial(quantize, model, out_dir, config), "quantizing", True, as_json, partial(_lines, out_dir))
 
@@ -80,4 +85,9 @@ def _lines(out: str, m: Manifest) -> list[str]:
         lines.append(f"quality     on {q['tokens']} held-out tokens: perplexity {q['perplexity']:.3f} "
                      f"({q['perplexity_ratio']:.3f}x the unquantized {q['reference_perplexity']:.3f}), "
                      f"KL {q['kl_mean']:.4f} nats, top-1 agreement {q['top1_agreement']:.1%}")
+    if "task" in q:
+        t = q["task"]
+        ratio = f"; {t['score_ratio']:.3f}x" if t["score_ratio"] is not None else ""
+        lines.append(f"task        {t['score']:.3f} on {t['records']} records of {t['data']} (unquantized "
+                     f"{t['reference_score']:.3f}{ratio})")
     return lines + [f"note        {n}" for n in m.notes]

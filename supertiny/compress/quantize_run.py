@@ -51,6 +51,9 @@ class QuantizeConfig:
         calib_tokens: calibration tokens (calibrated methods only; RTN reads none).
         eval_tokens: held-out tokens the report compares the quantized and unquantized models on.
         eval_text: a text file to take the held-out tokens from (see the module doc).
+        task_eval: with ``task``, labelled records on which the quantized and unquantized models are both
+            scored with the task metric (greedy replies, torch, weights as written: activation
+            quantization is not applied to replies); ``task_limit`` caps the records.
         window: tokens per forward pass.
     """
 
@@ -61,12 +64,18 @@ class QuantizeConfig:
     calib_tokens: int = 2048
     eval_tokens: int = 2048
     eval_text: str | None = None
+    task_eval: str | None = None
+    task_limit: int | None = None
     window: int = 512
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         if (self.task is None) != (self.data is None):
             raise InvalidInputError("--task and --data go together: a task and its records to calibrate on")
+        if self.task_eval is not None and self.task is None:
+            raise InvalidInputError("--task-eval scores a task: give --task (and --data) too")
+        if self.task_limit is not None and self.task_limit < 1:
+            raise InvalidInputError(f"task_limit must be at least 1, got {self.task_limit}")
         if self.task is not None and self.calib is not None:
             raise InvalidInputError("give --calib (text) or --task/--data (task records), not both")
         if min(self.calib_tokens, self.eval_tokens, self.window) < MIN_WINDOW:
@@ -97,6 +106,22 @@ def _task_ids(config: QuantizeConfig, tokenizer: Any, model: str | os.PathLike[s
         used += 1
     return ids[:config.calib_tokens], {"task": task.name, "prompt": task.prompt, "data": config.data, "records": used,
                                        "records_in_file": counts["records"]}
+
+
+def _task_scores(model: str | os.PathLike[str], written: Path, config: QuantizeConfig, prompt: str
+                 ) -> dict[str, Any]:
+    """Task score of the written (quantized) checkpoint and of the source, on the same records and prompt."""
+    from ..eval_run import evaluate_task_model
+
+    assert config.task is not None and config.task_eval is not None
+    scores = {}
+    for name, path in (("reference", model), ("quantized", written)):
+        r = evaluate_task_model(path, config.task, config.task_eval, limit=config.task_limit, prompt=prompt)
+        scores[name] = r.evaluation.score.task_score
+        n = r.evaluation.score.n
+    return {"data": config.task_eval, "records": n, "prompt": prompt, "reference_score": scores["reference"],
+            "score": scores["quantized"],
+            "score_ratio": scores["quantized"] / scores["reference"] if scores["reference"] else None}
 
 
 def quantize(
@@ -184,5 +209,9 @@ def quantize(
                        "kl_mean": a.kl_mean, "kl_p95": a.kl_p95, "top1_agreement": a.top1_agreement}
         for h in result.hooks:
             h.remove()
+        if config.task_eval is not None:
+            say(f"scoring the task on {config.task_eval}, quantized and unquantized")
+            with run.step("task"):
+                quality["task"] = _task_scores(model, stage, config, calibration["prompt"])
         details = {**result.details(), "calibration": calibration}
         return run.install(quality=quality, details=details)
