@@ -372,13 +372,18 @@ def test_size_budget_lifts_the_units_that_save_most_kl_per_byte():
     rows = {r["unit"]: r for r in alloc["units"]}
     assert set(rows) == {"layer 0", "layer 1", "output layer"}
     assert alloc["all_int4_bytes"] == all4
-    # greedy by KL saved per byte, within the budget: recompute the choice from the measured rows
-    expected, total = [], alloc["all_int4_bytes"]
-    for r in sorted(rows.values(), key=lambda r: -r["kl_saved"] / r["extra_bytes"]):
-        if r["kl_saved"] > 0 and total + r["extra_bytes"] <= budget_mb * 1e6:
-            expected.append(r["unit"])
-            total += r["extra_bytes"]
-    assert alloc["int8_units"] == expected and expected
+    # the best set within the budget: recompute it by brute force over every subset of the measured rows
+    import itertools  # noqa: PLC0415
+
+    from supertiny.compress.qalloc import cost_step  # noqa: PLC0415
+
+    room = int(budget_mb * 1e6 - alloc["all_int4_bytes"])
+    step = cost_step(room)
+    fits = [c for k in range(4) for c in itertools.combinations(rows.values(), k)
+            if sum(-(-r["extra_bytes"] // step) for r in c) <= room // step]
+    best = max(fits, key=lambda c: sum(r["kl_saved"] for r in c))
+    expected = sorted(r["unit"] for r in best)
+    assert sorted(alloc["int8_units"]) == expected and expected
     assert result.details()["size_equivalent_bytes"] <= budget_mb * 1e6
     formats = {r["name"]: r["format"] for r in result.layers}
     for unit in expected:

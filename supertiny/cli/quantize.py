@@ -32,8 +32,8 @@ from .core import _human, _quiet_transformers, main, run_training
               help="w4a16: the output layer (and a tied embedding) in int4 like the rest, or in group-wise int8 "
               "(llama.cpp's Q8_0 at group 32) [default: 4].")
 @click.option("--max-mb", type=float, default=None,
-              help="w4a16: a size budget (MB, size-equivalent); the decoder layers and output layer whose 8-bit "
-              "version saves the most calibration KL per byte are stored in int8 while the total fits.")
+              help="w4a16: a size budget (MB, size-equivalent); the set of decoder layers and output layer whose "
+              "8-bit versions save the most calibration KL within it is stored in int8.")
 @click.option("--calib", type=click.Path(dir_okay=False), default=None,
               help="Calibration text: .txt, or .jsonl with text or prompt/response (default: the bundled corpus).")
 @click.option("--task", default=None, help="Calibrate on a task's chat prompts instead: a shipped task's name "

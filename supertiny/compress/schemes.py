@@ -24,8 +24,8 @@ class W4A16:
         method: ``rtn`` (round to nearest), ``gptq`` or ``awq`` (both need calibration).
         head: quantize the output layer (and the embedding when tied).
         head_bits: 4 (the output layer like the decoder) or 8 (group-wise int8, round to nearest).
-        max_mb: a size budget (MB, size-equivalent): the decoder layers and output layer whose int8 version
-            saves the most calibration KL per byte are stored in group-wise int8 while the total fits
+        max_mb: a size budget (MB, size-equivalent): the set of decoder layers and output layer whose int8
+            versions save the most calibration KL within it are stored in group-wise int8
             (:mod:`.qalloc`; needs calibration windows).
         damp: GPTQ's damping, a fraction of the mean Hessian diagonal.
         awq_grid: AWQ's number of exponents tried (0, 1/grid, ...).
