@@ -122,7 +122,8 @@ class OnnxExportConfig:
         if self.symmetric is None:  # resolved here so that the manifest records what was used
             object.__setattr__(self, "symmetric", self.format == "genai")
         if self.quant == "carry" and (self.format == "genai" or self.fp16):
-            raise InvalidInputError("carried codes export into the optimum float32 graph: drop --format genai/--fp16")
+            raise InvalidInputError("carried codes export into the optimum float32 graph: drop --format genai/--fp16, "
+                                    "or give --quant int4/int8/none to quantize the dequantized weights again")
         if self.format == "genai":
             if self.quant == "int8-dynamic":
                 raise InvalidInputError("the genai format quantizes with none, int4 or int8 (weight-only), "
