@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import threading
-import time
 
 from .batched import BatchedLlamaEngine
 from .scheduler import Job, Scheduler
@@ -83,12 +82,7 @@ class BatchScheduler(Scheduler):
                 self._deliver(slot, token, done)
 
     def _admit(self, job: Job) -> None:
-        if not job._start():
-            job._finish("cancelled", chunk=Chunk("", [], "cancelled"))
-            self._tally_done(job)
-            return
-        if time.perf_counter() >= job.deadline:
-            job._expire()
+        if not job._begin():
             self._tally_done(job)
             return
         engine = self.engine
@@ -109,18 +103,7 @@ class BatchScheduler(Scheduler):
         self._active[slot] = (job, text)
 
     def _deliver(self, slot: int, token: int | None, done: bool) -> None:
-        job, text = self._active[slot]
-        if token is not None:
-            with self._tokenize_lock:  # the tokenizer is shared with submit()
-                chunk = text.add(token)
-            if chunk is not None:
-                job._push(chunk)
-            if text.finished:  # a stop string or a cancel
-                self._drop(slot)
-                return
-        if done:
-            with self._tokenize_lock:
-                job._push(text.end())
+        if self._push_token(*self._active[slot], token, done):
             self._drop(slot)
 
     def _drop(self, slot: int) -> None:

@@ -225,6 +225,17 @@ class Job:
             self.started = time.perf_counter()
             return True
 
+    def _begin(self) -> bool:
+        """Start the job for a scheduler; a job cancelled or past its deadline is finished here instead
+        (False: do not run it)."""
+        if not self._start():
+            self._finish("cancelled", chunk=Chunk("", [], "cancelled"))
+            return False
+        if time.perf_counter() >= self.deadline:
+            self._expire()
+            return False
+        return True
+
     def _push(self, chunk: Chunk) -> None:
         if chunk.finish_reason is not None:
             self._count(chunk)

@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -244,11 +243,7 @@ class StaticBatchScheduler(Scheduler):
         live: dict[int, tuple[Job, TextStream]] = {}
         prompts, budgets, samplings, stops = [], [], [], []
         for job in jobs:
-            if not job._start():
-                job._finish("cancelled", chunk=Chunk("", [], "cancelled"))
-                continue
-            if time.perf_counter() >= job.deadline:
-                job._expire()
+            if not job._begin():
                 continue
             budget = self.engine.check_request(len(job.prompt_ids), job.max_tokens)
             if budget == 0:
@@ -280,15 +275,5 @@ class StaticBatchScheduler(Scheduler):
 
     def _deliver(self, batch: StaticBatch, item: tuple[Job, TextStream], row: int, token: int | None,
                  done: bool) -> None:
-        job, text = item
-        if token is not None:
-            with self._tokenize_lock:  # the tokenizer is shared with submit()
-                chunk = text.add(token)
-            if chunk is not None:
-                job._push(chunk)
-            if text.finished:  # a stop string or a cancel
-                batch.release(row)
-                return
-        if done:
-            with self._tokenize_lock:
-                job._push(text.end())
+        if self._push_token(*item, token, done) == "stopped":  # a row the batch ended frees itself
+            batch.release(row)

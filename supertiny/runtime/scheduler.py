@@ -27,7 +27,7 @@ from ..errors import InvalidInputError
 from .engine import Engine, Prompt
 from .job import Job, JobTimeout, QueueFull, SchedulerStats, ShuttingDown
 from .sampling import Sampling
-from .text import Chunk
+from .text import Chunk, TextStream
 
 __all__ = ["Job", "JobTimeout", "QueueFull", "Scheduler", "SchedulerStats", "ShuttingDown"]
 
@@ -189,12 +189,24 @@ class Scheduler:
                     del self._running[slot]
                     self._tally(job)
 
+    def _push_token(self, job: Job, text: TextStream, token: int | None, done: bool) -> str | None:
+        """Turn a batched engine's step for ``job`` into text: ``"stopped"`` when a stop string or a cancel
+        ended it, ``"done"`` when the engine ended it, else None."""
+        if token is not None:
+            with self._tokenize_lock:  # the tokenizer is shared with submit()
+                chunk = text.add(token)
+            if chunk is not None:
+                job._push(chunk)
+            if text.finished:  # a stop string or a cancel
+                return "stopped"
+        if done:
+            with self._tokenize_lock:
+                job._push(text.end())
+            return "done"
+        return None
+
     def _run(self, engine: Engine, job: Job) -> None:
-        if not job._start():
-            job._finish("cancelled", chunk=Chunk("", [], "cancelled"))
-            return
-        if time.perf_counter() >= job.deadline:
-            job._expire()
+        if not job._begin():
             return
         try:
             for chunk in engine.stream_text(job.prompt_ids, job.max_tokens, sampling=job.sampling, stop=job.stop,
