@@ -216,8 +216,7 @@ def carry_into_onnx(proto: Any, carried: Carried, accuracy_level: int) -> dict[s
         weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else (
             node.input[0] if node.op_type == "Gather" else None)
         name = matched.get(weight) if weight else None
-        if name is None or (node.op_type == "Gather" and _key(numpy_helper.to_array(inits[weight]))[0]
-                            != carried.weights[name].shape):
+        if name is None or (node.op_type == "Gather" and tuple(inits[weight].dims) != carried.weights[name].shape):
             new_nodes.append(node)
             continue
         bits, block, codes, scales, zeros = _blocks(carried.weights[name])
