@@ -107,14 +107,7 @@ def allocate_int8(model: Any, result: Any, targets: Sequence[tuple[str, Any]], o
     Raises:
         InvalidInputError: the budget is below the all-int4 size.
     """
-    ids = {id(m.weight) for _, m in targets}
-    seen: set[int] = set()
-    float_params = 0
-    for p in model.parameters():
-        if id(p) not in seen and id(p) not in ids:
-            float_params += p.numel()
-        seen.add(id(p))
-    base_bytes = (result.quantized_bits + 16 * float_params) / 8
+    base_bytes = (result.quantized_bits + 16 * result.float_params) / 8
     if base_bytes > budget_bytes:
         raise InvalidInputError(f"w4a16: a size budget of {budget_bytes / 1e6:.1f} MB is below the all-int4 size "
                                 f"of {base_bytes / 1e6:.1f} MB")

@@ -180,8 +180,7 @@ def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None 
     tied = out_layer.weight is emb.weight
     result = QuantResult(scheme, tied=_param_name(model, emb.weight) if tied and head else None)
     targets = targets_of(model, head)
-    with torch.no_grad():
-        handler(model, scheme, targets, result, calib, progress or (lambda _d, _t: None))
+    # what stays float is known before any rounding (the size-budget allocation reads it)
     quantized = {id(m.weight) for _, m in targets}
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -191,6 +190,8 @@ def quantize_(model: Any, scheme: Scheme, calib: Sequence[Sequence[int]] | None 
         if id(p) not in quantized:
             result.float_params += p.numel()
             result.kept_float[name] = _why_float(name, p, p is emb.weight, tied)
+    with torch.no_grad():
+        handler(model, scheme, targets, result, calib, progress or (lambda _d, _t: None))
     return result
 
 
