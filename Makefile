@@ -1,7 +1,8 @@
 # One command sets up and runs the main job; one runs the tests.
-#   make demo   venv + everything installed + inspect/evaluate the default teacher
+#   make demo   venv + everything installed + the quick recipe: the default teacher to a verified
+#               factory-pc bundle for the factory-tickets task (examples/factory_tickets/quick.recipe.toml)
 #   make test   venv + everything installed + the whole test suite
-#   make example  the factory-tickets example end to end (~1 h on 2 cores; see examples/factory_tickets)
+#   make example  the factory-tickets example stage by stage (~1 h on 2 cores; see examples/factory_tickets)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,8 +13,8 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 .PHONY: demo test example setup lint clean
 
 demo: setup
-	$(BIN)/supertiny inspect default
-	$(BIN)/supertiny eval default
+	$(BIN)/supertiny run examples/factory_tickets/quick.recipe.toml --out factory-tickets-quick
+	$(BIN)/supertiny verify factory-tickets-quick/bundle
 
 test: setup
 	$(BIN)/python -m pytest
@@ -22,7 +23,7 @@ example: setup
 	$(BIN)/python examples/factory_tickets/run.py --work factory-tickets-run
 
 lint: setup
-	$(BIN)/ruff check supertiny tests benchmarks
+	$(BIN)/ruff check supertiny tests benchmarks examples
 
 setup: $(VENV)/.installed
 

@@ -55,3 +55,7 @@ class TaskError(UserError):
 class BrokenCheckpointError(UserError):
     """Weights that parse but cannot be the model: missing, unexpected, mis-shaped or non-finite
     tensors (the message names them), or a backend returning non-finite logits."""
+
+
+class RecipeError(UserError):
+    """A recipe that is missing, unreadable or invalid, or a run it cannot start; the message names the file."""

@@ -157,10 +157,10 @@ def hash_path(path: str | os.PathLike[str]) -> str:
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
-    return _table_hash(file_table(p))
+    return table_hash(file_table(p))
 
 
-def _table_hash(files: dict[str, dict[str, Any]]) -> str:
+def table_hash(files: dict[str, dict[str, Any]]) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}\0{files[name]['sha256']}\n".encode())

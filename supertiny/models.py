@@ -112,6 +112,11 @@ def resolve(path: str | os.PathLike[str]) -> tuple[str, Path]:
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(f"no such file or directory: {p}")
+    if p.is_dir() and (p / "supertiny.json").is_file():
+        from .bundle import bundle_primary
+
+        if (primary := bundle_primary(p)) is not None:  # a deployment bundle: its primary artifact
+            return resolve(primary)
     if p.is_file():
         with open(p, "rb") as fh:
             magic = fh.read(4)

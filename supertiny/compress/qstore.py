@@ -73,7 +73,24 @@ def save_codes(codes: dict[str, torch.Tensor], layers: list[dict[str, Any]], sch
             "tied": tied or "",
             "layers": json.dumps({r["name"]: {k: r[k] for k in ("shape", "format", "group")} for r in layers})}
     save_file({k: v.contiguous() for k, v in codes.items()}, str(path), metadata=meta)
+    canonical_header(path)
     return path
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys sorted, in place and at the same length.
+
+    safetensors writes the metadata in hash-map order, which changes from run to run; the same codes must
+    give the same bytes (``supertiny run`` recognises a finished stage by its outputs' hashes). Only the
+    order of keys changes, so the header keeps its length and the tensor offsets hold.
+    """
+    with open(path, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:  # else (never seen): leave the file as written
+            fh.seek(8)
+            fh.write(text + b" " * (n - len(text)))
 
 
 def has_codes(folder: str | Path) -> bool:

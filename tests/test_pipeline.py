@@ -1,0 +1,183 @@
+"""``supertiny run`` end to end on a tiny random teacher and a tiny task: stages, skipping, resuming a
+stage, the bundle and ``verify`` (hashes + budget check)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from supertiny.bundle import bundle_primary
+from supertiny.cli import main
+from supertiny.manifest import read_manifest, verify_artifact
+from supertiny.models import resolve
+from supertiny.pipeline import run
+from supertiny.recipe import load_recipe
+
+from conftest import write_color_task
+
+pytest.importorskip("llama_cpp")
+
+# A device with generous budgets: what is checked here is that the budgets are measured and judged.
+TARGET = """schema_version = 1
+name = "tiny-box"
+[device]
+arch = "x86_64"
+cores = 2
+memory_gb = 16
+[runtime]
+threads = 1
+context = 256
+formats = ["gguf"]
+[budget]
+prompt_tokens = 16
+concurrency = 1
+max_tokens = 4
+ttft_ms = 60000
+decode_tokens_per_s = 1
+p95_latency_ms = 60000
+peak_rss_mb = 8192
+file_size_mb = 10
+"""
+
+RECIPE = """schema_version = 1
+name = "tiny-run"
+description = "a tiny random teacher through every stage"
+teacher = "teacher"
+target = "tiny-box.toml"
+
+[task]
+name = "task.toml"
+train = "data.jsonl"
+dev = "dev.jsonl"
+test = "data.jsonl"
+
+[prune]
+layers = 2
+calib_tokens = 64
+eval_tokens = 16
+
+[distill]
+loss = "fkl"
+steps = 2
+batch_size = 2
+dev_limit = 1
+
+[quantize]
+scheme = "w4a16"
+method = "rtn"
+group = 32
+symmetric = true
+eval_tokens = 64
+
+[export]
+verify_tokens = 64
+
+[eval]
+limit = 3
+max_new_tokens = 6
+threads = 1
+
+[bench]
+prompt_lengths = "16"
+concurrency = "1"
+requests = 1
+repeats = 1
+warmup = 0
+new_tokens = 4
+"""
+
+
+@pytest.fixture
+def recipe_file(tmp_path, make_tiny_dir):
+    write_color_task(tmp_path, records=6, dev=2)
+    teacher = make_tiny_dir(tied=True, seed=1, name="teacher", num_hidden_layers=4)
+    assert teacher == tmp_path / "teacher"
+    (tmp_path / "tiny-box.toml").write_text(TARGET)
+    (tmp_path / "r.toml").write_text(RECIPE)
+    return tmp_path / "r.toml"
+
+
+def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    said: list[str] = []
+    result = run(load_recipe(recipe_file), out, said.append)
+    names = [r.name for r in result["stages"]]
+    assert names == ["prune", "distill", "quantize", "export-gguf", "eval-teacher", "eval-student", "bench", "bundle"]
+    assert all(r.status == "ran" for r in result["stages"])
+    assert any(line.startswith("[distill] $ supertiny distill ") for line in said)
+
+    bundle = out / "bundle"
+    m = read_manifest(bundle)
+    assert m.stage == "bundle" and verify_artifact(bundle).ok
+    assert {"model.gguf", "model.gguf.supertiny.json", "README.md", "summary.png", "chain.json", "recipe.toml",
+            "target.toml", "bench.json", "tokenizer/tokenizer.json"} <= set(m.files)
+    # the primary artifact is the export's file, byte for byte; serve/eval/bench open it through resolve()
+    assert m.files["model.gguf"]["sha256"] == read_manifest(out / "export-gguf" / "model.gguf").files[
+        "model.gguf"]["sha256"]
+    assert bundle_primary(bundle) == bundle / "model.gguf" and resolve(bundle) == ("gguf", bundle / "model.gguf")
+    # the chain: the teacher (hashed), then every stage's manifest or command, in order
+    chain = json.loads((bundle / "chain.json").read_text())
+    assert [c["stage"] for c in chain] == ["teacher", *names[:-1]]
+    assert chain[0]["path"] == str(tmp_path / "teacher") and len(chain[0]["sha256"]) == 64
+    assert chain[4]["manifest"]["stage"] == "export-gguf" and "carried" in " ".join(chain[4]["manifest"]["notes"])
+    # quality and budget as the eval and bench reports gave them
+    teacher_eval = json.loads((out / "eval-teacher" / "report.json").read_text())
+    student_eval = json.loads((out / "eval-student" / "report.json").read_text())
+    assert m.quality["teacher_task_score"] == teacher_eval["task_score"] and student_eval["n"] == 3
+    assert m.quality["task_score"] == student_eval["task_score"] and m.quality["fields"] == student_eval["fields"]
+    bench = json.loads((out / "bench" / "bench.json").read_text())["results"][0]
+    assert m.details["budget"]["passed"] is True and m.details["budget"]["verdicts"] == bench["verdicts"]
+    assert [v["status"] for v in bench["verdicts"]] == ["pass"] * 5
+    recipe_back = load_recipe(bundle / "recipe.toml")
+    assert recipe_back.to_dict() == load_recipe(recipe_file).to_dict()
+    assert "supertiny verify ." in (bundle / "README.md").read_text()
+
+    # a rerun with nothing changed runs nothing
+    again = run(load_recipe(recipe_file), out, said.append)
+    assert [r.status for r in again["stages"]] == ["skipped"] * 8
+
+    # a stage that died before installing its output (its folder is gone) reruns alone: quantizing is
+    # deterministic, so the later stages see the same content and stay done
+    shutil.rmtree(out / "quantize")
+    third = run(load_recipe(recipe_file), out, said.append)
+    assert {r.name: r.status for r in third["stages"]} == {**{n: "skipped" for n in names}, "quantize": "ran"}
+
+    # a changed setting reruns its stage and what depends on it (and that stage starts over: --overwrite)
+    fourth = run(load_recipe(recipe_file, sets=["eval.limit=2"]), out, said.append)
+    assert {r.name for r in fourth["stages"] if r.status == "ran"} == {"eval-teacher", "eval-student", "bundle"}
+    assert read_manifest(bundle).quality["records"] == 2
+
+
+def test_verify_catches_a_modified_bundle_and_checks_the_budget(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    run(load_recipe(recipe_file), out, lambda _: None)
+    bundle = out / "bundle"
+    runner = CliRunner()
+    r = runner.invoke(main, ["verify", str(bundle), "--quick"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(f"OK {bundle}: ") and "budget tiny-box on this machine (1 threads): PASS" in r.stdout
+    assert "budget check: [1/4] prompt 16, run 1/2" in r.stderr  # progress (the first run warms up)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 7 and all(line.endswith("pass") for line in lines[2:])
+    # one changed byte is caught, and then nothing is benchmarked
+    readme = bundle / "README.md"
+    original = readme.read_bytes()
+    readme.write_bytes(original.replace(b"#", b"%", 1))
+    r = runner.invoke(main, ["verify", str(bundle)])
+    assert r.exit_code == 1 and r.stdout == f"FAILED {bundle}: modified: README.md\n" and "budget" not in r.stderr
+    readme.write_bytes(original)
+
+    # a target this machine cannot meet (a flag overrides the recipe's): only bench and the bundle rerun,
+    # the summary says FAIL and the exit code is 1
+    (tmp_path / "strict.toml").write_text(TARGET.replace("decode_tokens_per_s = 1", "decode_tokens_per_s = 1e9"))
+    r = runner.invoke(main, ["run", str(recipe_file), "--out", str(out), "--target", str(tmp_path / "strict.toml")])
+    assert r.exit_code == 1, r.output
+    assert "[prune] done earlier" in r.stderr and "[bench] $ supertiny bench" in r.stderr
+    assert "budget tiny-box on this machine (1 threads): FAIL" in r.stdout
+    assert [line.split()[:2] for line in r.stdout.splitlines()[1:9]] == [
+        ["prune", "skipped"], ["distill", "skipped"], ["quantize", "skipped"], ["export-gguf", "skipped"],
+        ["eval-teacher", "skipped"], ["eval-student", "skipped"], ["bench", "ran"], ["bundle", "ran"]]
+    assert read_manifest(bundle).details["budget"]["passed"] is False

@@ -1,0 +1,151 @@
+"""Recipes: validation with precise messages, overrides, the stage plan, and the shipped recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from supertiny.cli import main
+from supertiny.errors import RecipeError
+from supertiny.pipeline import options, plan
+from supertiny.recipe import load_recipe, parse_override, shipped_recipes
+
+BASE = """schema_version = 1
+name = "demo"
+teacher = "default"
+target = "factory-pc"
+
+[task]
+name = "factory-tickets"
+train = "train.jsonl"
+test = "test.jsonl"
+
+[prune]
+layers = 4
+
+[distill]
+loss = "fkl"
+epochs = 0.5
+"""
+
+
+def write(tmp_path: Path, text: str = BASE, data: bool = True) -> Path:
+    if data:
+        for name in ("train", "test", "dev", "rl"):
+            (tmp_path / f"{name}.jsonl").write_text('{"input": "x", "label": {}}\n')
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    return p
+
+
+def test_a_valid_recipe_resolves_paths_from_its_folder(tmp_path):
+    r = load_recipe(write(tmp_path))
+    assert r.name == "demo" and r.teacher == "default" and r.target == "factory-pc"
+    assert r.task["train"] == str((tmp_path / "train.jsonl").resolve())
+    assert r.stages() == ["prune", "distill", "export"]
+    assert r.section("distill") == {"loss": "fkl", "epochs": 0.5}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("[distill]", "[distill]\nepoch = 2"),
+     "r.toml: distill: unknown key 'epoch' (did you mean 'epochs'? known: loss, epochs,"),
+    (("[prune]", "[prunning]\nlayers = 2\n[prune]"),
+     "r.toml: top level: unknown key 'prunning' (did you mean 'prune'? known:"),
+    (("layers = 4", "layers = \"4\""), "r.toml: prune.layers: expected a positive integer, got '4'"),
+    (("epochs = 0.5", "epochs = -1"), "r.toml: distill.epochs: expected a positive number, got -1"),
+    (("loss = \"fkl\"", "loss = \"kl\""), "r.toml: distill.loss: expected one of sft, fkl, rkl, jsd, got 'kl'"),
+    (("schema_version = 1", "schema_version = 2"), "r.toml: schema_version: expected 1, got 2"),
+    (("name = \"demo\"", "name = \"Demo Run\""), "r.toml: name: expected a name of a-z"),
+    (("layers = 4", "calib_tokens = 64"), "r.toml: prune: expected at least one of layers, drop_layers"),
+    (("[distill]", "[rl]\nsteps = 2\n[distill]"), "r.toml: rl: needs task.rl"),
+    (("test = \"test.jsonl\"\n", ""), "r.toml: task.test: required key is missing"),
+    (("[distill]\nloss = \"fkl\"\nepochs = 0.5\n", "[export]\nformats = [\"tflite\"]\n"),
+     "r.toml: distill: required key is missing; "
+     "export.formats: expected a non-empty list of gguf | onnx without repeats, got ['tflite']"),
+])
+def test_mistakes_are_named_precisely(tmp_path, edit, message):
+    old, new = edit
+    assert old in BASE
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(write(tmp_path, BASE.replace(old, new, 1)))
+    assert str(exc.value).startswith(str(tmp_path / "r.toml")) and message.split("r.toml", 1)[1] in str(exc.value)
+
+
+def test_missing_files_unknown_task_and_target_are_all_listed(tmp_path):
+    text = BASE.replace('teacher = "default"', 'teacher = "nowhere/model.gguf"').replace(
+        'target = "factory-pc"', 'target = "toaster"').replace('name = "factory-tickets"', 'name = "no-such-task"')
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(write(tmp_path, text, data=False))
+    msg = str(exc.value)
+    assert f"task.train: no such file: {tmp_path / 'train.jsonl'}" in msg
+    assert f"task.test: no such file: {tmp_path / 'test.jsonl'}" in msg
+    assert f"teacher: no such file or directory: {tmp_path / 'nowhere' / 'model.gguf'}" in msg
+    assert "task.name: unknown task 'no-such-task'" in msg and "target: unknown target 'toaster'" in msg
+
+
+def test_not_toml_and_a_folder_are_one_line_errors(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("name = [unclosed\n")
+    with pytest.raises(RecipeError, match=r"bad.toml: not valid TOML"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="is a directory, expected a recipe .toml file"):
+        load_recipe(tmp_path)
+
+
+def test_overrides_flags_and_set(tmp_path):
+    r = load_recipe(write(tmp_path), {"target": "laptop"}, ["distill.epochs=2", "quantize.scheme=w4a16",
+                                                           "export.formats=['gguf', 'onnx']"])
+    assert r.target == "laptop" and r.section("distill")["epochs"] == 2
+    assert r.section("quantize") == {"scheme": "w4a16"} and r.section("export")["formats"] == ("gguf", "onnx")
+    assert parse_override("teach.judge=http://x:1/v1") == ("teach", "judge", "http://x:1/v1")
+    with pytest.raises(RecipeError, match="expected SECTION.KEY=VALUE"):
+        parse_override("epochs=2")
+    with pytest.raises(RecipeError, match="distill.epochs: expected a positive number, got 'two'"):
+        load_recipe(write(tmp_path), sets=["distill.epochs=two"])
+
+
+def test_options_follow_the_commands_flags():
+    assert options({"batch_size": 8, "bf16": True, "symmetric": False, "stop_when_perfect": False, "lr": 2e-4}) == \
+        ["--batch-size", "8", "--bf16", "--asymmetric", "--lr", "0.0002"]
+
+
+def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):
+    text = BASE + '\n[prototype]\nepochs = 1.0\n\n[teach]\nsamples = 2\n\n[quantize]\nscheme = "w4a16"\n' \
+        'group = 32\n\n[export]\nformats = ["gguf", "onnx"]\n'
+    stages, layout = plan(load_recipe(write(tmp_path, text)), tmp_path / "run")
+    names = [s.name for s in stages]
+    assert names == ["prototype", "teacher-gguf", "teach", "prune", "distill", "quantize", "export-gguf", "export-onnx",
+                     "eval-teacher", "eval-student", "bench"]
+    by = {s.name: s for s in stages}
+    run = (tmp_path / "run").resolve()
+    # the prototype (a HF directory) answers as a Q8_0 GGUF in llama.cpp; it is also what the teacher's score is of
+    gguf = str(run / "teacher-gguf" / "teacher.q8_0.gguf")
+    assert by["teacher-gguf"].argv == ["export", "gguf", str(run / "prototype"), gguf, "--quant", "Q8_0"]
+    assert by["teach"].argv[1] == gguf and by["eval-teacher"].argv[1] == gguf
+    assert by["prune"].argv[1:3] == [str(run / "prototype"), str(run / "prune")]
+    assert by["distill"].argv[by["distill"].argv.index("--teacher") + 1] == str(run / "prototype")
+    assert by["quantize"].argv[1] == str(run / "distill")
+    assert by["export-gguf"].argv[-2:] == ["--quant", "carry"] and by["export-onnx"].argv[-1] == "carry"
+    assert layout.primary == run / "export-gguf" / "model.gguf"
+    assert by["bench"].ok_codes == (0, 1) and by["eval-student"].argv[1] == str(layout.primary)
+
+
+def test_dry_run_prints_the_commands(tmp_path):
+    r = CliRunner().invoke(main, ["run", str(write(tmp_path)), "--dry-run", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert " 1. prune         $ supertiny prune default " in r.output and "4. eval-teacher" in r.output
+    bad = CliRunner().invoke(main, ["run", str(write(tmp_path, BASE.replace("layers", "layer")))])
+    assert bad.exit_code == 2 and bad.output.startswith("error: ") and "did you mean 'layers'" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_shipped_recipes_validate():
+    found = shipped_recipes()
+    assert {"quick.recipe", "full.recipe", "laptop.recipe"} <= set(found), found
+    for path in found.values():
+        r = load_recipe(path)
+        assert r.teacher == "default" and Path(r.task["test"]).is_file()
+        json.dumps(r.to_dict())
