@@ -191,8 +191,12 @@ class _Search:
         say("benchmark (" + ", ".join(f"{k} {v}" for k, v in self.measure_settings()["bench_shape"].items()) + ")")
         result = bench([artifact], self.bench_config())["results"][0]
         say(f"task score on {self.config.task_limit} records")
+        def progress(done: int, total: int) -> None:
+            if done < total and done % 10 == 0:  # a line now and then: scoring is the slowest measure
+                say(f"task score: {done}/{total} records")
+
         t = evaluate_task_model(artifact, self.task, self.task_data, EvalConfig(prompts=()),
-                                limit=self.config.task_limit, prompt=prompt).to_dict()
+                                limit=self.config.task_limit, prompt=prompt, progress=progress).to_dict()
         task = {k: t[k] for k in ("task_score", "json_valid", "schema_valid", "fields", "n", "seconds", "prompt")
                 if k in t}
         agreement: dict[str, Any] | None = None
