@@ -223,11 +223,13 @@ def overshoot(verdicts: Sequence[Mapping[str, Any]]) -> float:
     return total
 
 
-def recommend(points: Sequence[Mapping[str, Any]], latency: tuple[str, str] = LATENCY["ttft"]
-              ) -> tuple[int | None, int | None]:
+def recommend(points: Sequence[Mapping[str, Any]], latency: tuple[str, str] = LATENCY["ttft"],
+              useful_share: float = 0.5) -> tuple[int | None, int | None]:
     """``(recommended, closest)``: among the measured points that meet every budget (``meets``), the highest
     ``quality``, ties broken by smaller ``size_mb`` then lower latency; ``closest`` (when none meets them) is
-    the one with the smallest :func:`overshoot`, ties by higher quality. Either is None when no point qualifies.
+    the one with the smallest :func:`overshoot`, ties by higher quality, taken among the points that keep at
+    least ``useful_share`` of the best quality (a model that fails the task is close to nothing worth
+    deploying), or among all when none does. Either is None when no point qualifies.
     """
     key, direction = latency
     sign = 1 if direction == "min" else -1
@@ -238,5 +240,7 @@ def recommend(points: Sequence[Mapping[str, Any]], latency: tuple[str, str] = LA
         return min(meeting, key=lambda i: (-points[i]["quality"], points[i]["size_mb"], sign * points[i][key])), None
     if not measured:
         return None, None
-    return None, min(measured, key=lambda i: (overshoot(points[i].get("verdicts", [])), -points[i]["quality"],
-                                              points[i]["size_mb"]))
+    best = max(points[i]["quality"] for i in measured)
+    useful = [i for i in measured if points[i]["quality"] >= useful_share * best] if best > 0 else measured
+    return None, min(useful, key=lambda i: (overshoot(points[i].get("verdicts", [])), -points[i]["quality"],
+                                            points[i]["size_mb"]))

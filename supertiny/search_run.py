@@ -183,13 +183,18 @@ class _Search:
                            repeats=self.config.bench_repeats, warmup=1, concurrency=(b.concurrency,),
                            requests=self.config.bench_requests or b.concurrency).for_target(self.profile)
 
+    def bench(self, artifact: str) -> dict[str, Any]:
+        """The runtime benchmark of one artifact, in a child process (its own peak memory)."""
+        from .runtime.bench import bench
+
+        return bench([artifact], self.bench_config())["results"][0]
+
     def measure(self, artifact: str, prompt: str, say: Log) -> dict[str, Any]:
         """The benchmark, the task score and the agreement with the teacher of one artifact."""
         from .eval_run import EvalConfig, evaluate_model, evaluate_task_model
-        from .runtime.bench import bench
 
         say("benchmark (" + ", ".join(f"{k} {v}" for k, v in self.measure_settings()["bench_shape"].items()) + ")")
-        result = bench([artifact], self.bench_config())["results"][0]
+        result = self.bench(artifact)
         say(f"task score on {self.config.task_limit} records")
         def progress(done: int, total: int) -> None:
             if done < total and done % 10 == 0:  # a line now and then: scoring is the slowest measure
@@ -245,13 +250,15 @@ def _row(c: Candidate, point: dict[str, Any], profile: Any) -> dict[str, Any]:
 
 
 def run_search(teacher: str, task: str, task_data: str, target: str, config: SearchConfig,
-               work: str | os.PathLike[str], log: Log | None = None) -> dict[str, Any]:
+               work: str | os.PathLike[str], log: Log | None = None, rebench: bool = False) -> dict[str, Any]:
     """Try every candidate of ``config`` (made from ``teacher``), measure it against ``target``, choose.
 
     Everything a user passes is checked before any work (the target, the task and its data, the
     teacher's depth against ``config.layers``, the students). Returns the report: ``points`` (one
     row per candidate; ``error`` for one that failed), ``front`` and ``recommended``/``closest``
     (names), ``notes`` (skipped pairs), ``ran`` (stages and measurements this call ran, not reused).
+    ``rebench``: benchmark the cached candidates again (timings on a busy machine are noisy), keeping their
+    task and agreement figures.
     """
     from .models import describe, resolve
     from .targets import load_target
@@ -290,7 +297,13 @@ def run_search(teacher: str, task: str, task_data: str, target: str, config: Sea
                                "distill_data": search.ids.of(config.distill_data) if config.kd_steps else None,
                                "verify_tokens": config.verify_tokens}}
         path = work / "points" / f"{_key(identity)}.json"
-        if path.is_file():
+        if path.is_file() and rebench and "bench" in (point := json.loads(path.read_text())):
+            # timings are the noisy figures (a busy machine): measure them again, keep the quality figures
+            say("benchmark again (--rebench; quality figures cached)")
+            point["bench"] = search.bench(point["bench"]["artifact"])
+            search.ran["bench"] += 1
+            _write_json(path, point)
+        elif path.is_file():
             point = {**json.loads(path.read_text()), "cached": True}
             say("measured before (cached)")
         else:
@@ -319,7 +332,7 @@ def run_search(teacher: str, task: str, task_data: str, target: str, config: Sea
               "config": asdict(config), "notes": notes, "points": rows, "front": [rows[i]["name"] for i in front],
               "recommended": rows[best]["name"] if best is not None else None,
               "closest": rows[closest]["name"] if closest is not None else None,
-              "ran": {k: search.ran[k] for k in ("prune", "distill", "quantize", "export", "measure")},
+              "ran": {k: search.ran[k] for k in ("prune", "distill", "quantize", "export", "measure", "bench")},
               "work": str(work), "seconds": round(time.perf_counter() - start, 1)}
     _write_json(work / "search.json", report)
     return report

@@ -79,8 +79,11 @@ def test_recommend_names_the_closest_when_none_meets():
               {"passed": False, "measured": 16, "limit": 20, "direction": "min"},  # 0.25 over
               {"passed": True, "measured": 1, "limit": 5, "direction": "max"}]
     assert overshoot(v_far) == pytest.approx(2.0) and overshoot(v_near) == pytest.approx(0.35)
-    points = [pt(0.9, 5, 5, False, v_far), pt(0.1, 5, 5, False, v_near), {"quality": None, "meets": False}]
+    points = [pt(0.9, 5, 5, False, v_far), pt(0.5, 5, 5, False, v_near), {"quality": None, "meets": False}]
     assert recommend(points) == (None, 1)
+    # a point that fails the task is not "close": the closest keeps at least half the best quality
+    useless = [pt(0.9, 5, 5, False, v_far), pt(0.0, 5, 5, False, v_near)]
+    assert recommend(useless) == (None, 0) and recommend(useless, useful_share=0.0) == (None, 1)
     assert recommend([{"quality": None, "ttft_ms": None, "size_mb": None}]) == (None, None)
 
 
@@ -160,7 +163,7 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["ran"] == {"prune": 1, "distill": 0, "quantize": 0, "export": 4, "measure": 4}
+    assert report["ran"] == {"prune": 1, "distill": 0, "quantize": 0, "export": 4, "measure": 4, "bench": 0}
     assert report["notes"] == ["skipped int8 x gguf: int8 has no gguf form (it goes to onnx)"]
     points = {p["name"]: p for p in report["points"]}
     assert list(points) == ["L4-Q8_0-gguf", "L4-Q4_0-gguf", "L2-Q8_0-gguf", "L2-Q4_0-gguf"]
@@ -193,6 +196,13 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     assert f"recommended {report['recommended']}: quality 0.000" in res.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     rows = [line for line in res.stdout.splitlines() if "-gguf " in line]
+    # --rebench measures the timings again and keeps the quality figures
+    res = CliRunner().invoke(main, [*base, "--layers", "4,2", "--quant", "Q8_0,Q4_0", "--rebench", "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert again["ran"] == {"prune": 0, "distill": 0, "quantize": 0, "export": 0, "measure": 0, "bench": 4}
+    assert [(p["name"], p["quality"], p["top1_agreement"]) for p in again["points"]] == \
+        [(n, p["quality"], p["top1_agreement"]) for n, p in points.items()]
     assert len(rows) == 4 and all(("*" in r.split()[0]) == (r.split()[1] in expect) for r in rows
                                   if r.split()[0] == "*") and sum(r.startswith("*") for r in rows) == len(expect)
 

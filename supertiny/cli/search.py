@@ -53,6 +53,8 @@ def _list(value: str | None, option: str, kind: type = str) -> tuple:
 @click.option("--bench-new-tokens", default=32, show_default=True, help="Tokens decoded per measured run.")
 @click.option("--bench-requests", type=int, default=None,
               help="Requests in the latency test (default: the target's concurrency).")
+@click.option("--rebench", is_flag=True, help="Benchmark cached candidates again (timings on a busy machine are "
+              "noisy); their task and agreement figures are kept.")
 @click.option("--work", "work_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the models, artifacts and cached measurements; a rerun reuses them.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -61,7 +63,7 @@ def _list(value: str | None, option: str, kind: type = str) -> tuple:
 def search_cmd(teacher: str, task: str, task_data: str, task_limit: int, target: str, layers: str | None, mlp: str,
                students: tuple[str, ...], quants: str, formats: str, distill_data: str | None, kd_steps: int,
                latency: str, agreement_tokens: int, bench_repeats: int, bench_new_tokens: int,
-               bench_requests: int | None, work_dir: str, plot_path: str | None, as_json: bool) -> None:
+               bench_requests: int | None, rebench: bool, work_dir: str, plot_path: str | None, as_json: bool) -> None:
     """Find the smallest, fastest model that keeps the task's quality within --target's budgets.
 
     Tries each pruning level (and --student) x quantization x format, measures the artifact (runtime
@@ -83,7 +85,8 @@ def search_cmd(teacher: str, task: str, task_data: str, task_limit: int, target:
 
         check_plot_path(plot_path)  # a bad path fails now, not after the search
     _quiet_transformers()
-    report = run_search(teacher, task, task_data, target, config, work_dir, log=lambda m: click.echo(m, err=True))
+    report = run_search(teacher, task, task_data, target, config, work_dir, log=lambda m: click.echo(m, err=True),
+                        rebench=rebench)
     if plot_path:
         plot(report, plot_path)
     if as_json:
