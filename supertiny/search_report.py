@@ -78,13 +78,13 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
               is not None]
     fig, ax = plt.subplots(figsize=(9, 6))
     biggest = max((p["size_mb"] for p in points), default=1.0) or 1.0
-    for p in points:
+    for n, p in enumerate(points):
         size = 40 + 600 * p["size_mb"] / biggest
         color = "tab:green" if p["meets"] else "tab:red"
         ax.scatter(p[key], p["quality"], s=size, facecolors=color if p["meets"] else "none", edgecolors=color,
                    linewidths=1.5, alpha=0.7, zorder=2)
         ax.annotate(f"{p['name']}\n{p['size_mb']:.0f} MB", (p[key], p["quality"]), fontsize=7,
-                    xytext=(6, -10), textcoords="offset points")
+                    xytext=(6, -10 - 14 * (n % 3)), textcoords="offset points")  # neighbours' labels apart
     front = sorted((p for p in points if p["on_front"]), key=lambda p: p[key])
     if front:
         ax.plot([p[key] for p in front], [p["quality"] for p in front], "--", color="tab:blue", zorder=1,
