@@ -97,7 +97,8 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     for p in points:
         if p["name"] == chosen:
             ax.annotate("recommended" if report["recommended"] else "closest (misses a budget)",
-                        (p[key], p["quality"]), xytext=(20, 25), textcoords="offset points", fontsize=9,
+                        (p[key], p["quality"]), xytext=(30, -45 if p["quality"] > 0.5 else 35),
+                        textcoords="offset points", fontsize=9,
                         arrowprops={"arrowstyle": "->"}, fontweight="bold")
     ax.scatter([], [], s=60, color="tab:green", label="meets every budget")
     ax.scatter([], [], s=60, facecolors="none", edgecolors="tab:red", label="misses a budget")
@@ -105,6 +106,7 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("task score")
     ax.set_title(f"search: {Path(report['teacher']).name} on {report['task']}, target {report['target']} "
                  "(marker area ~ file size)", fontsize=10)
+    ax.margins(x=0.1, y=0.15)  # room for the labels beside the outermost points
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
