@@ -168,3 +168,15 @@ def test_ratios_and_table():
     lines = paper_table.table(list(rows.values())).splitlines()
     assert lines[2] == "| t32 | 0.0 | 0.0 | 1.0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
     assert lines[4].startswith("| s | 0.0 | 0.0 | 12.5 | 0.855 | 0.960 | 0.900 | 0.800 | 0.700 | 70.0 | 30 | n/a |")
+
+
+def test_ratios_without_timings():
+    """--scores-only: nothing timed, so the decode ratio is not measured rather than a crash."""
+    fields = dict.fromkeys(paper_table.FIELDS, 0.5)
+    rows = {"teacher-f32": {"name": "t32", "bytes": 100},
+            "teacher-f16": {"name": "t16", "bytes": 50, "task_score": 0.5, "fields": fields},
+            "student": {"name": "s", "bytes": 5, "task_score": 0.5, "fields": fields}}
+    r = paper_table.ratios(rows)
+    assert r["decode_vs_teacher_f16_gguf"] == {"value": None, "target": 3.0, "met": None}
+    assert r["bytes_vs_teacher_f32"]["value"] == 20.0 and r["score_vs_teacher"]["value"] == 1.0
+    assert "student_vs_minilm" not in r
