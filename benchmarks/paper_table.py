@@ -219,6 +219,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         ax.annotate(r["name"], (r["bytes"] / 1e6, r["task_score"]), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)
     ax.set_xscale("log")
+    sizes = [r["bytes"] / 1e6 for r in rows if r.get("task_score") is not None]
+    if sizes:  # room on the right for the labels
+        ax.set_xlim(min(sizes) / 1.5, max(sizes) * 4)
     ax.set_xlabel("model bytes (MB, log scale)")
     ax.set_ylabel("factory-tickets task score")
     ax.set_title("teacher vs student vs MiniLM baseline (same test split)")
