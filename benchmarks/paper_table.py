@@ -315,10 +315,10 @@ def main() -> int:
           f"decode/TTFT: {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, median of {args.repeats}")
     print(table(ordered))
     r = result["ratios"]
-    verdict = {True: "met", False: "NOT met", None: "not measured"}
-    print(f"\nbytes vs teacher F32:       {fmt(r['bytes_vs_teacher_f32']['value'], '.1f')}x (target >= 10x) "
+    verdict = {True: "met", False: "NOT met", None: "not measured (--scores-only)"}
+    print(f"\nbytes vs teacher F32:       {fmt(r['bytes_vs_teacher_f32']['value'], '.1f')} x (target >= 10x) "
           f"{verdict[r['bytes_vs_teacher_f32']['met']]}")
-    print(f"decode vs teacher F16 GGUF: {fmt(r['decode_vs_teacher_f16_gguf']['value'], '.2f')}x (target >= 3x) "
+    print(f"decode vs teacher F16 GGUF: {fmt(r['decode_vs_teacher_f16_gguf']['value'], '.2f')} x (target >= 3x) "
           f"{verdict[r['decode_vs_teacher_f16_gguf']['met']]}")
     print(f"score vs teacher:           {fmt(r['score_vs_teacher']['value'], '.1%')} of "
           f"{r['score_vs_teacher']['teacher_row']} (target >= 95%) {verdict[r['score_vs_teacher']['met']]}")
