@@ -50,25 +50,17 @@ def resolve_student(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     A bundle is a folder whose ``supertiny.json`` says ``"stage": "bundle"``; its
     ``details["primary"]`` names the deployable model file inside the folder.
     """
+    from supertiny.bundle import bundle_primary
+    from supertiny.errors import UserError
+
     p = Path(path).expanduser()
     if not p.exists():
         raise SystemExit(f"{p}: no such file or folder")
-    manifest = p / "supertiny.json"
-    if not (p.is_dir() and manifest.is_file()):
-        return p, None
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"{manifest}: unreadable manifest ({exc})") from None
-    if not isinstance(data, dict) or data.get("stage") != "bundle":
-        return p, None  # a stage folder (e.g. a Hugging Face student): measured as it is
-    primary = (data.get("details") or {}).get("primary")
-    if not isinstance(primary, str) or not primary:
-        raise SystemExit(f"{manifest}: details.primary: expected the bundle's model file name, got {primary!r}")
-    model = (p / primary).resolve()
-    if p.resolve() not in model.parents or not model.exists():
-        raise SystemExit(f"{manifest}: details.primary: {primary!r} is not a file inside {p}")
-    return model, p
+        model = bundle_primary(p)  # None: not a bundle (a model file, or a stage folder measured as it is)
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
+    return (p, None) if model is None else (model.resolve(), p)
 
 
 def model_bytes(path: Path) -> int:

@@ -219,9 +219,9 @@ def plot_summary(details: dict[str, Any], quality: dict[str, Any], result: dict[
     ax_q.bar([x - 0.2 for x in xs], teacher, width=0.4, label="domain teacher")
     ax_q.bar([x + 0.2 for x in xs], student, width=0.4, label="bundle")
     ax_q.set_xticks(list(xs), ["task", *fields], fontsize=8)
-    ax_q.set_ylim(0, 1.05)
+    ax_q.set_ylim(0, 1.18)
     ax_q.set_title("task score (test split)")
-    ax_q.legend(loc="lower right")
+    ax_q.legend(loc="upper center", ncol=2)
     fig.tight_layout()
     tmp = out.with_name(".summary.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -241,8 +241,9 @@ def bundle_primary(path: Path) -> Path | None:
     if not isinstance(data, dict) or data.get("stage") != STAGE:
         return None
     primary = (data.get("details") or {}).get("primary")
-    if not isinstance(primary, str) or Path(primary).is_absolute() or ".." in Path(primary).parts:
-        raise RecipeError(f"{m}: details.primary must name a file inside the bundle, got {primary!r}")
+    if not (isinstance(primary, str) and primary and not Path(primary).is_absolute()
+            and ".." not in Path(primary).parts and (path / primary).exists()):
+        raise RecipeError(f"{m}: details.primary: {primary!r} is not a file inside the bundle")
     return path / primary
 
 
