@@ -161,6 +161,7 @@ def hash_path(path: str | os.PathLike[str]) -> str:
 
 
 def table_hash(files: dict[str, dict[str, Any]]) -> str:
+    """One sha256 over a manifest's ``files`` table (names and hashes): the content it describes."""
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}\0{files[name]['sha256']}\n".encode())
