@@ -58,7 +58,7 @@ def run_cmd(ctx: click.Context, recipe: str, out: str | None, teacher: str | Non
     Each stage writes one folder and is skipped on a rerun when its inputs and settings are unchanged, so a
     crash or Ctrl-C loses at most the stage that was running (training stages resume from their last
     checkpoint). Exit 0: the bundle passes the target's budgets on this machine; 1: it was built but
-    misses a budget, or a stage failed; 2: a bad recipe.
+    misses a budget; 2: a bad recipe, or a stage failed (its command's own error is printed above).
     """
     from ..pipeline import run
     from ..recipe import load_recipe
