@@ -119,15 +119,15 @@ def build_bundle(recipe: Any, stages: list[Any], layout: Any, out: Path) -> Mani
                     shutil.copy2(tok / f, d / "tokenizer" / f)
             (d / "recipe.toml").write_text(to_toml(settings), encoding="utf-8")
             shutil.copy2(target.source, d / "target.toml")
-            (d / "chain.json").write_text(json.dumps(_chain(stages, recipe.teacher), indent=2) + "\n",
-                                          encoding="utf-8")
+            chain = _chain(stages, recipe.teacher)
+            (d / "chain.json").write_text(json.dumps(chain, indent=2) + "\n", encoding="utf-8")
             (d / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
         quality = _quality(teacher_eval, student_eval)
         budget = {"target": target.name, "passed": result.get("passed"), "verdicts": result.get("verdicts", []),
                   "machine": result.get("machine"), "threads": result.get("threads")}
         sizes = {fmt: _size(d / name) for fmt, name in names.items()}
         details = {"primary": names[next(iter(layout.exports))], "artifacts": names, "bytes": sizes,
-                   "teacher": _chain(stages[:0], recipe.teacher)[0], "domain_teacher": layout.domain_teacher,
+                   "teacher": chain[0], "domain_teacher": layout.domain_teacher,
                    "teacher_scored_on": layout.teacher_for_eval, "task": recipe.task["name"],
                    "budget": budget, "recipe": recipe.name}
         with run.step("readme"):

@@ -3,8 +3,9 @@
 :func:`plan` turns a :class:`~supertiny.recipe.Recipe` into :class:`Stage` s, each one
 ``supertiny`` command (printed before it runs, so a run doubles as commands to copy);
 :func:`run` runs them. A stage is skipped when its record (``OUT/.runs/STAGE.json``) holds
-the same key — a hash of its command line and of the identity of every input (an input's
-manifest, or the file's sha256) — and its output still verifies against its own manifest.
+the same key — a hash of its command line and of the identity of every input (the content
+hashes its manifest lists, or the file's own sha256) — and its output still verifies against
+its own manifest.
 A stage that was interrupted reruns: a training stage resumes from its last checkpoint
 (``--resume``) when it was started with the same key, and starts over (``--overwrite``)
 when its settings or inputs changed. Every stage's output appears atomically (the stages
@@ -25,13 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from .errors import RecipeError, UserError
 from .manifest import manifest_path, read_manifest, sha256_file, table_hash, verify_artifact
 from .recipe import BOOL_FLAGS, Recipe
 
 RUNS = ".runs"  # the stage records, inside the run's folder
-# What each stage's options are named on its command line when the recipe key differs.
-_TRAINING = ("prototype", "distill", "rl")
 
 
 @dataclass
@@ -179,7 +178,7 @@ def _target_threads(target: str) -> int:
 
 
 def identity(path: str) -> str:
-    """What a stage input's content is: its manifest's sha256 when it has one, else its own sha256."""
+    """What a stage input's content is: one hash over the files its manifest lists, else its own sha256."""
     from .manifest import hash_path
     from .models import resolve
 
@@ -228,7 +227,7 @@ def is_done(out: Path, stage: Stage, key: str) -> bool:
         return sha256_file(stage.out) == record.get("sha256")
     try:
         return verify_artifact(stage.out).ok and sha256_file(manifest_path(stage.out)) == record.get("sha256")
-    except Exception:  # noqa: BLE001 - an unreadable manifest: not done, the stage reruns
+    except (UserError, OSError):  # an unreadable manifest or file: not done, the stage reruns
         return False
 
 
