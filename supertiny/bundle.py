@@ -203,6 +203,8 @@ def plot_summary(details: dict[str, Any], quality: dict[str, Any], result: dict[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .runtime.bench_report import save_figure
+
     fig, (ax_b, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
     verdicts = [v for v in details["budget"]["verdicts"] if v.get("measured") is not None]
     share = [(v["measured"] / v["limit"]) if _op(v) == "<=" else (v["limit"] / max(v["measured"], 1e-9))
@@ -223,10 +225,7 @@ def plot_summary(details: dict[str, Any], quality: dict[str, Any], result: dict[
     ax_q.set_title("task score (test split)")
     ax_q.legend(loc="upper center", ncol=2)
     fig.tight_layout()
-    tmp = out.with_name(".summary.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    save_figure(fig, out, dpi=100)
 
 
 def bundle_primary(path: Path) -> Path | None:

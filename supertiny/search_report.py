@@ -70,7 +70,7 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .runtime.bench_report import check_plot_path
+    from .runtime.bench_report import check_plot_path, save_figure
 
     out = check_plot_path(out)
     key, direction = LATENCY[report["latency"]]
@@ -110,8 +110,4 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out, dpi=120)

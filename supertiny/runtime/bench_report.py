@@ -129,8 +129,15 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str], target: Any = None
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, out, dpi=110)
+
+
+def save_figure(fig: Any, out: Path, dpi: int) -> Path:
+    """Write a matplotlib figure to ``out`` through a temporary file and a rename (never half a PNG), and close it."""
+    import matplotlib.pyplot as plt
+
     tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, out)
     return out
