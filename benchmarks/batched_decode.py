@@ -17,13 +17,15 @@ generated tokens / wall time (short prompts, eos ignored, so decoding dominates)
 Targets (issue 13): batched at 8 streams >= 2.5x the batched single-stream rate, and
 batched single-stream >= 0.97x the single engine's.
 
-``--steps`` measures the same thing at a finer grain, which a busy shared machine needs:
-decode-step times, the engines taking turns every few tokens, medians of many. Single
-engine: seconds per token of its own ``stream`` (requests take turns, so c streams get
-the 1-stream rate); batched: ``stream`` on one sequence, then one ``step()`` with c
-sequences decoding (c tokens).
+``--steps`` measures decode throughput alone, at a finer grain (which a busy shared
+machine needs): decode-step times, the engines taking turns every few tokens, medians of
+many. Single engine: seconds per token of its own ``stream`` (requests take turns, so c
+streams get the 1-stream rate); batched: ``stream`` on one sequence, then one ``step()``
+with c sequences decoding (c tokens). Prefill is not in these figures: this is the
+issue's "total decode throughput". With several ``--model`` files (comma-separated) it
+ends with one table of them all: decode tok/s per stream count and the 8-vs-1 ratio.
 
-Run:  .venv/bin/python benchmarks/batched_decode.py [--threads 2] [--rounds 2] [--steps] [--model FILE.gguf]
+Run:  .venv/bin/python benchmarks/batched_decode.py [--threads 2] [--rounds 2] [--steps] [--model A.gguf,B.gguf]
 """
 
 from __future__ import annotations
@@ -63,15 +65,13 @@ def throughput(scheduler, prompts: list[list[int]], clients: int, requests: int,
 
 
 def main() -> None:
-    from supertiny.evaluate import default_corpus_path
     from supertiny.models import default_teacher_path
     from supertiny.runtime.batch_scheduler import BatchScheduler
-    from supertiny.runtime.batched import BatchedLlamaEngine
-    from supertiny.runtime.llamacpp import LlamaCppEngine
     from supertiny.runtime.scheduler import Scheduler
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="a .gguf file (default: the default teacher)")
+    ap.add_argument("--model", default=None, help="a .gguf file (default: the default teacher); with --steps, "
+                    "several, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--levels", default="1,2,4,8")
     ap.add_argument("--parallel", type=int, default=8)
@@ -80,20 +80,34 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--min-requests", type=int, default=4, help="requests per level (at least one per client)")
     ap.add_argument("--steps", action="store_true", help="time decode steps, interleaved (see above)")
+    ap.add_argument("--no-flash-attn", action="store_true", help="both engines without fused attention")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
-    path = Path(args.model) if args.model else default_teacher_path()
+    paths = [Path(m) for m in args.model.split(",")] if args.model else [default_teacher_path()]
+    if args.steps and len(paths) > 1:
+        rows = {}
+        for path in paths:
+            rows[path.name] = run_steps(path, levels, args)
+        one = levels[0]
+        top = 8 if 8 in levels else levels[-1]
+        import llama_cpp
+
+        build = llama_cpp.llama_print_system_info().decode().replace(" = 1", "").replace(" |", "")
+        print(f"\ndecode tok/s (batched engine, median step times), {args.threads} threads, cores {os.cpu_count()}, "
+              f"flash attention {'off' if args.no_flash_attn else 'on'}; build: {build.strip()}")
+        print("| file | single engine | " + " | ".join(f"{c} streams" for c in levels) + f" | {top}/{one} |")
+        print("|---|---|" + "---|" * len(levels) + "---|")
+        for name, (single_rate, rates) in rows.items():
+            print(f"| {name} | {single_rate:.1f} | " + " | ".join(f"{rates[c]:.1f}" for c in levels)
+                  + f" | {rates[top] / rates[one]:.2f}x |")
+        return None
+    path = paths[0]
+    if args.steps:
+        run_steps(path, levels, args)
+        return None
     n_ctx = args.prompt_tokens + args.new_tokens + 16
 
-    single = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=args.threads)
-    batched = BatchedLlamaEngine(path, n_ctx=n_ctx, n_threads=args.threads, parallel=args.parallel)
-    corpus = single.tokenize(default_corpus_path().read_text(), add_special=False)
-    prompts = [corpus[i * 211:i * 211 + args.prompt_tokens] for i in range(16)]
-    # the prefix cache would let the single engine skip prompts it has seen; reset it per request
-    single.stream = _no_prefix_cache(single)
-
-    if args.steps:
-        return step_table(single, batched, prompts, levels, args)
+    single, batched, prompts = open_engines(path, n_ctx, args)
     for sched in (Scheduler([single], request_timeout_s=None), BatchScheduler(batched, request_timeout_s=None)):
         throughput(sched, prompts, 1, 1, args.new_tokens)  # warm up: page in the weights, size the buffers
         sched.close()
@@ -124,7 +138,32 @@ def main() -> None:
               f"{cb / cs:>5.2f}x  {cb / cbase:>10.2f}x")
 
 
-def step_table(single, batched, prompts, levels, args) -> None:
+def open_engines(path: Path, n_ctx: int, args):
+    from supertiny.evaluate import default_corpus_path
+    from supertiny.runtime.batched import BatchedLlamaEngine
+    from supertiny.runtime.llamacpp import LlamaCppEngine
+
+    fa = not args.no_flash_attn
+    single = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=args.threads, flash_attn=fa)
+    # no prompt cache: every request prefills in full, in both engines
+    batched = BatchedLlamaEngine(path, n_ctx=n_ctx, n_threads=args.threads, parallel=args.parallel,
+                                 cache_prompts=False, flash_attn=fa)
+    corpus = single.tokenize(default_corpus_path().read_text(), add_special=False)
+    prompts = [corpus[i * 211:i * 211 + args.prompt_tokens] for i in range(16)]
+    single.stream = _no_prefix_cache(single)
+    return single, batched, prompts
+
+
+def run_steps(path: Path, levels: list[int], args) -> tuple[float, dict[int, float]]:
+    single, batched, prompts = open_engines(path, args.prompt_tokens + args.new_tokens + 16, args)
+    try:
+        return step_table(single, batched, prompts, levels, args)
+    finally:
+        batched.close()
+        single.close()
+
+
+def step_table(single, batched, prompts, levels, args) -> tuple[float, dict[int, float]]:
     """Median decode-step times, the engines and levels taking turns every few tokens."""
     import statistics
     import time
@@ -155,9 +194,11 @@ def step_table(single, batched, prompts, levels, args) -> None:
           f"{1 / statistics.median(per_token['batched']):.1f} tok/s "
           f"({one and (1 / statistics.median(per_token['batched'])) / one:.2f}x)")
     print(f"{'streams':>7}  {'single tok/s':>12}  {'batched tok/s':>13}  {'batched/single':>14}")
+    rates = {}
     for c in levels:
-        rate = c / statistics.median(step_s[c])
-        print(f"{c:>7}  {one:>12.1f}  {rate:>13.1f}  {rate / one:>13.2f}x")
+        rates[c] = rate = c / statistics.median(step_s[c])
+        print(f"{c:>7}  {one:>12.1f}  {rate:>13.1f}  {rate / one:>13.2f}x", flush=True)
+    return one, rates
 
 
 def _no_prefix_cache(engine):

@@ -8,7 +8,8 @@ the step compute-bound). The CPU analogues, all made from the default teacher
 (SmolLM2-135M, shipped as Q4_1) with ``supertiny export``:
 
 * GGUF Q4_1 (the shipped file), Q4_0, Q4_K_M (4-bit weights), Q8_0 (8-bit weights,
-  int8 dot products) and F16, decoded with continuous batching
+  int8 dot products), F16 and BF16 (16-bit weights; BF16 dot products where the CPU has
+  AVX512_BF16, this CPU's closest analogue of FP8 tensor cores), decoded with continuous batching
   (:class:`~supertiny.runtime.batched.BatchedLlamaEngine` under a
   :class:`~supertiny.runtime.batch_scheduler.BatchScheduler`, ``--parallel`` = the
   largest level);
@@ -45,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-GGUF_TYPES = ("Q4_1", "Q4_0", "Q4_K_M", "Q8_0", "F16")  # Q4_1: the shipped teacher, not re-exported
+GGUF_TYPES = ("Q4_1", "Q4_0", "Q4_K_M", "Q8_0", "F16", "BF16")  # Q4_1: the shipped teacher, not re-exported
 ONNX_TYPES = ("int4", "int8")
 STUDENT_FORMATS = ("Q4_0", "Q8_0", "onnx-int4")
 
@@ -72,7 +73,8 @@ def artifact(work: Path, source: str, prefix: str, fmt: str, threads: int) -> Pa
         return out
     out = work / f"{prefix}-{fmt}.gguf"
     if not out.is_file():
-        cli("export", "gguf", source, str(out), *(("--dtype", "f16") if fmt == "F16" else ("--quant", fmt)),
+        float_type = {"F16": ("--dtype", "f16"), "BF16": ("--dtype", "bf16")}.get(fmt)
+        cli("export", "gguf", source, str(out), *(float_type or ("--quant", fmt)),
             "--threads", str(threads))
     return out
 

@@ -56,7 +56,10 @@ def test_greedy_equals_single_sequence_with_staggered_admission(gguf_path, singl
             assert done == (len(got[owner[slot]]) == budgets[owner[slot]])
         step += 1
     assert [got[i] for i in range(len(prompts))] == expected
-    assert engine.free_slots == 3 and [engine.kv_tokens(s) for s in range(3)] == [0, 0, 0]
+    # the cells each stream holds are exactly the tokens the engine cached (nothing leaks)
+    assert engine.free_slots == 3 and all(engine.kv_tokens(s) == len(engine.cached_tokens(s)) > 0 for s in range(3))
+    engine.reset()
+    assert [engine.kv_tokens(s) for s in range(3)] == [0, 0, 0]
     # the Engine API on one sequence: the same replies, eos handling and text
     assert engine.generate(prompts[1], budgets[1], stop_ids=[]) == expected[1]
     assert engine.complete(TEXTS[2], max_tokens=10).text == single.complete(TEXTS[2], max_tokens=10).text
@@ -85,7 +88,7 @@ def test_scheduler_replies_equal_engine_and_cancel_leaves_others_correct(gguf_pa
         assert (got.text, got.finish_reason) == (want.text, "stop")
         stats = scheduler.stats()
     assert stats.cancelled == 1 and stats.completed == len(TEXTS) and stats.in_flight == 0
-    assert engine.free_slots == 4 and all(engine.kv_tokens(s) == 0 for s in range(4))
+    assert engine.free_slots == 4 and all(engine.kv_tokens(s) == len(engine.cached_tokens(s)) for s in range(4))
 
 
 def test_many_short_requests_reuse_slots_without_leaking(gguf_path, single, prompts):
@@ -99,7 +102,35 @@ def test_many_short_requests_reuse_slots_without_leaking(gguf_path, single, prom
     for i, r in enumerate(replies):
         assert r == single.generate(prompts[i % 3], 24, stop_ids=[])
     assert seeded[0] == seeded[1] and len(seeded[0]) == 8  # per-sequence rng: a seed repeats
-    assert engine.free_slots == 3 and all(engine.kv_tokens(s) == 0 for s in range(3))
+    # each stream holds what the engine cached, within its context: nothing leaks
+    assert engine.free_slots == 3 and all(engine.kv_tokens(s) == len(engine.cached_tokens(s)) <= 64 for s in range(3))
+
+
+def test_prompt_cache_reuses_the_longest_prefix_and_replies_stay_equal(gguf_path, single, prompts):
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=128, n_threads=1, parallel=2, n_batch=8)
+    long, short = prompts[1], prompts[4]  # TEXTS[4] is the start of TEXTS[1]
+    assert long[:len(short)] == short
+    first = engine.generate(long, 6, stop_ids=[])
+    slot = engine.add(short + [long[len(short)]] + [7, 8], 4, stop_ids=[])  # shares len(short) + 1 tokens
+    assert engine.reused_tokens(slot) == len(short) + 1
+    engine.release(slot)  # released before it ran: the slot keeps the shared prefix only
+    assert engine.cached_tokens(slot) == long[:len(short) + 1] and engine.kv_tokens(slot) == len(short) + 1
+    # the long prompt again: it feeds the rest, and gives the same reply
+    assert engine.generate(long, 6, stop_ids=[]) == first == single.generate(long, 6, stop_ids=[])
+    # and once more: all but its last token come from the cache
+    slot = engine.add(long, 6, stop_ids=[])
+    assert engine.reused_tokens(slot) == len(long) - 1
+    engine.release(slot)
+    # a prompt sharing nothing takes the other slot, which holds nothing of it
+    slot = engine.add(prompts[2], 4, stop_ids=[])
+    assert engine.reused_tokens(slot) == 0
+    engine.release(slot)
+    off = BatchedLlamaEngine(gguf_path, n_ctx=128, n_threads=1, parallel=2, n_batch=8, cache_prompts=False)
+    assert off.generate(long, 6, stop_ids=[]) == first
+    slot = off.add(long, 6, stop_ids=[])
+    assert off.reused_tokens(slot) == 0
+    off.release(slot)
+    assert [off.kv_tokens(s) for s in range(2)] == [0, 0]
 
 
 def test_a_request_over_the_context_is_refused_at_submit(gguf_path, prompts):
@@ -161,3 +192,19 @@ def test_parallel_is_for_gguf_and_excludes_slots(make_tiny_dir):
         ServeConfig(parallel=-1)
     with pytest.raises(InvalidInputError, match="--parallel batches GGUF files"):
         serve(make_tiny_dir(), ServeConfig(port=0, parallel=2))
+
+
+def test_a_local_gguf_teacher_with_several_workers_decodes_them_in_one_batch(gguf_path):
+    from supertiny.compress.teachers import BatchedTeacher, LocalTeacher, TeacherOptions, open_teacher
+
+    chats = [[{"role": "user", "content": t}] for t in TEXTS]
+    greedy = Sampling()
+    with open_teacher(str(gguf_path), TeacherOptions(threads=1, n_ctx=256), workers=1) as one:
+        assert isinstance(one, LocalTeacher)
+        want = [one.complete(c, greedy, max_tokens=12) for c in chats]
+    with open_teacher(str(gguf_path), TeacherOptions(threads=1, n_ctx=256), workers=3) as teacher:
+        assert isinstance(teacher, BatchedTeacher) and teacher.describe()["parallel"] == 3
+        with ThreadPoolExecutor(3) as pool:  # three workers' calls share the batch
+            got = list(pool.map(lambda c: teacher.complete(c, greedy, max_tokens=12), chats))
+        assert teacher.prompt_tokens(chats[0]) == len(teacher.engine.prompt_ids(chats[0]))
+    assert got == want and all(got)

@@ -149,7 +149,9 @@ def test_bench_passes_fails_and_plots(tiny_artifacts):
     report = json.loads(res.stdout)
     assert report["passed"] and len(report["results"]) == 2
     gguf, hf = report["results"]
-    assert (gguf["format"], gguf["backend"], hf["backend"]) == ("gguf", "llama.cpp", "torch")
+    # auto: the GGUF file batches the most concurrent clients measured (the target's 2), the HF dir cannot
+    assert (gguf["format"], gguf["backend"], hf["backend"]) == ("gguf", "llama.cpp (batched x2)", "torch")
+    assert (gguf["parallel"], hf["parallel"]) == (2, 0) and "AVX2" in gguf["llama_cpp_build"]["features"]
     # the target's prompt length (16) and concurrency (2) were added to what was asked
     assert [p["prompt_tokens"] for p in gguf["prompts"]] == [8, 16]
     assert [c["concurrency"] for c in gguf["concurrency"]] == [1, 2]
@@ -166,6 +168,11 @@ def test_bench_passes_fails_and_plots(tiny_artifacts):
     res = runner.invoke(main, ["bench", str(root / "tiny.gguf"), "--target", str(tight), *FAST])
     assert res.exit_code == 1, res.output
     assert "FAIL  decode speed" in res.output and "verdict: FAIL" in res.output
+    assert "llama.cpp build: " in res.output and "vs 1" in res.output
+    res = runner.invoke(main, ["bench", str(root / "tiny.gguf"), *FAST, "--parallel", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    (plain,) = json.loads(res.stdout)["results"]
+    assert (plain["backend"], plain["parallel"]) == ("llama.cpp", 0)
 
 
 @pytest.mark.parametrize("args, match", [
@@ -173,6 +180,7 @@ def test_bench_passes_fails_and_plots(tiny_artifacts):
     (["--prompt-lengths", "0"], "prompt-lengths must be whole numbers >= 1"),
     (["--target", "no-such-device"], "no-such-device"),
     (["--plot", "out.gif"], "--plot writes .png"),
+    (["--parallel", "many"], "--parallel takes auto or a whole number"),
 ])
 def test_bench_usage_errors(tiny_artifacts, args, match):
     root, _ = tiny_artifacts

@@ -90,6 +90,16 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
     return out
 
 
+def _parallel(value: str) -> int | None:
+    """``--parallel``: ``auto`` (None) or a whole number >= 0."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInputError(f"--parallel takes auto or a whole number, got {value!r}") from None
+
+
 @main.command("bench")
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--target", default=None, help="Target profile (name or .toml file) whose budgets give the verdict.")
@@ -101,9 +111,9 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--concurrency", default="1,2,4", show_default=True, help="Simultaneous clients for the latency test.")
 @click.option("--requests", default=8, show_default=True, help="Requests per concurrency level.")
 @click.option("--slots", default=1, show_default=True, help="Engines serving requests in parallel (as `serve`).")
-@click.option("--parallel", default=0, show_default=True,
+@click.option("--parallel", default="auto", show_default=True,
               help="One engine decoding this many sequences together (0: off): GGUF continuously (as `serve`), "
-              "ONNX (optimum graph) in static batches.")
+              "ONNX (optimum graph) in static batches. auto: GGUF batches the most concurrent clients measured.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: the target's, else all cores).")
 @click.option("--backend", type=BACKEND_CHOICE, default="auto",
               show_default=True)
@@ -114,7 +124,7 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
               help="Also draw the figures (.png/.svg/.pdf).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON (units in the keys).")
 def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: str, new_tokens: int, repeats: int,
-              warmup: int, concurrency: str, requests: int, slots: int, parallel: int, threads: int | None,
+              warmup: int, concurrency: str, requests: int, slots: int, parallel: str, threads: int | None,
               backend: str, gpu_layers: int, provider: str, plot_path: str | None, as_json: bool) -> None:
     """Measure ARTIFACTS (.gguf files, ONNX exports, HF dirs) on this machine; judge them against --target.
 
@@ -126,7 +136,7 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 
     config = BenchConfig(prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), new_tokens=new_tokens,
                          repeats=repeats, warmup=warmup, concurrency=_int_list(concurrency, "--concurrency"),
-                         requests=requests, slots=slots, parallel=parallel, threads=threads, backend=backend,
+                         requests=requests, slots=slots, parallel=_parallel(parallel), threads=threads, backend=backend,
                          gpu_layers=gpu_layers, provider=provider)
     profile = load_target(target) if target else None
     if plot_path:
@@ -172,8 +182,9 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 @click.option("--api-key", envvar="SUPERTINY_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' (or set SUPERTINY_API_KEY).")
 @click.option("--slots", default=1, show_default=True, help="Model copies decoding requests in parallel.")
-@click.option("--parallel", default=0, show_default=True,
-              help="GGUF: sequences decoded together in one batched engine (continuous batching; 0: off).")
+@click.option("--parallel", default="auto", show_default=True,
+              help="GGUF: sequences decoded together in one batched engine (continuous batching; 0: off; "
+              "auto: 4 with one slot).")
 @click.option("--max-queue", default=16, show_default=True, help="Requests waiting for a slot before 429.")
 @click.option("--max-tokens-limit", default=2048, show_default=True, help="Largest max_tokens a request may ask.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True,
@@ -191,7 +202,7 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, prompt_lengths: st
 @click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True,
               help="torch dtype (torch backend).")
 @click.option("--model-name", default=None, help="The model name clients send (default: the artifact's name).")
-def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, parallel: int, max_queue: int,
+def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, parallel: str, max_queue: int,
               max_tokens_limit: int, timeout_s: float, threads: int | None, n_ctx: int | None, gpu_layers: int,
               provider: str, device: str, dtype: str, backend: str, model_name: str | None) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
@@ -202,9 +213,9 @@ def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: i
     # Every option is checked here, before the model loads.
     engine = EngineOptions(threads=threads, n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, device=device,
                            dtype=dtype)
-    config = ServeConfig(host=host, port=port, api_key=api_key, slots=slots, parallel=parallel, max_queue=max_queue,
-                         max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s, engine=engine,
-                         backend=backend, model_name=model_name)
+    config = ServeConfig(host=host, port=port, api_key=api_key, slots=slots, parallel=_parallel(parallel),
+                         max_queue=max_queue, max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s,
+                         engine=engine, backend=backend, model_name=model_name)
     keep_torch_out(artifact, backend)  # a GGUF/ONNX server has no use for torch's ~220 MB
     _quiet_transformers()
     try:

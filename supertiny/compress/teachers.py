@@ -9,6 +9,10 @@ in, reply text out), and are safe to call from several threads at once: that is 
   never reset between prompts: llama.cpp then re-evaluates only what a new prompt does not
   share with the previous one on that engine, so a long system prompt common to every prompt
   is evaluated once per worker, and the K samples of a prompt reuse the whole prompt.
+- :class:`BatchedTeacher` runs a GGUF file for several workers in one batched llama.cpp
+  engine (:mod:`supertiny.runtime.batched`): their prompts decode together in one forward
+  pass per token, and its prompt cache keeps the shared system prompt per sequence slot.
+  :func:`open_teacher` picks it for a local GGUF teacher with more than one worker.
 - :class:`HttpTeacher` posts to ``URL/chat/completions`` (llama.cpp's server, vLLM,
   ``supertiny serve``), one choice per request (``n=1``: several servers refuse more), with
   retries and backoff on 429, 5xx and connection errors.
@@ -205,6 +209,57 @@ class LocalTeacher(Teacher):
             engine.close()
 
 
+class BatchedTeacher(Teacher):
+    """A local GGUF file answering ``workers`` calls at once in one batched llama.cpp engine.
+
+    Each call is a request of a :class:`~supertiny.runtime.batch_scheduler.BatchScheduler`
+    (continuous batching), so the calls of ``workers`` threads decode together. The one
+    engine gets the threads the workers' engines would have had together
+    (``options.threads`` per worker, by default the cores), at most the machine's cores.
+    """
+
+    def __init__(self, path: Any, spec: str, options: TeacherOptions, workers: int):
+        from ..runtime.batch_scheduler import BatchScheduler
+        from ..runtime.batched import BatchedLlamaEngine
+        from ..runtime.engine import EngineOptions
+
+        self.spec, self.workers = spec, workers
+        cores = os.cpu_count() or 1
+        self.threads = min(cores, options.threads * workers) if options.threads else cores
+        self.engine = BatchedLlamaEngine.open(path, EngineOptions(threads=self.threads, n_ctx=options.n_ctx),
+                                              parallel=workers)
+        self.scheduler = BatchScheduler(self.engine, max_queue=workers, request_timeout_s=None)
+        self._lock = threading.Lock()
+        self.n_ctx = self.engine.n_ctx
+        self.info = self.engine.info
+
+    def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
+                 until_json: bool = False) -> str:
+        try:
+            job = self.scheduler.submit(list(messages), max_tokens, sampling=sampling)
+        except InvalidInputError as exc:
+            raise PromptError(f"the teacher cannot run this prompt: {exc}") from None
+        text = ""
+        for chunk in job:  # leaving the loop early cancels the rest of the reply
+            text += chunk.text
+            if until_json and "}" in chunk.text and json_done(text):
+                break
+        return text
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        with self._lock:
+            return len(self.engine.prompt_ids(list(messages)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"teacher": self.spec, "backend": self.engine.backend_label, "n_ctx": self.n_ctx,
+                "threads_per_engine": self.threads, "parallel": self.workers}
+
+    def close(self) -> None:
+        scheduler = self.__dict__.pop("scheduler", None)
+        if scheduler is not None and scheduler.close(cancel=True, timeout=30.0):
+            self.engine.close()
+
+
 class HttpTeacher(Teacher):
     """An OpenAI-compatible server: ``POST URL/chat/completions``, one choice per request."""
 
@@ -292,9 +347,17 @@ def open_teacher(spec: str, options: TeacherOptions | None = None, workers: int 
     """A teacher for ``spec``: a server URL (``http://host:port/v1``) or a local artifact
     (a ``.gguf`` file, an ONNX export, a Hugging Face directory, ``default``).
 
-    ``workers`` is how many threads will call it (a local teacher shares the cores among them).
+    ``workers`` is how many threads will call it: a local GGUF file on llama.cpp decodes
+    their calls together in one batched engine, any other local model gets an engine per
+    worker, sharing the cores.
     """
     options = options or TeacherOptions()
     if is_url(spec):
         return HttpTeacher(spec, options)
+    if workers > 1 and options.backend in ("auto", "llama.cpp"):
+        from ..models import resolve
+
+        kind, path = resolve(spec)
+        if kind == "gguf":
+            return BatchedTeacher(path, spec, options, workers)
     return LocalTeacher(spec, options, workers)

@@ -14,6 +14,13 @@ and stay contiguous, as in the single-sequence engine, so attention sums in the 
 order (greedy replies equal token for token), and attention never scans other
 sequences' cells. The cost is memory: ``parallel × n_ctx`` cells.
 
+**Prompt cache.** A finished sequence leaves its tokens in its stream. A new one takes
+the free slot whose cached tokens share the longest prefix with its prompt and feeds
+only the rest, as llama.cpp's server does with ``cache_prompt``: a system prompt common
+to every request, or the K samples of one prompt (``supertiny teach``), is evaluated
+once per slot instead of once per request. :meth:`reset` forgets it (benchmarks timing
+a whole prefill call it between runs).
+
 The engine is not thread-safe; :class:`~.batch_scheduler.BatchScheduler` drives it from
 one thread and turns the tokens into text with the shared text layer. On its own,
 :meth:`stream` runs one sequence (``Engine.stream_text``/``complete`` work as on every
@@ -57,6 +64,7 @@ class _Seq:
     stop: frozenset[int]
     rng: np.random.Generator
     fed: int = 0  # tokens in the KV cache (prompt, then generated), also the next position
+    reused: int = 0  # prompt tokens found in the slot's cache: not fed again
     next_token: int | None = None  # sampled, not yet fed
     produced: int = 0
     row: int = -1  # this step's batch index whose logits are the sequence's
@@ -74,15 +82,21 @@ class BatchedLlamaEngine(LlamaCppEngine):
         n_batch: most prompt tokens per forward pass (on top of one token per decoding
             sequence); a smaller value bounds how long a prompt holds up the running
             decodes, at some cost in prefill speed.
+        flash_attn: fused attention, as the single-sequence engine (same setting, same
+            greedy replies); with many sequences it saves the most.
+        cache_prompts: keep each slot's tokens after its sequence ends and reuse the
+            longest common prefix (see above); off: every prompt is fed whole.
     """
 
     def __init__(self, path: str | os.PathLike[str], n_ctx: int = 2048, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, parallel: int = 4, n_batch: int = 512):
+                 n_gpu_layers: int = 0, parallel: int = 4, n_batch: int = 512, flash_attn: bool = True,
+                 cache_prompts: bool = True):
         if parallel < 1:
             raise InvalidInputError(f"parallel must be >= 1, got {parallel}")
         if n_batch < 1:
             raise InvalidInputError(f"n_batch must be >= 1, got {n_batch}")
-        super().__init__(path, n_ctx=min(n_ctx, _FRONT_CTX), n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        super().__init__(path, n_ctx=min(n_ctx, _FRONT_CTX), n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                         flash_attn=flash_attn)
         llama_cpp = _llama_cpp()
         from llama_cpp import _internals
 
@@ -92,8 +106,9 @@ class BatchedLlamaEngine(LlamaCppEngine):
         params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * parallel, parallel, False
         params.n_batch = params.n_ubatch = n_batch + parallel  # a prompt chunk plus every decode
         params.n_threads = params.n_threads_batch = threads
-        # as llama-cpp-python opens the single-sequence engine, so speeds compare like for like
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # as the single-sequence engine opens its context, so replies and speeds compare like for like
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         with captured_llama_log() as native_log:
             try:
@@ -104,7 +119,7 @@ class BatchedLlamaEngine(LlamaCppEngine):
         self._ctx = self._context.ctx
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self._ctx))
-        self.parallel, self.n_batch = parallel, n_batch
+        self.parallel, self.n_batch, self.cache_prompts = parallel, n_batch, cache_prompts
         self._vocab = self.llm.n_vocab()
         cap = n_batch + parallel
         self._batch = llama_cpp.llama_batch_init(cap, 0, 1)
@@ -116,6 +131,7 @@ class BatchedLlamaEngine(LlamaCppEngine):
         self._seq_ptr = [b.seq_id[i] for i in range(cap)]
         self._seqs: dict[int, _Seq] = {}
         self._order: list[int] = []  # admission order: prompt chunks are fed first come, first served
+        self._kv: list[list[int]] = [[] for _ in range(parallel)]  # tokens each stream's cells hold, in order
         self._stop_ids = super().stop_ids
         self.clear()
 
@@ -123,7 +139,7 @@ class BatchedLlamaEngine(LlamaCppEngine):
     def open(cls, path: Path, options: EngineOptions, parallel: int = 4,  # type: ignore[override]
              n_batch: int = 512) -> BatchedLlamaEngine:
         return cls(path, n_ctx=options.n_ctx or 2048, n_threads=options.threads, n_gpu_layers=options.gpu_layers,
-                   parallel=parallel, n_batch=n_batch)
+                   parallel=parallel, n_batch=n_batch, flash_attn=options.flash_attn)
 
     @property
     def stop_ids(self) -> list[int]:  # type: ignore[override]
@@ -159,29 +175,60 @@ class BatchedLlamaEngine(LlamaCppEngine):
                                     f"the context of {self.n_ctx}")
         if not self.free_slots:
             raise RuntimeError("no free sequence slot")
-        slot = min(set(range(self.parallel)) - set(self._seqs))
-        _llama_cpp().llama_memory_seq_rm(self._mem, slot, -1, -1)
+        # the free slot whose cache shares the longest prefix (the lowest on ties); at least the
+        # prompt's last token is fed again: its logits give the first reply token
+        reused, slot = max((self._common(s, prompt), -s) for s in range(self.parallel) if s not in self._seqs)
+        slot = -slot
+        _llama_cpp().llama_memory_seq_rm(self._mem, slot, reused, -1)
+        del self._kv[slot][reused:]
         sampling = sampling or Sampling()
         self._seqs[slot] = _Seq(prompt, max_new_tokens, sampling, frozenset(stop_ids or ()),
-                                np.random.default_rng(sampling.seed))
+                                np.random.default_rng(sampling.seed), fed=reused, reused=reused)
         self._order.append(slot)
         return slot
 
+    def _common(self, slot: int, prompt: list[int]) -> int:
+        if not self.cache_prompts:
+            return 0
+        cached, n = self._kv[slot], 0
+        limit = min(len(cached), len(prompt) - 1)
+        while n < limit and cached[n] == prompt[n]:
+            n += 1
+        return n
+
+    def reused_tokens(self, slot: int) -> int:
+        """Prompt tokens the running sequence in ``slot`` took from the cache."""
+        return self._seqs[slot].reused
+
     def release(self, slot: int) -> None:
-        """End a sequence (finished or cancelled) and free its KV cells; a free slot is a no-op."""
+        """End a sequence (finished or cancelled); a free slot is a no-op. Its tokens stay
+        cached for the next prompt that shares their prefix (without ``cache_prompts`` its
+        cells are freed)."""
         if self._seqs.pop(slot, None) is not None:
             self._order.remove(slot)
-            _llama_cpp().llama_memory_seq_rm(self._mem, slot, -1, -1)
+            if not self.cache_prompts:
+                self._forget(slot)
+
+    def _forget(self, slot: int) -> None:
+        _llama_cpp().llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self._kv[slot].clear()
 
     def clear(self) -> None:
         """End every sequence and empty the KV cache (after a failed step)."""
         self._seqs.clear()
         self._order.clear()
+        for cached in self._kv:
+            cached.clear()
         _llama_cpp().llama_memory_clear(self._mem, True)
 
     def kv_tokens(self, slot: int) -> int:
-        """Tokens the KV cache holds for ``slot`` (0 once released: nothing leaks)."""
+        """Cells the KV cache holds for ``slot``: always :meth:`cached_tokens` of it (nothing
+        leaks), 0 after :meth:`reset` or with ``cache_prompts`` off once the slot is free."""
         return int(_llama_cpp().llama_memory_seq_pos_max(self._mem, slot)) + 1
+
+    def cached_tokens(self, slot: int) -> list[int]:
+        """The tokens whose cells ``slot``'s stream holds, in order."""
+        return list(self._kv[slot])
 
     def step(self) -> list[tuple[int, int | None, bool]]:
         """One forward pass over every active sequence.
@@ -202,8 +249,9 @@ class BatchedLlamaEngine(LlamaCppEngine):
         for slot in self._order:  # then prompt chunks, first come first served
             seq = self._seqs[slot]
             todo = len(seq.prompt) - seq.fed
-            # Chunks start at multiples of n_batch, as the single-sequence engine feeds a
-            # prompt: the KV cache then holds the same numbers and greedy replies agree.
+            # Chunks start at multiples of n_batch from the first token not cached, as the
+            # single-sequence engine feeds a prompt: the KV cache then holds the same numbers
+            # and greedy replies agree.
             take = min(todo, self.n_batch)
             if 0 < take <= room:
                 n = self._put(n, slot, seq.prompt[seq.fed:seq.fed + take], seq.fed, take == todo)
@@ -227,6 +275,7 @@ class BatchedLlamaEngine(LlamaCppEngine):
         self._out[n + k - 1] = int(last_logits)
         for i in range(n, n + k):
             self._seq_ptr[i][0] = slot
+        self._kv[slot] += tokens
         return n + k
 
     def _sample(self) -> list[tuple[int, int | None, bool]]:
@@ -275,7 +324,10 @@ class BatchedLlamaEngine(LlamaCppEngine):
                                 "open_engine(..., logits=True)")
 
     def reset(self) -> None:
-        """Nothing to forget: a sequence never reuses another's cached prefix."""
+        """Forget the cached prompts of the free slots (running sequences keep theirs)."""
+        for slot in range(self.parallel):
+            if slot not in self._seqs:
+                self._forget(slot)
 
     def close(self) -> None:
         batch = self.__dict__.pop("_batch", None)

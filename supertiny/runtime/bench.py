@@ -57,7 +57,9 @@ class BenchConfig:
         slots: engines serving the requests in parallel (the server's ``--slots``).
         parallel: one engine decoding this many sequences together (0: off): GGUF with
             continuous batching (the server's ``--parallel``; single-stream figures then come
-            from the batched engine too), ONNX optimum exports in static batches.
+            from the batched engine too), ONNX optimum exports in static batches. None
+            (auto): GGUF files on llama.cpp batch the most concurrent clients measured
+            (with one slot), everything else runs unbatched.
         threads, n_ctx, backend, gpu_layers, provider: how the engine is opened.
     """
 
@@ -70,7 +72,7 @@ class BenchConfig:
     request_prompt_tokens: int = 128
     request_max_tokens: int = 32
     slots: int = 1
-    parallel: int = 0
+    parallel: int | None = None
     threads: int | None = None
     n_ctx: int | None = None
     backend: str = "auto"
@@ -87,13 +89,20 @@ class BenchConfig:
                 raise InvalidInputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.new_tokens < 2:
             raise InvalidInputError("new-tokens must be >= 2 (decode speed is measured between tokens)")
-        if self.parallel < 0 or (self.parallel and self.slots > 1):
+        if self.parallel is not None and (self.parallel < 0 or (self.parallel and self.slots > 1)):
             raise InvalidInputError(f"parallel must be >= 0 and not combined with slots > 1, got "
                                     f"parallel={self.parallel}, slots={self.slots}")
         if self.warmup < 0:
             raise InvalidInputError(f"warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise InvalidInputError(f"threads must be >= 1, got {self.threads}")
+
+    def parallel_for(self, kind: str) -> int:
+        """The sequences one engine batches for an artifact of ``kind`` (0: unbatched)."""
+        if self.parallel is not None:
+            return self.parallel
+        batches = kind == "gguf" and self.backend in ("auto", "llama.cpp") and self.slots == 1
+        return max(self.concurrency) if batches and max(self.concurrency) > 1 else 0
 
     def for_target(self, target: Any) -> BenchConfig:
         """This config plus what the target's budgets need measured and its runtime settings
@@ -160,17 +169,17 @@ def _timed_run(engine: Any, prompt: list[int], new_tokens: int) -> list[float]:
 
 
 def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, config: BenchConfig,
-                       offset: int) -> dict[str, Any]:
+                       offset: int, parallel: int) -> dict[str, Any]:
     from .batch_scheduler import BatchScheduler
     from .onnx_batch import StaticBatchScheduler
     from .onnxrt import OnnxEngine
     from .scheduler import Scheduler
 
     n = max(config.requests, clients)
-    if not config.parallel:
+    if not parallel:
         scheduler = Scheduler(engines, max_queue=n, request_timeout_s=3600)
     elif isinstance(engines[0], OnnxEngine):
-        scheduler = StaticBatchScheduler(engines[0], batch=config.parallel, max_queue=n, request_timeout_s=3600)
+        scheduler = StaticBatchScheduler(engines[0], batch=parallel, max_queue=n, request_timeout_s=3600)
     else:
         scheduler = BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600)
 
@@ -187,7 +196,7 @@ def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, conf
         raise SupertinyError(f"{len(run.errors)} of {n} requests failed at concurrency {clients}: "
                              f"{type(e).__name__}: {e}")
     return {
-        "concurrency": clients, "requests": n, "slots": len(engines), "parallel": config.parallel,
+        "concurrency": clients, "requests": n, "slots": len(engines), "parallel": parallel,
         "request_prompt_tokens": config.request_prompt_tokens, "request_max_tokens": config.request_max_tokens,
         **{k: v * 1000 for k, v in summarize(run.latencies, "latency_ms", (50, 95, 99)).items()},
         **{k: v * 1000 for k, v in summarize(run.ttfts, "ttft_ms", (50, 95)).items()},
@@ -218,7 +227,8 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     report("loading", done, steps)
     t0 = time.perf_counter()
     options = {"threads": threads, "n_ctx": n_ctx, "gpu_layers": config.gpu_layers, "provider": config.provider}
-    if config.parallel:  # one engine decoding `parallel` sequences per forward pass
+    parallel = config.parallel_for(kind)
+    if parallel:  # one engine decoding `parallel` sequences per forward pass
         if (kind, config.backend) not in {("gguf", "auto"), ("gguf", "llama.cpp"), ("onnx", "auto"),
                                           ("onnx", "onnxruntime")}:
             raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend (continuously) and "
@@ -227,7 +237,7 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
         from .engine import EngineOptions
 
         if kind == "gguf":
-            engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=config.parallel)]
+            engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=parallel)]
         else:
             from .onnx_batch import check_batchable
 
@@ -266,17 +276,27 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
         report(f"{c} concurrent clients", done, steps)
         for e in engines:  # no prefix cached from the runs before: every request prefills in full
             e.reset()
-        levels.append(_concurrency_level(engines, corpus, c, config, offset=(len(levels) + 1) * 1009))
+        levels.append(_concurrency_level(engines, corpus, c, config, offset=(len(levels) + 1) * 1009,
+                                         parallel=parallel))
         done += 1
     report("done", done, steps)
     result = {
         "artifact": str(path), "format": kind, "backend": engine.backend_label, "threads": threads,
-        "n_ctx": engine.n_ctx, "slots": config.slots, "parallel": config.parallel,
+        "n_ctx": engine.n_ctx, "slots": config.slots, "parallel": parallel,
         "file_size_mb": engine.info["file_bytes"] / 2**20,
         "load_s": load_s, "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20,
         "prompts": prompts, "concurrency": levels, "notes": notes,
         "machine": {"cores": cores, "platform": sys.platform},
     }
+    if kind == "gguf" and "llama.cpp" in engine.backend_label:
+        from .cpu_build import build_report, cpu_flags
+        from .llamacpp import _llama_cpp
+
+        build = build_report(_llama_cpp().llama_print_system_info().decode(errors="replace"), cpu_flags())
+        result["llama_cpp_build"] = build
+        if build["unused_by_build"]:
+            notes.append(f"this llama.cpp build leaves {', '.join(build['unused_by_build'])} of this CPU unused; "
+                         "`make llama` rebuilds it for this CPU")
     for e in engines:
         e.close()
     return result

@@ -27,6 +27,8 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [f"{result['artifact']}  [{result['backend']}, {result['threads']} threads, {result['slots']} slot(s)]",
              f"  file {result['file_size_mb']:.1f} MB   load {result['load_s']:.2f} s   peak RSS "
              f"{result['peak_rss_mb']:.0f} MB (before loading {result['baseline_rss_mb']:.0f} MB)"]
+    if "llama_cpp_build" in result:
+        lines.append(f"  llama.cpp build: {' '.join(result['llama_cpp_build']['features']) or 'no x86 extensions'}")
     lines += [f"  note: {n}" for n in result["notes"]]
     lines.append(f"  {'prompt tokens':>13}  {'TTFT ms median (min-max)':>26}  {'prompt tok/s':>12}  "
                  f"{'decode tok/s median (min-max)':>30}")
@@ -34,11 +36,13 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"  {r['prompt_tokens']:>13}  {_spread(r, 'ttft_ms', '.0f'):>26}  "
                      f"{r['prompt_tokens_per_s_p50']:>12.0f}  {_spread(r, 'decode_tokens_per_s', '.1f'):>30}")
     lines.append(f"  {'clients':>13}  {'requests':>8}  {'p50 ms':>8}  {'p95 ms':>8}  {'p99 ms':>8}  "
-                 f"{'TTFT p95 ms':>11}  {'tokens/s':>8}  {'req/s':>6}")
+                 f"{'TTFT p95 ms':>11}  {'tokens/s':>8}  {'vs 1':>5}  {'req/s':>6}")
+    one = next((c["throughput_tokens_per_s"] for c in result["concurrency"] if c["concurrency"] == 1), None)
     for c in result["concurrency"]:
+        gain = f"{c['throughput_tokens_per_s'] / one:.2f}x" if one else ""
         lines.append(f"  {c['concurrency']:>13}  {c['requests']:>8}  {c['latency_ms_p50']:>8.0f}  "
                      f"{c['latency_ms_p95']:>8.0f}  {c['latency_ms_p99']:>8.0f}  {c['ttft_ms_p95']:>11.0f}  "
-                     f"{c['throughput_tokens_per_s']:>8.1f}  {c['requests_per_s']:>6.2f}")
+                     f"{c['throughput_tokens_per_s']:>8.1f}  {gain:>5}  {c['requests_per_s']:>6.2f}")
     if "verdicts" in result:
         for v in result["verdicts"]:
             mark = {True: "PASS", False: "FAIL", None: "----"}[v["passed"]]

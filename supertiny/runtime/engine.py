@@ -68,6 +68,8 @@ class EngineOptions:
         dtype: torch dtype.
         logits: keep logits for every position (llama.cpp; needed by :meth:`Engine.logits`,
             costs ``n_ctx × vocab × 4`` bytes, so serving leaves it off).
+        flash_attn: llama.cpp's fused attention (its own default; on CPU it decodes and
+            prefills faster, more so with many sequences: ``benchmarks/batched_decode.py``).
     """
 
     threads: int | None = None
@@ -77,6 +79,7 @@ class EngineOptions:
     device: str = "cpu"
     dtype: str = "float32"
     logits: bool = False
+    flash_attn: bool = True
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

@@ -36,6 +36,7 @@ from .serve_app import _require_extra, create_app
 __all__ = ["ServeConfig", "bind_socket", "build_server", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
+AUTO_PARALLEL = 4  # sequences a GGUF server batches when --parallel is not given (llama.cpp's server default)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class ServeConfig:
         api_key: when set, requests need ``Authorization: Bearer <api_key>``.
         slots: engines (model copies) decoding in parallel.
         parallel: sequences one batched llama.cpp engine decodes together (continuous
-            batching, GGUF only; 0: off, use ``slots``).
+            batching, GGUF only; 0: off, use ``slots``). None (auto): 4 for a GGUF file on
+            llama.cpp with one slot (llama.cpp's server default), else 0.
         max_queue: requests waiting for a slot before new ones get 429.
         max_tokens_limit: largest ``max_tokens`` a request may ask for (400 beyond).
         default_max_tokens: ``max_tokens`` when a request gives none (default: 256, or
@@ -65,7 +67,7 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     slots: int = 1
-    parallel: int = 0
+    parallel: int | None = None
     max_queue: int = 16
     max_tokens_limit: int = 2048
     default_max_tokens: int | None = None
@@ -81,7 +83,7 @@ class ServeConfig:
             (0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}"),
             (self.api_key is None or bool(self.api_key.strip()), "api_key must not be empty (leave it unset)"),
             (self.slots >= 1, f"slots must be >= 1, got {self.slots}"),
-            (self.parallel >= 0, f"parallel must be >= 0, got {self.parallel}"),
+            (self.parallel is None or self.parallel >= 0, f"parallel must be >= 0, got {self.parallel}"),
             (not (self.parallel and self.slots > 1), "use either slots (model copies) or parallel (one batched "
              f"engine), not both: got slots={self.slots}, parallel={self.parallel}"),
             (self.max_queue >= 0, f"max_queue must be >= 0, got {self.max_queue}"),
@@ -167,6 +169,9 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
 
     _require_extra()
     kind, path = resolve(artifact)
+    if config.parallel is None:
+        batches = kind == "gguf" and config.backend in ("auto", "llama.cpp") and config.slots == 1
+        config = dataclasses.replace(config, parallel=AUTO_PARALLEL if batches else 0)
     if config.parallel and (kind != "gguf" or config.backend not in ("auto", "llama.cpp")):
         raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} runs on "
                                 f"{config.backend}: use --slots for it")
