@@ -95,11 +95,12 @@ def main() -> None:
         build = llama_cpp.llama_print_system_info().decode().replace(" = 1", "").replace(" |", "")
         print(f"\ndecode tok/s (batched engine, median step times), {args.threads} threads, cores {os.cpu_count()}, "
               f"flash attention {'off' if args.no_flash_attn else 'on'}; build: {build.strip()}")
-        print("| file | single engine | " + " | ".join(f"{c} streams" for c in levels) + f" | {top}/{one} |")
-        print("|---|---|" + "---|" * len(levels) + "---|")
+        print("| file | single engine | " + " | ".join(f"{c} streams" for c in levels)
+              + f" | {top}/{one} | {top} / single engine |")
+        print("|---|---|" + "---|" * len(levels) + "---|---|")
         for name, (single_rate, rates) in rows.items():
             print(f"| {name} | {single_rate:.1f} | " + " | ".join(f"{rates[c]:.1f}" for c in levels)
-                  + f" | {rates[top] / rates[one]:.2f}x |")
+                  + f" | {rates[top] / rates[one]:.2f}x | {rates[top] / single_rate:.2f}x |")
         return None
     path = paths[0]
     if args.steps:

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def start_server(slots: int, threads: int, port: int, parallel: int = 0, max_queue: int = 64) -> subprocess.Popen:
-    layout = ["--parallel", str(parallel)] if parallel else ["--slots", str(slots)]
+    layout = ["--parallel", str(parallel)] if parallel else ["--parallel", "0", "--slots", str(slots)]
     cmd = [sys.executable, "-m", "supertiny", "serve", "default", "--port", str(port), *layout,
            "--threads", str(threads), "--max-queue", str(max_queue), "--n-ctx", "512" if parallel else "1024",
            "--timeout", "600", "--model-name", "smollm2"]

@@ -33,11 +33,10 @@ from supertiny.runtime.sampling import Sampling  # noqa: E402
 from supertiny.tasks import load_task, read_task_data  # noqa: E402
 
 
-def run(teacher, chats: list, workers: int, max_tokens: int) -> tuple[float, list[str]]:
+def run(teacher, pool: ThreadPoolExecutor, chats: list, max_tokens: int) -> tuple[float, list[str]]:
     greedy = Sampling()
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        replies = list(pool.map(lambda c: teacher.complete(c, greedy, max_tokens, until_json=True), chats))
+    replies = list(pool.map(lambda c: teacher.complete(c, greedy, max_tokens, until_json=True), chats))
     return time.perf_counter() - t0, replies
 
 
@@ -63,16 +62,19 @@ def main() -> None:
         options = TeacherOptions(threads=args.threads)
         teachers = {"engines": LocalTeacher(str(path), options, workers),
                     "batched": BatchedTeacher(path, str(path), options, workers)}
+        # one pool per teacher for the whole run, as teach has: a local teacher's engine is per thread
+        pools = {name: ThreadPoolExecutor(workers) for name in teachers}
         best: dict[str, float] = {}
         replies: dict[str, list[str]] = {}
-        for teacher in teachers.values():  # warm up: weights paged in, system prompt cached
-            run(teacher, chats[:workers], workers, 8)
+        for name, teacher in teachers.items():  # warm up: weights paged in, system prompt cached
+            run(teacher, pools[name], chats[:workers], 8)
         for _ in range(args.rounds):
             for name, teacher in teachers.items():
-                seconds, replies[name] = run(teacher, chats, workers, args.max_new_tokens)
+                seconds, replies[name] = run(teacher, pools[name], chats, args.max_new_tokens)
                 best[name] = min(best.get(name, seconds), seconds)
                 print(f"  {name} x{workers}: {seconds:.1f} s", file=sys.stderr, flush=True)
-        for teacher in teachers.values():
+        for name, teacher in teachers.items():
+            pools[name].shutdown()
             teacher.close()
         same = sum(a == b for a, b in zip(replies["engines"], replies["batched"], strict=True))
         e, b = len(chats) / best["engines"], len(chats) / best["batched"]

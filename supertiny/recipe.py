@@ -60,7 +60,7 @@ LOSSES = ("sft", "fkl", "rkl", "jsd")
 # Keys that are booleans on the command line: recipe key -> (flag for true, flag for false or None: leave out).
 BOOL_FLAGS = {"bf16": ("--bf16", "--no-bf16"), "symmetric": ("--symmetric", "--asymmetric"),
               "stop_when_perfect": ("--stop-when-perfect", None),
-              "greedy_first": ("--greedy-first", "--no-greedy-first")}
+              "greedy_first": ("--greedy-first", "--no-greedy-first"), "batched": ("--batched", None)}
 
 # The stages a recipe configures, in the order they run, and the keys each takes (a command option each,
 # except the few the pipeline reads itself: teach.quant, export.*, eval.*, bench.*).
@@ -69,7 +69,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
                   "dev_limit": _pos_int, "seed": _non_neg_int},
     "teach": {"quant": schema.one_of("Q8_0", "F16", "none"), "samples": _pos_int, "max_new_tokens": _pos_int,
               "temperature": _non_neg, "top_p": _unit, "stop_when_perfect": _bool, "greedy_first": _bool,
-              "limit": _pos_int, "concurrency": _pos_int, "threads": _pos_int, "judge": _text},
+              "limit": _pos_int, "concurrency": _pos_int, "threads": _pos_int, "judge": _text, "batched": _bool},
     "prune": {"layers": _pos_int, "drop_layers": _unit, "layer_metric": schema.one_of("block-influence", "loss"),
               "heads": _count_or_fraction, "kv_heads": _count_or_fraction, "mlp": _count_or_fraction,
               "hidden": _count_or_fraction, "calib_tokens": _pos_int, "eval_tokens": _pos_int},

@@ -202,9 +202,11 @@ def test_a_local_gguf_teacher_with_several_workers_decodes_them_in_one_batch(ggu
     with open_teacher(str(gguf_path), TeacherOptions(threads=1, n_ctx=256), workers=1) as one:
         assert isinstance(one, LocalTeacher)
         want = [one.complete(c, greedy, max_tokens=12) for c in chats]
-    with open_teacher(str(gguf_path), TeacherOptions(threads=1, n_ctx=256), workers=3) as teacher:
+    with open_teacher(str(gguf_path), TeacherOptions(threads=1, n_ctx=256, batched=True), workers=3) as teacher:
         assert isinstance(teacher, BatchedTeacher) and teacher.describe()["parallel"] == 3
         with ThreadPoolExecutor(3) as pool:  # three workers' calls share the batch
             got = list(pool.map(lambda c: teacher.complete(c, greedy, max_tokens=12), chats))
         assert teacher.prompt_tokens(chats[0]) == len(teacher.engine.prompt_ids(chats[0]))
     assert got == want and all(got)
+    with pytest.raises(InvalidInputError, match="batched teaching decodes GGUF files"):
+        open_teacher(str(gguf_path), TeacherOptions(backend="onnxruntime", batched=True), workers=2)

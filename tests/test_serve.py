@@ -414,7 +414,19 @@ def test_cli_defaults_to_loopback_and_checks_options_first(monkeypatch, tmp_path
     monkeypatch.setenv("SUPERTINY_API_KEY", "from-env")
     assert CliRunner().invoke(main, ["serve", "model.gguf"]).exit_code == 0
     assert seen["config"].host == "127.0.0.1" and seen["config"].api_key == "from-env"
+    # --parallel auto: a GGUF file with one slot is batched, everything else is not
+    from supertiny.runtime.serve import AUTO_PARALLEL, parallel_for
+
+    auto = seen["config"]
+    assert auto.parallel is None and parallel_for(auto, "gguf") == AUTO_PARALLEL == 4
+    assert parallel_for(auto, "onnx") == parallel_for(auto, "hf") == 0
+    assert parallel_for(dataclasses.replace(auto, slots=2), "gguf") == 0
+    assert parallel_for(dataclasses.replace(auto, backend="torch"), "gguf") == 0
+    assert CliRunner().invoke(main, ["serve", "model.gguf", "--parallel", "0"]).exit_code == 0
+    assert seen["config"].parallel == 0
     monkeypatch.undo()
+    result = CliRunner().invoke(main, ["serve", "model.gguf", "--parallel", "x"])
+    assert result.exit_code == 2 and "--parallel takes auto or a whole number" in result.output
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "missing.gguf"), "--slots", "0"])
     assert result.exit_code == 2 and "slots must be >= 1" in result.output
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "missing.gguf"), "--port", "0"])

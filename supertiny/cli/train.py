@@ -39,6 +39,10 @@ from .core import _progress, _quiet_transformers, main, task_prompt_option
 @click.option("--overwrite", is_flag=True, help="Replace the output and drop an unfinished run's progress.")
 @click.option("--threads", type=int, default=None,
               help="Local teacher: CPU threads per engine (default: the cores shared among the workers).")
+@click.option("--batched", is_flag=True,
+              help="Local GGUF teacher: one llama.cpp engine decodes the workers' prompts together (continuous "
+              "batching, prompt cache) instead of an engine per worker. On 2 cores an engine per worker was "
+              "faster (benchmarks/teach_batching.py).")
 @click.option("--n-ctx", type=int, default=None, help="Local teacher: context length (default: the backend's).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Local teacher: the engine backend.")
@@ -52,7 +56,7 @@ def teach_cmd(teacher: str, task: str, prompts: str, out: str, task_prompt: str,
               judge: str | None,
               judge_threshold: float, concurrency: int, temperature: float, top_p: float, greedy_first: bool,
               max_new_tokens: int, seed: int, limit: int | None, overwrite: bool, threads: int | None,
-              n_ctx: int | None, backend: str, model_name: str | None, judge_model_name: str | None,
+              batched: bool, n_ctx: int | None, backend: str, model_name: str | None, judge_model_name: str | None,
               api_key: str | None, timeout: float, retries: int, as_json: bool) -> None:
     """Make teacher data: K answers per prompt from TEACHER (a model, or an OpenAI-compatible URL such as
     http://host:8080/v1), each scored by the label or a judge; the best accepted one is kept.
@@ -66,7 +70,7 @@ def teach_cmd(teacher: str, task: str, prompts: str, out: str, task_prompt: str,
                          concurrency=concurrency, limit=limit, prompt=task_prompt,
                          stop_when_perfect=stop_when_perfect)
     options = TeacherOptions(threads=threads, n_ctx=n_ctx, backend=backend, model_name=model_name, api_key=api_key,
-                             timeout_s=timeout, retries=retries)
+                             timeout_s=timeout, retries=retries, batched=batched)
     judge_options = TeacherOptions(threads=threads, n_ctx=n_ctx, backend=backend, model_name=judge_model_name,
                                    api_key=api_key, timeout_s=timeout, retries=retries)
     with _progress("teach") as bar:

@@ -10,9 +10,15 @@ in, reply text out), and are safe to call from several threads at once: that is 
   share with the previous one on that engine, so a long system prompt common to every prompt
   is evaluated once per worker, and the K samples of a prompt reuse the whole prompt.
 - :class:`BatchedTeacher` runs a GGUF file for several workers in one batched llama.cpp
-  engine (:mod:`supertiny.runtime.batched`): their prompts decode together in one forward
-  pass per token, and its prompt cache keeps the shared system prompt per sequence slot.
-  :func:`open_teacher` picks it for a local GGUF teacher with more than one worker.
+  engine (:mod:`supertiny.runtime.batched`; ``TeacherOptions(batched=True)``, ``teach
+  --batched``): their prompts decode together in one forward pass per token, and its prompt
+  cache keeps the shared system prompt per sequence slot. Not the default: on 2 cores,
+  factory-tickets prompts (~690 tokens, 656 of them the shared system prompt) and a Q8_0
+  teacher, one single-thread engine per worker made 1.77 prompts/s at 2 workers and 2.01 at
+  4, the batched engine 1.71 and 1.73 (``benchmarks/teach_batching.py``): two threads of
+  one engine synchronize on every op of a 135M model, two engines never do. Batching should
+  pay where workers outnumber cores and per-worker engines would contend for memory
+  bandwidth; not measured here.
 - :class:`HttpTeacher` posts to ``URL/chat/completions`` (llama.cpp's server, vLLM,
   ``supertiny serve``), one choice per request (``n=1``: several servers refuse more), with
   retries and backoff on 429, 5xx and connection errors.
@@ -90,6 +96,8 @@ class TeacherOptions:
         timeout_s: seconds one HTTP request may take.
         retries: extra tries of a request that failed with 429/5xx or a connection error.
         backoff_s: the first pause between tries (doubled each time, with jitter).
+        batched: a local GGUF teacher with several workers decodes them in one batched
+            llama.cpp engine (:class:`BatchedTeacher`) instead of an engine per worker.
     """
 
     threads: int | None = None
@@ -100,6 +108,7 @@ class TeacherOptions:
     timeout_s: float = 120.0
     retries: int = 3
     backoff_s: float = 0.5
+    batched: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -347,17 +356,19 @@ def open_teacher(spec: str, options: TeacherOptions | None = None, workers: int 
     """A teacher for ``spec``: a server URL (``http://host:port/v1``) or a local artifact
     (a ``.gguf`` file, an ONNX export, a Hugging Face directory, ``default``).
 
-    ``workers`` is how many threads will call it: a local GGUF file on llama.cpp decodes
-    their calls together in one batched engine, any other local model gets an engine per
-    worker, sharing the cores.
+    ``workers`` is how many threads will call it: a local model gets an engine per worker,
+    sharing the cores, or with ``options.batched`` (a GGUF file on llama.cpp) one engine
+    decoding their calls together.
     """
     options = options or TeacherOptions()
     if is_url(spec):
         return HttpTeacher(spec, options)
-    if workers > 1 and options.backend in ("auto", "llama.cpp"):
+    if options.batched:
         from ..models import resolve
 
         kind, path = resolve(spec)
-        if kind == "gguf":
-            return BatchedTeacher(path, spec, options, workers)
+        if kind != "gguf" or options.backend not in ("auto", "llama.cpp"):
+            raise InvalidInputError(f"batched teaching decodes GGUF files on llama.cpp; {spec} is a {kind} "
+                                    f"artifact on {options.backend}")
+        return BatchedTeacher(path, spec, options, workers)
     return LocalTeacher(spec, options, workers)

@@ -156,6 +156,15 @@ def build_server(app: Any, config: ServeConfig, log: Callable[[str], None] | Non
     return Server(uv)
 
 
+def parallel_for(config: ServeConfig, kind: str) -> int:
+    """``config.parallel``, with auto (None) resolved for an artifact of ``kind``: GGUF on
+    llama.cpp with one slot batches :data:`AUTO_PARALLEL` sequences, anything else none."""
+    if config.parallel is not None:
+        return config.parallel
+    batches = kind == "gguf" and config.backend in ("auto", "llama.cpp") and config.slots == 1
+    return AUTO_PARALLEL if batches else 0
+
+
 def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[str], None] | None = None) -> None:
     """Open ``config.slots`` engines on ``artifact`` and serve them until SIGINT/SIGTERM.
 
@@ -169,9 +178,7 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
 
     _require_extra()
     kind, path = resolve(artifact)
-    if config.parallel is None:
-        batches = kind == "gguf" and config.backend in ("auto", "llama.cpp") and config.slots == 1
-        config = dataclasses.replace(config, parallel=AUTO_PARALLEL if batches else 0)
+    config = dataclasses.replace(config, parallel=parallel_for(config, kind))
     if config.parallel and (kind != "gguf" or config.backend not in ("auto", "llama.cpp")):
         raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} runs on "
                                 f"{config.backend}: use --slots for it")
