@@ -10,11 +10,13 @@ every flag it needs, AMX never:
     python supertiny/runtime/cpu_build.py            # the CMAKE_ARGS for this machine
     SUPERTINY_PORTABLE=1 python supertiny/runtime/cpu_build.py   # AVX2 level, for any x86-64 CPU since 2013
 
-On this project's 2-core VM (AVX-512 F/BW/VL/VNNI/BF16/VBMI) the AVX-512 build decodes
-16 streams 1.2-1.4x faster than the AVX2 one on the same GGUF files
-(``benchmarks/concurrency_sweep.py``, issue 13's note). A build made here must not be
-copied to a CPU that lacks what it was built for (it would stop with an illegal
-instruction); the portable switch is for that case.
+On this project's 2-core VM (AVX-512 F/BW/VL/VNNI/BF16/VBMI), against the AVX2 build with
+flash attention on in both: 8 decoding streams of BF16 1.49x faster (295.8 vs 199.2 tok/s)
+and of Q4_0 1.10x (360.6 vs 327.2), single streams within noise
+(``benchmarks/batched_decode.py --steps``); a 512-token prefill of Q8_0 1.62x (624 vs 386
+tok/s) and of Q4_0 1.26x (``benchmarks/prefill.py``; issue 13's note). A build made here
+must not be copied to a CPU that lacks what it was built for (it would stop with an
+illegal instruction); the portable switch is for that case.
 
 At run time :func:`build_report` compares the loaded llama.cpp's features with the CPU's,
 so ``supertiny bench`` can say when the build leaves speed unused.
