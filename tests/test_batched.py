@@ -121,7 +121,7 @@ def test_prompt_cache_reuses_the_longest_prefix_and_replies_stay_equal(gguf_path
     slot = engine.add(long, 6, stop_ids=[])
     assert engine.reused_tokens(slot) == len(long) - 1
     engine.release(slot)
-    # a prompt sharing nothing takes the other slot, which holds nothing of it
+    # a prompt sharing nothing with any slot reuses nothing
     slot = engine.add(prompts[2], 4, stop_ids=[])
     assert engine.reused_tokens(slot) == 0
     engine.release(slot)
