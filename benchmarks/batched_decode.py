@@ -106,9 +106,7 @@ def main() -> None:
     if args.steps:
         run_steps(path, levels, args)
         return None
-    n_ctx = args.prompt_tokens + args.new_tokens + 16
-
-    single, batched, prompts = open_engines(path, n_ctx, args)
+    single, batched, prompts = open_engines(path, args)
     for sched in (Scheduler([single], request_timeout_s=None), BatchScheduler(batched, request_timeout_s=None)):
         throughput(sched, prompts, 1, 1, args.new_tokens)  # warm up: page in the weights, size the buffers
         sched.close()
@@ -139,12 +137,12 @@ def main() -> None:
               f"{cb / cs:>5.2f}x  {cb / cbase:>10.2f}x")
 
 
-def open_engines(path: Path, n_ctx: int, args):
+def open_engines(path: Path, args):
     from supertiny.evaluate import default_corpus_path
     from supertiny.runtime.batched import BatchedLlamaEngine
     from supertiny.runtime.llamacpp import LlamaCppEngine
 
-    fa = not args.no_flash_attn
+    fa, n_ctx = not args.no_flash_attn, args.prompt_tokens + args.new_tokens + 16
     single = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=args.threads, flash_attn=fa)
     # no prompt cache: every request prefills in full, in both engines
     batched = BatchedLlamaEngine(path, n_ctx=n_ctx, n_threads=args.threads, parallel=args.parallel,
@@ -156,7 +154,7 @@ def open_engines(path: Path, n_ctx: int, args):
 
 
 def run_steps(path: Path, levels: list[int], args) -> tuple[float, dict[int, float]]:
-    single, batched, prompts = open_engines(path, args.prompt_tokens + args.new_tokens + 16, args)
+    single, batched, prompts = open_engines(path, args)
     try:
         return step_table(single, batched, prompts, levels, args)
     finally:

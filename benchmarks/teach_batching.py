@@ -7,11 +7,11 @@ teach asks), through
   llama.cpp engine per worker with ``--threads`` each (teach before issue 13; the recipes'
   ``concurrency = 2``, ``threads = 1``), each engine reusing its previous prompt's prefix;
 * ``batched``: :class:`~supertiny.compress.teachers.BatchedTeacher`, one engine decoding the
-  workers' requests together with the same threads in all (what ``open_teacher`` now picks
-  for a GGUF file and several workers), its prompt cache reusing the shared system prompt per slot.
+  workers' requests together with the same threads in all (``teach --batched``), its prompt
+  cache reusing the shared system prompt per slot.
 
-Modes alternate (rounds), best round kept; prints prompts/s, generated tokens/s, the
-speedup, and how many replies the two agree on (greedy; the two paths differ by rounding).
+Modes alternate (rounds), best round kept; prints prompts/s per mode, the speedup, and how
+many replies the two agree on (greedy; the two paths differ by rounding).
 
     python benchmarks/teach_batching.py --model TEACHER.gguf [--workers 2,4] [-n 48] [--threads 1]
 """

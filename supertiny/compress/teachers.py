@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,15 +192,7 @@ class LocalTeacher(Teacher):
         try:
             if not until_json:
                 return engine.complete(list(messages), max_tokens=max_tokens, sampling=sampling).text
-            text, chunks = "", engine.stream_text(list(messages), max_tokens, sampling=sampling)
-            try:
-                for chunk in chunks:
-                    text += chunk.text
-                    if "}" in chunk.text and json_done(text):
-                        break  # a model that explains its answer afterwards costs nothing more
-            finally:
-                chunks.close()
-            return text
+            return _read_reply(engine.stream_text(list(messages), max_tokens, sampling=sampling), until_json)
         except InvalidInputError as exc:
             raise PromptError(f"the teacher cannot run this prompt: {exc}") from None
 
@@ -248,12 +240,7 @@ class BatchedTeacher(Teacher):
             job = self.scheduler.submit(list(messages), max_tokens, sampling=sampling)
         except InvalidInputError as exc:
             raise PromptError(f"the teacher cannot run this prompt: {exc}") from None
-        text = ""
-        for chunk in job:  # leaving the loop early cancels the rest of the reply
-            text += chunk.text
-            if until_json and "}" in chunk.text and json_done(text):
-                break
-        return text
+        return _read_reply(iter(job), until_json)  # closing the job's reader early cancels the rest
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         with self._lock:
@@ -267,6 +254,20 @@ class BatchedTeacher(Teacher):
         scheduler = self.__dict__.pop("scheduler", None)
         if scheduler is not None and scheduler.close(cancel=True, timeout=30.0):
             self.engine.close()
+
+
+def _read_reply(chunks: Generator[Any, None, None], until_json: bool) -> str:
+    """The text of a local engine's reply chunks; with ``until_json`` it stops at the first
+    complete JSON object (a model that explains its answer afterwards costs nothing more)."""
+    text = ""
+    try:
+        for chunk in chunks:
+            text += chunk.text
+            if until_json and "}" in chunk.text and json_done(text):
+                break
+    finally:
+        chunks.close()  # the engine (or the batch) stops generating this reply now
+    return text
 
 
 class HttpTeacher(Teacher):
@@ -365,9 +366,10 @@ def open_teacher(spec: str, options: TeacherOptions | None = None, workers: int 
         return HttpTeacher(spec, options)
     if options.batched:
         from ..models import resolve
+        from ..runtime.batched import batches
 
         kind, path = resolve(spec)
-        if kind != "gguf" or options.backend not in ("auto", "llama.cpp"):
+        if not batches(kind, options.backend):
             raise InvalidInputError(f"batched teaching decodes GGUF files on llama.cpp; {spec} is a {kind} "
                                     f"artifact on {options.backend}")
         return BatchedTeacher(path, spec, options, workers)

@@ -54,6 +54,12 @@ from .sampling import Sampling, pick_token
 _FRONT_CTX = 256  # the Llama object's own context: only its model and vocabulary are used
 
 
+def batches(kind: str, backend: str) -> bool:
+    """Whether an artifact of ``kind`` opened on ``backend`` can run in this engine (a GGUF
+    file on llama.cpp): the one test behind ``bench``/``serve --parallel`` and ``teach --batched``."""
+    return kind == "gguf" and backend in ("auto", "llama.cpp")
+
+
 @dataclass
 class _Seq:
     """One sequence's state between steps."""

@@ -101,8 +101,10 @@ class BenchConfig:
         """The sequences one engine batches for an artifact of ``kind`` (0: unbatched)."""
         if self.parallel is not None:
             return self.parallel
-        batches = kind == "gguf" and self.backend in ("auto", "llama.cpp") and self.slots == 1
-        return max(self.concurrency) if batches and max(self.concurrency) > 1 else 0
+        from .batched import batches
+
+        one_engine = batches(kind, self.backend) and self.slots == 1
+        return max(self.concurrency) if one_engine and max(self.concurrency) > 1 else 0
 
     def for_target(self, target: Any) -> BenchConfig:
         """This config plus what the target's budgets need measured and its runtime settings

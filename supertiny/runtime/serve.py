@@ -159,10 +159,11 @@ def build_server(app: Any, config: ServeConfig, log: Callable[[str], None] | Non
 def parallel_for(config: ServeConfig, kind: str) -> int:
     """``config.parallel``, with auto (None) resolved for an artifact of ``kind``: GGUF on
     llama.cpp with one slot batches :data:`AUTO_PARALLEL` sequences, anything else none."""
+    from .batched import batches
+
     if config.parallel is not None:
         return config.parallel
-    batches = kind == "gguf" and config.backend in ("auto", "llama.cpp") and config.slots == 1
-    return AUTO_PARALLEL if batches else 0
+    return AUTO_PARALLEL if batches(kind, config.backend) and config.slots == 1 else 0
 
 
 def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[str], None] | None = None) -> None:
@@ -179,7 +180,9 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
     _require_extra()
     kind, path = resolve(artifact)
     config = dataclasses.replace(config, parallel=parallel_for(config, kind))
-    if config.parallel and (kind != "gguf" or config.backend not in ("auto", "llama.cpp")):
+    from .batched import batches
+
+    if config.parallel and not batches(kind, config.backend):
         raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} runs on "
                                 f"{config.backend}: use --slots for it")
     name = config.model_name or Path(path).name
