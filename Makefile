@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # llama.cpp is built from source for the instruction sets this CPU lists (AVX-512/VNNI where
 # present), never AMX: -march=native crashed in its AMX code here (shared/design/ENVIRONMENT.md).
 # `SUPERTINY_PORTABLE=1 make setup` builds for any x86-64 CPU with AVX2 instead.
-LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) supertiny/runtime/cpu_build.py)
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) supertiny/runtime/engines/cpu_build.py)
 
 .PHONY: demo test example setup llama lint clean
 

@@ -2,13 +2,13 @@
 
 Same GGUF file (the default teacher, SmolLM2-135M Q4_1, unless given), same threads, same
 requests, one run: at each concurrency level c, ``c`` clients send requests back to back
-(a closed loop, as :mod:`supertiny.runtime.bench` does) through
+(a closed loop, as :mod:`supertiny.runtime.bench.measure` does) through
 
-* ``single``: today's server, a :class:`~supertiny.runtime.scheduler.Scheduler` over one
-  single-sequence :class:`~supertiny.runtime.llamacpp.LlamaCppEngine` (``--slots 1``):
+* ``single``: today's server, a :class:`~supertiny.runtime.serving.scheduler.Scheduler` over one
+  single-sequence :class:`~supertiny.runtime.engines.llamacpp.LlamaCppEngine` (``--slots 1``):
   requests take turns;
-* ``batched``: a :class:`~supertiny.runtime.batch_scheduler.BatchScheduler` over one
-  :class:`~supertiny.runtime.batched.BatchedLlamaEngine` (``--parallel 8``): requests
+* ``batched``: a :class:`~supertiny.runtime.serving.batch_scheduler.BatchScheduler` over one
+  :class:`~supertiny.runtime.engines.batched.BatchedLlamaEngine` (``--parallel 8``): requests
   join the running batch.
 
 The two alternate level by level (and round by round with ``--rounds``) so drift in a
@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supertiny.runtime.bench import closed_loop  # noqa: E402
+from supertiny.runtime.bench.measure import closed_loop  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -66,8 +66,8 @@ def throughput(scheduler, prompts: list[list[int]], clients: int, requests: int,
 
 def main() -> None:
     from supertiny.models import default_teacher_path
-    from supertiny.runtime.batch_scheduler import BatchScheduler
-    from supertiny.runtime.scheduler import Scheduler
+    from supertiny.runtime.serving.batch_scheduler import BatchScheduler
+    from supertiny.runtime.serving.scheduler import Scheduler
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="a .gguf file (default: the default teacher); with --steps, "
@@ -139,8 +139,8 @@ def main() -> None:
 
 def open_engines(path: Path, args):
     from supertiny.evaluate import default_corpus_path
-    from supertiny.runtime.batched import BatchedLlamaEngine
-    from supertiny.runtime.llamacpp import LlamaCppEngine
+    from supertiny.runtime.engines.batched import BatchedLlamaEngine
+    from supertiny.runtime.engines.llamacpp import LlamaCppEngine
 
     fa, n_ctx = not args.no_flash_attn, args.prompt_tokens + args.new_tokens + 16
     single = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=args.threads, flash_attn=fa)

@@ -10,11 +10,11 @@ the step compute-bound). The CPU analogues, all made from the default teacher
 * GGUF Q4_1 (the shipped file), Q4_0, Q4_K_M (4-bit weights), Q8_0 (8-bit weights,
   int8 dot products), F16 and BF16 (16-bit weights; BF16 dot products where the CPU has
   AVX512_BF16, this CPU's closest analogue of FP8 tensor cores), decoded with continuous batching
-  (:class:`~supertiny.runtime.batched.BatchedLlamaEngine` under a
-  :class:`~supertiny.runtime.batch_scheduler.BatchScheduler`, ``--parallel`` = the
+  (:class:`~supertiny.runtime.engines.batched.BatchedLlamaEngine` under a
+  :class:`~supertiny.runtime.serving.batch_scheduler.BatchScheduler`, ``--parallel`` = the
   largest level);
 * ONNX int4 (MatMulNBits, 4-bit weights) and int8 (8-bit weights), optimum graphs in
-  onnxruntime with static batches (:class:`~supertiny.runtime.onnx_batch.StaticBatchScheduler`:
+  onnxruntime with static batches (:class:`~supertiny.runtime.engines.onnx_batch.StaticBatchScheduler`:
   the requests queued when a batch starts decode together, left-padded).
 
 Every level of every format runs in one process, formats taking turns level by level so
@@ -81,10 +81,10 @@ def artifact(work: Path, source: str, prefix: str, fmt: str, threads: int) -> Pa
 
 def open_scheduler(path: Path, parallel: int, threads: int, n_ctx: int):
     """A batching scheduler over one engine for ``path``: continuous for GGUF, static for ONNX."""
-    from supertiny.runtime.batch_scheduler import BatchScheduler
-    from supertiny.runtime.batched import BatchedLlamaEngine
-    from supertiny.runtime.onnx_batch import StaticBatchScheduler
-    from supertiny.runtime.onnxrt import OnnxEngine
+    from supertiny.runtime.engines.batched import BatchedLlamaEngine
+    from supertiny.runtime.engines.onnxrt import OnnxEngine
+    from supertiny.runtime.serving.batch_scheduler import BatchScheduler
+    from supertiny.runtime.serving.static_batch import StaticBatchScheduler
 
     if path.suffix == ".gguf":
         engine = BatchedLlamaEngine(path, n_ctx=n_ctx, n_threads=threads, parallel=parallel)
@@ -94,7 +94,7 @@ def open_scheduler(path: Path, parallel: int, threads: int, n_ctx: int):
 
 
 def level(make, prompts: list[list[int]], clients: int, requests: int, new: int) -> dict:
-    from supertiny.runtime.bench import closed_loop, percentile
+    from supertiny.runtime.bench.measure import closed_loop, percentile
 
     scheduler = make()
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from supertiny.compress.distill import load_examples
-from supertiny.compress.kdcache import TopKCache, build_cache, cache_key, examples_hash
-from supertiny.compress.losses import mixed_loss
-from supertiny.compress.trainer import Collator, answer_logits
 from supertiny.manifest import hash_path
 from supertiny.models import load_model, resolve
+from supertiny.stages.transfer.examples import load_examples
+from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
+from supertiny.stages.transfer.losses import mixed_loss
+from supertiny.stages.transfer.trainer import Collator, answer_logits
 from supertiny.tasks import load_task
 
 

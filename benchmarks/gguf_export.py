@@ -24,7 +24,7 @@ IMATRIX = 4096  # calibration tokens for the +imx rows
 
 EXPORT = """
 import sys
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
+from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 src, out, dtype, quant, imatrix = sys.argv[1:6]
 export_gguf(src, out, GGUFExportConfig(dtype=dtype, quant=quant or None, verify=False, imatrix_tokens=int(imatrix)))
 # VmHWM is this process's own peak (ru_maxrss would include the parent's RSS at fork).
@@ -51,7 +51,7 @@ def main() -> None:
     from supertiny.gguf_file import GGUFFile
     from supertiny.gguf_tokenizer import tokenizer_from_gguf
     from supertiny.models import default_teacher_path
-    from supertiny.runtime.llamacpp import LlamaCppEngine
+    from supertiny.runtime.engines.llamacpp import LlamaCppEngine
 
     hf_dir = teacher_hf_copy(work)
     hf_bytes = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))

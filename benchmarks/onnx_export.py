@@ -171,9 +171,9 @@ def main() -> None:
     args, work = start(ap, "supertiny-onnx-bench-", keep_help="folder to keep the exports in")
 
     from supertiny import evaluate as ev
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
     from supertiny.models import load_model
-    from supertiny.runtime.onnxrt import OnnxEngine
+    from supertiny.runtime.engines.onnxrt import OnnxEngine
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     bw = bandwidth(args.threads)
     print(f"memory bandwidth ({args.threads} threads, numpy reads): {bw / 1e9:.1f} GB/s", file=sys.stderr)

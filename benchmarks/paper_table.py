@@ -8,7 +8,7 @@ One run on this machine, side by side, on the same test split:
     on frozen embeddings (``supertiny.baselines.minilm``; asset by the first-tag rule);
   - columns: bytes, parameters, compression vs the teacher's F32 bytes, task score and
     per-field accuracy (``supertiny eval MODEL --task factory-tickets --json``; llama.cpp for
-    GGUFs), decode tokens/s and TTFT (``supertiny.runtime.bench``, one config for both GGUFs),
+    GGUFs), decode tokens/s and TTFT (``supertiny.runtime.bench.measure``, one config for both GGUFs),
     and for MiniLM its encode latency per ticket (batch 1) instead of decode figures;
   - the issue's target ratios: bytes vs teacher F32 (>= 10x), decode vs teacher F16 GGUF
     (>= 3x), task score vs the teacher (>= 95%), student vs MiniLM on the fields both predict.
@@ -50,8 +50,8 @@ def resolve_student(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     A bundle is a folder whose ``supertiny.json`` says ``"stage": "bundle"``; its
     ``details["primary"]`` names the deployable model file inside the folder.
     """
-    from supertiny.bundle import bundle_primary
     from supertiny.errors import UserError
+    from supertiny.flows.bundle import bundle_primary
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -126,8 +126,8 @@ def task_eval(model: Path, data: Path, limit: int | None, threads: int, backend:
 
 
 def speed(model: Path, config: Any) -> dict[str, Any]:
-    """Median decode tokens/s and TTFT at the configured prompt length (``supertiny.runtime.bench``)."""
-    from supertiny.runtime.bench import bench
+    """Median decode tokens/s and TTFT at the configured prompt length (``supertiny.runtime.bench.measure``)."""
+    from supertiny.runtime.bench.measure import bench
 
     result = bench([str(model)], config)["results"][0]
     row = result["prompts"][0]
@@ -242,7 +242,7 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="Write the plot here (default WORK/paper_table.png).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from supertiny.runtime.bench import BenchConfig
+    from supertiny.runtime.bench.measure import BenchConfig
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -83,11 +83,11 @@ def main() -> None:
     args, work = start(ap, "supertiny-prune-bench-", keep_help="folder to keep the students and artifacts in")
 
     from supertiny import evaluate as ev
-    from supertiny.compress.prune import PruneConfig, prune
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
     from supertiny.manifest import read_manifest
     from supertiny.models import load_model
-    from supertiny.runtime.llamacpp import LlamaCppEngine
+    from supertiny.runtime.engines.llamacpp import LlamaCppEngine
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.prune import PruneConfig, prune
 
     teacher = load_model("default")
     ids = ev.tokenize_text(teacher.tokenizer, ev.read_text(ev.default_corpus_path()))[-1100:]
@@ -113,8 +113,8 @@ def main() -> None:
         rows[name]["gguf"] = speed(engine, ids, args.new_tokens, args.repeats)
         del engine
         if onnx:
-            from supertiny.export.onnx import OnnxExportConfig, export_onnx
-            from supertiny.runtime.onnxrt import OnnxEngine
+            from supertiny.runtime.engines.onnxrt import OnnxEngine
+            from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
             print(f"[{name}] ONNX int4 (genai graph)", file=sys.stderr)
             out = work / f"{name}-onnx-int4"

@@ -51,10 +51,10 @@ def say(msg: str) -> None:
 
 def build(src: Path, work: Path, calib_tokens: int, quick: bool, asymmetric: bool) -> list[dict[str, Any]]:
     """Every artifact of one model (made once; reused from ``work`` on a rerun)."""
-    from supertiny.compress.quantize import FP8, W4A16, W8A8
-    from supertiny.compress.quantize_run import QuantizeConfig, quantize
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
+    from supertiny.stages.quantize.apply import FP8, W4A16, W8A8
+    from supertiny.stages.quantize.stage import QuantizeConfig, quantize
 
     rows: list[dict[str, Any]] = []
 
@@ -62,7 +62,7 @@ def build(src: Path, work: Path, calib_tokens: int, quick: bool, asymmetric: boo
         q = work / f"q-{name}"
         if not q.exists():
             say(f"quantize {name}")
-            quantize(str(src), q, QuantizeConfig(scheme=scheme, calib_tokens=calib_tokens, eval_tokens=16))
+            quantize(str(src), q, QuantizeConfig.for_scheme(scheme, calib_tokens=calib_tokens, eval_tokens=16))
         return q
 
     def gguf(label: str, family: str, source: Path, **kw: Any) -> None:
@@ -113,10 +113,10 @@ def build(src: Path, work: Path, calib_tokens: int, quick: bool, asymmetric: boo
 def measure(rows: list[dict[str, Any]], src: Path, work: Path, ids: list[int], held: Path) -> None:
     """Quality (vs the same format's reference) and speed of every row, in place."""
     from supertiny import evaluate as ev
-    from supertiny.compress.quantize_run import QuantizeConfig, quantize
-    from supertiny.runtime.bench import BenchConfig, bench_artifact
-    from supertiny.runtime.llamacpp import LlamaCppEngine
-    from supertiny.runtime.onnxrt import OnnxEngine
+    from supertiny.runtime.bench.measure import BenchConfig, bench_artifact
+    from supertiny.runtime.engines.llamacpp import LlamaCppEngine
+    from supertiny.runtime.engines.onnxrt import OnnxEngine
+    from supertiny.stages.quantize.stage import QuantizeConfig, quantize
 
     engines = {"gguf": lambda p: LlamaCppEngine(p, n_ctx=512, n_threads=THREADS, logits_all=True),
                "onnx": lambda p: OnnxEngine(p, threads=THREADS)}
@@ -128,7 +128,7 @@ def measure(rows: list[dict[str, Any]], src: Path, work: Path, ids: list[int], h
         if r["format"] == "torch":  # the stage's own report: activation quantization included
             q = work / "q-fp8"
             if not q.exists():
-                quantize(str(src), q, QuantizeConfig(scheme=r["scheme"], eval_text=str(held), eval_tokens=len(ids)))
+                quantize(str(src), q, QuantizeConfig.for_scheme(r["scheme"], eval_tokens=len(ids)), eval_text=str(held))
             m = json.loads((q / "supertiny.json").read_text())
             qual = m["quality"]
             r.update(bytes=m["details"]["size_equivalent_bytes"], ratio=qual["perplexity_ratio"], kl=qual["kl_mean"],
@@ -209,8 +209,8 @@ def main() -> None:
         return
 
     from supertiny import evaluate as ev
-    from supertiny.compress.prune import PruneConfig, prune
     from supertiny.models import load_model
+    from supertiny.stages.prune import PruneConfig, prune
 
     held = heldout_text(work)
     models = {"default teacher (SmolLM2-135M)": teacher_hf_copy(work)}

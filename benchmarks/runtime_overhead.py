@@ -133,7 +133,7 @@ def genai_raw(folder: Path, threads: int):
 
 
 def summarize(runs: list[list[float]]) -> tuple[float, float]:
-    from supertiny.runtime.bench import decode_rate
+    from supertiny.runtime.bench.measure import decode_rate
 
     return statistics.median(r[0] for r in runs) * 1000, statistics.median(decode_rate(r) for r in runs)
 
@@ -145,9 +145,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     args, work = start(ap, "supertiny-overhead-", keep_help="Keep the ONNX exports here (reused when present).")
     from supertiny.evaluate import default_corpus_path, read_text
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
     from supertiny.models import default_teacher_path
-    from supertiny.runtime.engine import open_engine
+    from supertiny.runtime.engines.base import open_engine
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     exports = {"genai int4": {"format": "genai", "quant": "int4"}, "optimum int4": {"quant": "int4"}}
     for name, kw in exports.items():

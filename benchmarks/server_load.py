@@ -77,7 +77,7 @@ def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: 
               system_prompt: str | None = None) -> dict:
     import openai
 
-    from supertiny.runtime.bench import closed_loop, percentile
+    from supertiny.runtime.bench.measure import closed_loop, percentile
 
     # no system message: the chat template adds its own (SmolLM2's: ~20 tokens)
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []

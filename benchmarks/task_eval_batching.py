@@ -29,7 +29,7 @@ def main() -> int:
     args, _ = start(ap, "supertiny-evalbatch-", "Unused (nothing is written).")
     from functools import partial
 
-    from supertiny.runtime.torch_engine import TorchEngine
+    from supertiny.runtime.engines.torch_engine import TorchEngine
     from supertiny.tasks import engine_complete, evaluate_task, read_task_data, task_for
 
     task = task_for(args.task, args.model)

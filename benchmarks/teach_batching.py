@@ -3,10 +3,10 @@
 The same task prompts, the same greedy replies cut at the first complete JSON object (what
 teach asks), through
 
-* ``engines``: :class:`~supertiny.compress.teachers.LocalTeacher`, one single-sequence
+* ``engines``: :class:`~supertiny.stages.transfer.teachers.LocalTeacher`, one single-sequence
   llama.cpp engine per worker with ``--threads`` each (teach before issue 13; the recipes'
   ``concurrency = 2``, ``threads = 1``), each engine reusing its previous prompt's prefix;
-* ``batched``: :class:`~supertiny.compress.teachers.BatchedTeacher`, one engine decoding the
+* ``batched``: :class:`~supertiny.stages.transfer.teachers.BatchedTeacher`, one engine decoding the
   workers' requests together with the same threads in all (``teach --batched``), its prompt
   cache reusing the shared system prompt per slot.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supertiny.compress.teachers import BatchedTeacher, LocalTeacher, TeacherOptions  # noqa: E402
 from supertiny.models import resolve  # noqa: E402
-from supertiny.runtime.sampling import Sampling  # noqa: E402
+from supertiny.runtime.engines.sampling import Sampling  # noqa: E402
+from supertiny.stages.transfer.teachers import BatchedTeacher, LocalTeacher, TeacherOptions  # noqa: E402
 from supertiny.tasks import load_task, read_task_data  # noqa: E402
 
 

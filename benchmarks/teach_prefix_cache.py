@@ -15,8 +15,8 @@ import argparse
 import statistics
 import time
 
-from supertiny.runtime.engine import open_engine
-from supertiny.runtime.sampling import Sampling
+from supertiny.runtime.engines.base import open_engine
+from supertiny.runtime.engines.sampling import Sampling
 from supertiny.tasks import load_task, read_task_data
 
 

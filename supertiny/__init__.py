@@ -8,9 +8,7 @@ The public API, re-exported from the stage modules::
     from supertiny import open_engine, Sampling, load_target
 """
 
-__version__ = "0.1.0"
-
-from .errors import (  # noqa: E402
+from supertiny.errors import (  # noqa: E402
     BrokenCheckpointError,
     InvalidGGUFError,
     InvalidInputError,
@@ -24,14 +22,15 @@ from .errors import (  # noqa: E402
     UnsupportedArchitectureError,
     UserError,
 )
-from .eval_run import EvalConfig, EvalReport, TaskReport, evaluate_model, evaluate_task_model  # noqa: E402
-from .evaluate import agreement, generate, perplexity, torch_generate, torch_logits  # noqa: E402
-from .manifest import Manifest, read_manifest, verify_artifact  # noqa: E402
-from .models import LoadedModel, ModelInfo, describe, load_model  # noqa: E402
-from .runtime.engine import Engine, EngineOptions, open_engine  # noqa: E402
-from .runtime.sampling import Sampling  # noqa: E402
-from .targets import Target, list_targets, load_target  # noqa: E402
-from .tasks import Task, list_tasks, load_task  # noqa: E402
+from supertiny.evaluate import agreement, generate, perplexity, torch_generate, torch_logits  # noqa: E402
+from supertiny.manifest import Manifest, read_manifest, verify_artifact  # noqa: E402
+from supertiny.models import LoadedModel, ModelInfo, describe, load_model  # noqa: E402
+from supertiny.runtime.engines.base import Engine, EngineOptions, open_engine  # noqa: E402
+from supertiny.runtime.engines.sampling import Sampling  # noqa: E402
+from supertiny.stages.eval import EvalConfig, EvalReport, TaskReport, evaluate_model, evaluate_task_model  # noqa: E402
+from supertiny.targets import Target, list_targets, load_target  # noqa: E402
+from supertiny.tasks import Task, list_tasks, load_task  # noqa: E402
+from supertiny.version import __version__
 
 __all__ = [
     "BrokenCheckpointError",

@@ -1,3 +1,3 @@
-from .cli import main
+from supertiny.cli import main
 
 main()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import UnsupportedArchitectureError
+from supertiny.errors import UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)

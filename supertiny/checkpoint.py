@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BrokenCheckpointError, NotAModelError, UnsafeCheckpointError
+from supertiny.errors import BrokenCheckpointError, NotAModelError, UnsafeCheckpointError
 
 if TYPE_CHECKING:
     import torch

@@ -12,12 +12,10 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compress.data import read_text  # noqa: F401 - it lives with the other readers; kept importable here
-from .errors import BrokenCheckpointError, InvalidInputError
+from supertiny.errors import BrokenCheckpointError, InvalidInputError
+from supertiny.readers import default_corpus_path, read_text  # noqa: F401 - the readers; kept importable here
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,11 +32,6 @@ DEFAULT_PROMPTS = (
     "Write one sentence about the sea.",
     "Explain in one sentence what a CPU does.",
 )
-
-
-def default_corpus_path() -> Path:
-    """The evaluation text shipped with the package (see ``supertiny/data/README.md``)."""
-    return Path(str(resources.files("supertiny") / "data" / "eval_corpus.txt"))
 
 
 def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | None = None) -> list[int]:

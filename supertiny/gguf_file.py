@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidGGUFError, ModelNotFoundError
+from supertiny.errors import InvalidGGUFError, ModelNotFoundError
 
 GGUF_MAGIC = b"GGUF"
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .archs import ArchSpec, arch_for_gguf, tensor_name_map
-from .checkpoint import check_finite_array, check_tensors, expected_shapes, meta_model
-from .errors import BrokenCheckpointError, InvalidGGUFError
-from .gguf_file import GGUFFile
+from supertiny.archs import ArchSpec, arch_for_gguf, tensor_name_map
+from supertiny.checkpoint import check_finite_array, check_tensors, expected_shapes, meta_model
+from supertiny.errors import BrokenCheckpointError, InvalidGGUFError
+from supertiny.gguf_file import GGUFFile
 
 if TYPE_CHECKING:
     import numpy as np

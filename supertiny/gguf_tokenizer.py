@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import InvalidGGUFError
-from .gguf_file import (
+from supertiny.errors import InvalidGGUFError
+from supertiny.gguf_file import (
     PRE_TOKENIZERS,
     TOKEN_CONTROL,
     TOKEN_USER_DEFINED,

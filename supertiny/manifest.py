@@ -34,13 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import UserError
-from .outdir import install_dir, remove_stale_staging, staging_dir, staging_file
+from supertiny.errors import RecipeError, UserError
+from supertiny.outdir import install_dir, remove_stale_staging, staging_dir, staging_file
+from supertiny.version import __version__
 
 MANIFEST = "supertiny.json"  # inside a directory artifact
 SIDECAR_SUFFIX = ".supertiny.json"  # appended to a single-file artifact's name
 SCHEMA = 1
+BUNDLE_STAGE = "bundle"  # a deployment bundle's manifest names this stage; its primary artifact: bundle_primary()
 
 
 class ManifestError(UserError):
@@ -265,20 +266,20 @@ class StageRun:
     Args:
         stage, version: the stage's name and version, recorded in the manifest.
         out: the artifact to produce (a directory, or a file with ``single_file``).
-        source: the model path the stage read (``"default"`` is resolved), or a server URL (not hashed);
-            info: its ``describe()`` dict.
+        source: the path the stage read (a file or folder, resolved by the caller), or a server URL (not
+            hashed); info: its ``describe()`` dict.
         settings: the stage's config as a dict.
+        carried: details the source's manifest passes on to every artifact made from it (the task prompt a
+            fine-tuned model expects); a stage's own details of the same key win.
     """
 
     def __init__(self, stage: str, version: int, out: Path, source: str | os.PathLike[str], info: dict[str, Any],
-                 settings: dict[str, Any], single_file: bool = False):
-        from .models import resolve
-
+                 settings: dict[str, Any], single_file: bool = False, carried: dict[str, Any] | None = None):
         self.stage, self.version, self.out, self.single_file = stage, version, Path(out), single_file
         # A server (an OpenAI-compatible URL, e.g. teach's teacher) is recorded as is: there is no file to hash.
         self.source_url = str(source) if str(source).startswith(("http://", "https://")) else None
-        self.source_path = None if self.source_url else resolve(source)[1].resolve()  # absolute: it may travel
-        self.info, self.settings = info, settings
+        self.source_path = None if self.source_url else Path(source).resolve()  # absolute: it may travel
+        self.info, self.settings, self.carried = info, settings, dict(carried or {})
         self.seconds: dict[str, float] = {}
         self.notes: list[str] = []
         self._temps: list[Path] = []
@@ -342,8 +343,6 @@ class StageRun:
         A directory stage passes nothing (its folder is :attr:`dir`); a single-file
         stage passes the finished staging file. Returns the manifest as written.
         """
-        from .tasks.prompts import RECORD_KEY, recorded_prompt
-
         with self.step("hash"):
             if self.source_path is None:
                 source = {"path": self.source_url, "sha256": None, "info": self.info}
@@ -354,11 +353,7 @@ class StageRun:
                 files = {self.out.name: {"bytes": file.stat().st_size, "sha256": sha256_file(file)}}
             else:
                 files = file_table(self.dir)
-        details = dict(details or {})
-        if self.source_path is not None and RECORD_KEY not in details:
-            # the prompt a fine-tuned model expects travels with every artifact made from it
-            if record := recorded_prompt(self.source_path):
-                details[RECORD_KEY] = record
+        details = {**self.carried, **(details or {})}
         manifest = Manifest(
             stage=self.stage, stage_version=self.version, source=source, settings=self.settings, files=files,
             quality=quality or {}, details=details, notes=list(self.notes),
@@ -379,3 +374,21 @@ class StageRun:
             write_manifest(manifest, self.dir / MANIFEST)
             install_dir(self.dir, self.out)
         return manifest
+
+
+def bundle_primary(path: Path) -> Path | None:
+    """The primary artifact inside a bundle directory, or None when ``path`` is not a bundle."""
+    m = path / MANIFEST
+    if not (path.is_dir() and m.is_file()):
+        return None
+    try:
+        data = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("stage") != BUNDLE_STAGE:
+        return None
+    primary = (data.get("details") or {}).get("primary")
+    if not (isinstance(primary, str) and primary and not Path(primary).is_absolute()
+            and ".." not in Path(primary).parts and (path / primary).exists()):
+        raise RecipeError(f"{m}: details.primary: {primary!r} is not a file inside the bundle")
+    return path / primary

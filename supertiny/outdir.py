@@ -1,21 +1,24 @@
-"""Output folders that appear only when complete: check first, build aside, swap in.
+"""Output folders and files that appear only when complete: check first, build aside, swap in.
 
 Every stage that writes a directory (ONNX export, pruning, ...) builds it in a hidden
 ``.NAME.partial-PID`` next to the target and moves it into place only once it passed
 its checks, so a failure never leaves a folder that looks finished. A single-file
 artifact (GGUF) is built in hidden ``.NAME.PID.TAG.partial`` files beside it and renamed
 into place. A stage killed with ``kill -9`` cannot clean up after itself: the next run
-for the same output removes the staging files whose process is gone.
+for the same output removes the staging files whose process is gone. :func:`write_json` is the
+one atomic write of a JSON file (records, caches, reports).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
-from .errors import InvalidInputError
+from supertiny.errors import InvalidInputError
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -95,3 +98,23 @@ def remove_stale_staging(out: Path) -> list[Path]:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (a hidden file beside it, then a rename): a crash
+    leaves the old file or the new one, never half of one. Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging_file(path, "json")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when it is missing or unreadable (a record to recompute, not an
+    error)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from supertiny.runtime.engine import Engine  # noqa: E402
+from supertiny.runtime.engines.base import Engine  # noqa: E402
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -106,7 +106,7 @@ def make_tiny_dir(tmp_path, tiny_tokenizer):
 def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     """One tiny model (seed 3, trained tokenizer) as a Hugging Face directory and an F32 GGUF file,
     by the engine that runs each (``torch``, ``llama.cpp``); built once per session, read-only."""
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
     root = tmp_path_factory.mktemp("tiny-artifacts")
     src = root / "hf"
@@ -163,7 +163,7 @@ class ScriptedEngine(Engine):
 def gguf_path(tmp_path_factory, tiny_tokenizer):
     """A tiny F32 GGUF with untied embeddings: its greedy replies depend on the prompt (tied ones echo the
     prompt's last token), which the engine and server tests need."""
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
     src = tmp_path_factory.mktemp("untied") / "hf"
     build_tiny_model(tied=False).save_pretrained(src, safe_serialization=True)

@@ -44,12 +44,12 @@ def write_gguf(
 ) -> Path:
     import gguf
 
-    from supertiny.export.gguf import _add_hparams, permute_qk
+    from supertiny.stages.export.gguf_writer import add_hparams, permute_qk
 
     cfg = model.config
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     w = gguf.GGUFWriter(str(path), arch)
-    _add_hparams(w, cfg, "tiny test model", "f32", notes=[])
+    add_hparams(w, cfg, "tiny test model", "f32", notes=[])
     w.add_tokenizer_model(tokenizer_model)
     if pre is not None:
         w.add_tokenizer_pre(pre)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from supertiny.archs import ARCHITECTURES, Layout, layout_of, shape
-from supertiny.compress.data import token_windows
-from supertiny.compress.importance import collect
-from supertiny.compress.prune import PruneConfig, plan, prune_
-from supertiny.export.imatrix import collect_imatrix
+from supertiny.readers import token_windows
+from supertiny.stages.export.imatrix import collect_imatrix
+from supertiny.stages.prune import PruneConfig
+from supertiny.stages.prune.importance import collect
+from supertiny.stages.prune.plan import plan, prune_
 
 from conftest import build_tiny_model, tiny_config
 

@@ -10,11 +10,11 @@ import openai
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.batch_scheduler import BatchScheduler
-from supertiny.runtime.batched import BatchedLlamaEngine
-from supertiny.runtime.llamacpp import LlamaCppEngine
-from supertiny.runtime.sampling import Sampling
-from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
+from supertiny.runtime.engines.batched import BatchedLlamaEngine
+from supertiny.runtime.engines.llamacpp import LlamaCppEngine
+from supertiny.runtime.engines.sampling import Sampling
+from supertiny.runtime.serving.batch_scheduler import BatchScheduler
+from supertiny.runtime.serving.server import ServeConfig, bind_socket, build_server, create_app
 
 from conftest import start_server
 
@@ -184,7 +184,7 @@ def test_server_with_parallel_under_concurrent_load(gguf_path, single):
 
 
 def test_parallel_is_for_gguf_and_excludes_slots(make_tiny_dir):
-    from supertiny.runtime.serve import serve
+    from supertiny.runtime.serving.server import serve
 
     with pytest.raises(InvalidInputError, match="either slots .* or parallel"):
         ServeConfig(slots=2, parallel=2)
@@ -195,7 +195,7 @@ def test_parallel_is_for_gguf_and_excludes_slots(make_tiny_dir):
 
 
 def test_a_local_gguf_teacher_with_several_workers_decodes_them_in_one_batch(gguf_path):
-    from supertiny.compress.teachers import BatchedTeacher, LocalTeacher, TeacherOptions, open_teacher
+    from supertiny.stages.transfer.teachers import BatchedTeacher, LocalTeacher, TeacherOptions, open_teacher
 
     chats = [[{"role": "user", "content": t}] for t in TEXTS]
     greedy = Sampling()

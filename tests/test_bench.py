@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.bench import (
+from supertiny.runtime.bench.measure import (
     BenchConfig,
     decode_rate,
     measured_for_budgets,
@@ -19,7 +19,7 @@ from supertiny.runtime.bench import (
     summarize,
     verdicts,
 )
-from supertiny.runtime.bench_report import format_comparison, format_result
+from supertiny.runtime.bench.report import format_comparison, format_result
 from supertiny.targets import parse_target
 
 TARGET = {
@@ -101,7 +101,7 @@ def test_tables_render():
 def test_config_validation_and_target_merge():
     with pytest.raises(InvalidInputError, match="concurrency"):
         BenchConfig(concurrency=(0,))
-    with pytest.raises(InvalidInputError, match="new-tokens must be >= 2"):
+    with pytest.raises(InvalidInputError, match="new_tokens: expected an integer, at least 2, got 1"):
         BenchConfig(new_tokens=1)
     merged = BenchConfig(prompt_lengths=(8,), concurrency=(1,)).for_target(parse_target(TARGET, "t.toml"))
     assert merged.prompt_lengths == (8, 16) and merged.concurrency == (1, 2)
@@ -114,7 +114,7 @@ def test_config_validation_and_target_merge():
 
 @pytest.fixture(scope="module")
 def tiny_artifacts(tmp_path_factory):
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
     from conftest import build_tiny_model, train_tiny_tokenizer
 
@@ -177,7 +177,7 @@ def test_bench_passes_fails_and_plots(tiny_artifacts):
 
 @pytest.mark.parametrize("args, match", [
     (["--concurrency", "a,b"], "--concurrency takes whole numbers"),
-    (["--prompt-lengths", "0"], "prompt-lengths must be whole numbers >= 1"),
+    (["--prompt-lengths", "0"], "prompt_lengths: expected whole numbers >= 1"),
     (["--target", "no-such-device"], "no-such-device"),
     (["--plot", "out.gif"], "--plot writes .png"),
     (["--parallel", "many"], "--parallel takes auto or a whole number"),

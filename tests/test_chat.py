@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.chat import chat_template_ids, check_messages
+from supertiny.runtime.engines.chat import chat_template_ids, check_messages
 
 
 @pytest.mark.parametrize("messages, match", [

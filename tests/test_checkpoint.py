@@ -13,9 +13,9 @@ from test_cli import assert_one_line_error, run
 from supertiny.checkpoint import check_tensors
 from supertiny.errors import BrokenCheckpointError
 from supertiny.evaluate import perplexity
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.gguf_file import GGUFFile
 from supertiny.models import describe, load_model
+from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
 
 def edit_weights(folder, edit):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supertiny.runtime.cpu_build import ALWAYS, build_report, cmake_args, cpu_flags, llama_features
+from supertiny.runtime.engines.cpu_build import ALWAYS, build_report, cmake_args, cpu_flags, llama_features
 
 ZEN4 = ("processor : 0\nflags : fpu sse4_2 avx f16c fma avx2 bmi2 avx512f avx512dq avx512cd avx512bw avx512vl "
         "avx512vbmi avx512_vnni avx512_bf16\n")
@@ -42,7 +42,7 @@ def test_unknown_cpus_and_the_portable_switch_get_ggmls_portable_build():
 
 
 def test_the_script_prints_one_line_of_arguments():
-    script = Path(__file__).resolve().parents[1] / "supertiny" / "runtime" / "cpu_build.py"
+    script = Path(__file__).resolve().parents[1] / "supertiny" / "runtime" / "engines" / "cpu_build.py"
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
     assert out.startswith("-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF") and out.count("\n") == 1
     portable = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,

@@ -8,18 +8,11 @@ import torch
 
 from supertiny import evaluate as ev
 from supertiny.archs import ARCHITECTURES
-from supertiny.compress.data import (
-    LMLoss,
-    calibrate,
-    calibration_text,
-    read_jsonl,
-    read_text,
-    spans,
-    token_windows,
-)
-from supertiny.compress.importance import ImportanceStatistic, collect
 from supertiny.errors import InvalidInputError
-from supertiny.export.imatrix import ImatrixStatistic, collect_imatrix
+from supertiny.readers import calibration_text, read_jsonl, read_text, spans, token_windows
+from supertiny.stages.calibration import LMLoss, calibrate
+from supertiny.stages.export.imatrix import ImatrixStatistic, collect_imatrix
+from supertiny.stages.prune.importance import ImportanceStatistic, collect
 
 from conftest import build_tiny_model
 

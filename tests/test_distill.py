@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from supertiny.cli import main
-from supertiny.compress.distill import DistillConfig, distill
 from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.distill import DistillConfig, distill
 
 from conftest import Killed, kill_at, read_metrics_lines, write_color_task
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.engine import ENGINES, open_engine
-from supertiny.runtime.sampling import Sampling
+from supertiny.runtime.engines.base import ENGINES, open_engine
+from supertiny.runtime.engines.sampling import Sampling
 
 CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Who is Alice?"}]
 
@@ -17,7 +17,7 @@ CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "conte
 @pytest.fixture(scope="module")
 def artifacts(tiny_artifacts, tmp_path_factory):
     """The same tiny model as a Hugging Face directory, an F32 GGUF file and an fp32 ONNX export."""
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     out = tmp_path_factory.mktemp("engines") / "onnx"
     export_onnx(tiny_artifacts["torch"], out, OnnxExportConfig(verify=False))

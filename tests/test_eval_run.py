@@ -7,7 +7,7 @@ import pytest
 
 from supertiny import evaluate as ev
 from supertiny.errors import InvalidInputError, UserError
-from supertiny.eval_run import EvalConfig, evaluate_model
+from supertiny.stages.eval import EvalConfig, evaluate_model
 
 
 @pytest.fixture
@@ -20,12 +20,12 @@ def text_file(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     ({"window": 8, "stride": 9}, "stride"),
     ({"window": 1}, "window must be at least 2"),
-    ({"max_tokens": 1}, "max_tokens must be at least 2"),
+    ({"max_tokens": 1}, "max_tokens: expected an integer, at least 2, got 1"),
     ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
-    ({"prompts": "Hi"}, "prompts must be a list of strings"),
-    ({"provider": "tpu"}, "provider must be one of cpu, cuda, dml"),
-    ({"threads": 0}, "threads must be >= 1"),
-    ({"dtype": "int8"}, "dtype must be one of"),
+    ({"prompts": "Hi"}, "prompts: expected a list of strings"),
+    ({"provider": "tpu"}, "provider: expected one of cpu, cuda, dml"),
+    ({"threads": 0}, "threads: expected a positive integer, got 0"),
+    ({"dtype": "int8"}, "dtype: expected one of float32, bfloat16, float16, got 'int8'"),
 ])
 def test_config_rejects_bad_settings_before_anything_loads(kw, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -36,7 +36,6 @@ def test_config_defaults_and_normal_forms():
     config = EvalConfig(prompts=["a", "b"], provider="directml")
     assert config.prompts == ("a", "b") and config.engine_options().provider == "dml"  # the engine's alias
     assert EvalConfig(prompts=(), max_new_tokens=0).prompts == ()  # no generations: the budget is moot
-    assert EvalConfig().text_path() == str(ev.default_corpus_path())
     options = EvalConfig(window=64, stride=32, threads=2).engine_options()
     assert (options.n_ctx, options.threads, options.logits) == (64, 2, True)
 
@@ -46,8 +45,8 @@ def test_perplexity_report_matches_the_measure_on_the_model(make_tiny_dir, text_
 
     path = make_tiny_dir()
     seen = []
-    config = EvalConfig(text=text_file, window=64, stride=32, prompts=("Hi",), max_new_tokens=4)
-    report = evaluate_model(path, config, progress=lambda done, total: seen.append((done, total)))
+    config = EvalConfig(window=64, stride=32, prompts=("Hi",), max_new_tokens=4)
+    report = evaluate_model(path, config, progress=lambda done, total: seen.append((done, total)), text=text_file)
     assert report.text == str(text_file) and report.agreement is None and report.teacher is None
     assert report.model["backend"].startswith("torch") and report.model["n_ctx"] == 64
     lm = load_model(path)
@@ -86,14 +85,14 @@ def test_a_teacher_with_another_vocabulary_is_refused(make_tiny_dir, tiny_tokeni
 
 
 def test_missing_inputs_fail_before_any_engine_opens(make_tiny_dir, monkeypatch):
-    import supertiny.eval_run as run
+    import supertiny.stages.eval as run
 
     def refuse(*a, **kw):
         raise AssertionError("an engine was opened")
 
     monkeypatch.setattr(run, "open_engine", refuse)
     with pytest.raises(InvalidInputError, match="no such text file"):
-        evaluate_model(make_tiny_dir(), EvalConfig(text="/no/such.txt"))
+        evaluate_model(make_tiny_dir(), EvalConfig(), text="/no/such.txt")
     with pytest.raises(UserError, match="no such file or directory"):
         evaluate_model(make_tiny_dir(), EvalConfig(), teacher="/no/teacher")
 
@@ -128,7 +127,7 @@ def tiny_task(tmp_path):
 
 
 def test_task_report_scores_the_models_replies(make_tiny_dir, tmp_path, tiny_task):
-    from supertiny.eval_run import evaluate_task_model
+    from supertiny.stages.eval import evaluate_task_model
 
     path, data = make_tiny_dir(), _task_data(tmp_path)
     seen = []
@@ -145,11 +144,11 @@ def test_task_report_scores_the_models_replies(make_tiny_dir, tmp_path, tiny_tas
 
 @pytest.mark.parametrize("kw, match", [
     ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
-    ({"limit": 0}, "limit must be at least 1"),
+    ({"limit": 0}, "limit: expected an integer, at least 1, got 0"),
     ({"task": "no-such-task"}, "no-such-task"),
 ])
 def test_task_report_rejects_bad_settings_before_loading(tmp_path, kw, match):
-    from supertiny.eval_run import evaluate_task_model
+    from supertiny.stages.eval import evaluate_task_model
 
     data = tmp_path / "t.jsonl"
     data.write_text('{"input": "x", "label": {"asset": "AB-1", "category": "mechanical", "severity": "low", '
@@ -160,7 +159,7 @@ def test_task_report_rejects_bad_settings_before_loading(tmp_path, kw, match):
 
 
 def test_task_data_errors_name_the_line_before_the_model_loads(tmp_path):
-    from supertiny.eval_run import evaluate_task_model
+    from supertiny.stages.eval import evaluate_task_model
 
     data = tmp_path / "bad.jsonl"
     data.write_text('{"input": "x", "label": {"asset": "AB-1", "category": "mechanical", "severity": "low", '

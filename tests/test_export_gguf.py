@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from supertiny.errors import InvalidInputError, ModelNotFoundError, UnsupportedArchitectureError
-from supertiny.export import gguf as gguf_export
-from supertiny.export.gguf import ExportVerificationError, GGUFExportConfig, export_gguf
 from supertiny.gguf_file import GGUFFile
 from supertiny.models import load_model
-from supertiny.runtime.llamacpp import LlamaCppEngine
+from supertiny.runtime.engines.llamacpp import LlamaCppEngine
+from supertiny.stages.export import gguf as gguf_export
+from supertiny.stages.export.gguf import ExportVerificationError, GGUFExportConfig, export_gguf
 
 from conftest import CHATML, build_tiny_model
 
@@ -254,7 +254,7 @@ def test_bfloat16_checkpoint_is_read_exactly(tmp_path, tiny_tokenizer):
 
 def test_importance_matrix_statistic_and_its_use(make_tiny_dir, tmp_path):
     from supertiny.archs import ARCHITECTURES
-    from supertiny.export.imatrix import collect_imatrix
+    from supertiny.stages.export.imatrix import collect_imatrix
 
     model = build_tiny_model("llama", tied=False)
     ids = list(range(5, 305))

@@ -16,11 +16,13 @@ from supertiny.errors import (
     NotAModelError,
     UnsupportedArchitectureError,
 )
-from supertiny.export import onnx as onnx_export
-from supertiny.export.onnx import ExportVerificationError, OnnxExportConfig, export_onnx, graph_summary
 from supertiny.models import describe
-from supertiny.runtime.engine import open_engine
-from supertiny.runtime.onnxrt import OnnxEngine, Sampling, load_tokenizer, pick_token
+from supertiny.runtime.engines.base import open_engine
+from supertiny.runtime.engines.onnxrt import OnnxEngine, Sampling, load_tokenizer, pick_token
+from supertiny.stages.export import onnx as onnx_export
+from supertiny.stages.export import onnx_graph
+from supertiny.stages.export.onnx import ExportVerificationError, OnnxExportConfig, export_onnx
+from supertiny.stages.export.onnx_graph import graph_summary
 
 from conftest import build_tiny_model
 
@@ -280,12 +282,12 @@ def test_genai_quantized(peaked_dir, tmp_path, quant, symmetric, kl_max, top1_mi
 
 def test_genai_failures_are_clean(peaked_dir, tmp_path, monkeypatch):
     src = peaked_dir()
-    monkeypatch.setattr(onnx_export, "_genai_builder_available", lambda: False)
+    monkeypatch.setattr(onnx_graph, "genai_builder_available", lambda: False)
     with pytest.raises(MissingExtraError, match=r"supertiny\[genai\]"):
         export_onnx(src, tmp_path / "o", OnnxExportConfig(format="genai"))
     monkeypatch.undo()
     # a builder that fails: `python -m json.tool -m ...` exits non-zero with a message
-    monkeypatch.setattr(onnx_export, "GENAI_BUILDER", "json.tool")
+    monkeypatch.setattr(onnx_graph, "GENAI_BUILDER", "json.tool")
     with pytest.raises(UnsupportedArchitectureError, match="builder cannot build this model.*--format optimum"):
         export_onnx(src, tmp_path / "o", OnnxExportConfig(format="genai"))
     assert leftovers(tmp_path) == [] and not (tmp_path / "o").exists()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.gguf_file import GGUFFile
 from supertiny.gguf_load import hf_config, load_gguf
 from supertiny.models import load_model
+from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
 
 def transformers_load(path, dtype=torch.float32):

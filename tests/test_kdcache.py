@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from supertiny.compress.kdcache import TopKCache, build_cache, cache_key, examples_hash, teacher_rows
 from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash, teacher_rows
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from supertiny.errors import InvalidGGUFError, InvalidInputError, NotAModelError
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
-from supertiny.runtime.engine import open_engine
-from supertiny.runtime.llamacpp import LlamaCppEngine
+from supertiny.runtime.engines.base import open_engine
+from supertiny.runtime.engines.llamacpp import LlamaCppEngine
+from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from supertiny.compress.losses import LOSSES, get_loss, mixed_loss, teacher_topk, topk_kd_loss
 from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.losses import LOSSES, get_loss, mixed_loss, teacher_topk, topk_kd_loss
 
 P = [0.5, 0.3, 0.2]  # teacher
 Q = [0.2, 0.2, 0.6]  # student

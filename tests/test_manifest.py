@@ -12,8 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from supertiny.cli import main
-from supertiny.export import gguf as gguf_export
-from supertiny.export.gguf import GGUFExportConfig, export_gguf
 from supertiny.manifest import (
     Manifest,
     ManifestError,
@@ -24,6 +22,8 @@ from supertiny.manifest import (
     verify_artifact,
 )
 from supertiny.outdir import remove_stale_staging
+from supertiny.stages.export import gguf as gguf_export
+from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
 
 def run(*args):
@@ -119,7 +119,7 @@ def test_verify_catches_a_modified_byte_in_a_gguf_export(make_tiny_dir, tmp_path
 
 def test_verify_catches_a_modified_byte_in_an_onnx_export(make_tiny_dir, tmp_path):
     pytest.importorskip("optimum")
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     out = tmp_path / "onnx"
     export_onnx(make_tiny_dir(), out, OnnxExportConfig(verify=False))

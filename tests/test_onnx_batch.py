@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from supertiny.errors import InvalidInputError
-from supertiny.export.onnx import OnnxExportConfig, export_onnx
-from supertiny.runtime.onnx_batch import StaticBatch, StaticBatchScheduler, generate_batch
-from supertiny.runtime.onnxrt import OnnxEngine
-from supertiny.runtime.sampling import Sampling
+from supertiny.runtime.engines.onnx_batch import StaticBatch, generate_batch
+from supertiny.runtime.engines.onnxrt import OnnxEngine
+from supertiny.runtime.engines.sampling import Sampling
+from supertiny.runtime.serving.static_batch import StaticBatchScheduler
+from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
 from conftest import build_tiny_model
 
@@ -92,7 +93,7 @@ def test_what_cannot_batch(engine, monkeypatch):
 
 
 def test_bench_parallel_runs_onnx_in_static_batches(engine):
-    from supertiny.runtime.bench import BenchConfig, bench
+    from supertiny.runtime.bench.measure import BenchConfig, bench
 
     config = BenchConfig(prompt_lengths=(8,), new_tokens=4, repeats=1, warmup=0, concurrency=(1, 4), requests=4,
                          request_prompt_tokens=8, request_max_tokens=4, parallel=4, threads=1)

@@ -9,12 +9,12 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from supertiny.bundle import bundle_primary
 from supertiny.cli import main
+from supertiny.flows.bundle import bundle_primary
+from supertiny.flows.pipeline import run
+from supertiny.flows.recipe import load_recipe
 from supertiny.manifest import read_manifest, verify_artifact
 from supertiny.models import resolve
-from supertiny.pipeline import run
-from supertiny.recipe import load_recipe
 
 from conftest import write_color_task
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from supertiny.compress.importance import collect
-from supertiny.compress.prune import PruneConfig, calibration_text, plan, prune, prune_
 from supertiny.errors import InvalidInputError
+from supertiny.readers import calibration_text
+from supertiny.stages.prune import PruneConfig, prune
+from supertiny.stages.prune.importance import collect
+from supertiny.stages.prune.plan import plan, prune_
 
 from conftest import build_tiny_model
 
@@ -140,7 +142,7 @@ def test_impossible_plans_are_clean_errors(settings, pattern):
     ({"mlp": 2.5}, "a count .a whole number. or a fraction"),
     ({"heads": -1}, "a count"),
     ({"layer_metric": "magic", "layers": 2}, "unknown layer metric"),
-    ({"mlp": 0.5, "round_to": 0}, "round-to"),
+    ({"mlp": 0.5, "round_to": 0}, "round_to: expected a positive integer, got 0"),
 ])
 def test_bad_settings(settings, pattern):
     with pytest.raises(InvalidInputError, match=pattern):
@@ -185,8 +187,8 @@ def test_prune_writes_a_plain_checkpoint_with_a_report(make_tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("arch,tied", [("llama", True), ("qwen2", False)])
 def test_pruned_students_export_to_gguf_and_onnx(make_tiny_dir, tmp_path, arch, tied):
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     src = make_tiny_dir(arch, tied=tied, **SHAPE)
     student = tmp_path / "student"
@@ -202,7 +204,7 @@ def test_pruned_students_export_to_gguf_and_onnx(make_tiny_dir, tmp_path, arch, 
 
 
 def test_report_says_how_much_importance_went():
-    from supertiny.compress.prune import _summary
+    from supertiny.stages.prune.plan import summary
 
     model = build_tiny_model("llama", **SHAPE)
     imp = collect(model, windows(1))
@@ -210,7 +212,7 @@ def test_report_says_how_much_importance_went():
     before = {"layers": 4, "heads": 8, "kv_heads": 4, "mlp": 128, "hidden": 128}
     student = copy.deepcopy(model)
     prune_(student, p)
-    s = _summary(student, p, imp, PruneConfig(mlp=64, heads=4), before)
+    s = summary(student, p, imp, PruneConfig(mlp=64, heads=4), before)
     # the least important half of the channels holds less than half of the importance
     assert 0 < s["mlp"]["importance_removed"] < 0.5 and 0 < s["query_heads"]["importance_removed"] < 0.5
     assert s["hidden"]["importance_removed"] == 0 and s["mlp"]["to"] == 64

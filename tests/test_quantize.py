@@ -12,7 +12,18 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from supertiny.cli import main
-from supertiny.compress.qformats import (
+from supertiny.errors import InvalidInputError
+from supertiny.stages.quantize.apply import (
+    FP8,
+    W4A16,
+    W8A8,
+    int4_bits,
+    quantize_,
+    read_codes,
+    save_codes,
+    scheme_from_name,
+)
+from supertiny.stages.quantize.number_formats import (
     fake_fp8,
     fake_int8_rows,
     group_slices,
@@ -26,17 +37,6 @@ from supertiny.compress.qformats import (
     to_fp8_e4m3,
     unpack_int4,
 )
-from supertiny.compress.quantize import (
-    FP8,
-    W4A16,
-    W8A8,
-    int4_bits,
-    quantize_,
-    read_codes,
-    save_codes,
-    scheme_from_name,
-)
-from supertiny.errors import InvalidInputError
 
 from conftest import build_tiny_model, write_color_task
 
@@ -235,10 +235,10 @@ def test_gptq_and_awq_beat_rtn_on_the_calibration_output():
 
 def test_awq_keeps_the_function_before_rounding():
     """Folding the scales into norms and v/up rows changes nothing but where the rounding happens."""
-    from supertiny.compress.awq import apply_awq_
-    from supertiny.compress.data import calibrate
-    from supertiny.compress.gptq import InputStatistic
-    from supertiny.compress.quantize import QuantResult, targets_of
+    from supertiny.stages.calibration import calibrate
+    from supertiny.stages.quantize.apply import QuantResult, targets_of
+    from supertiny.stages.quantize.awq import apply_awq_
+    from supertiny.stages.quantize.gptq import InputStatistic
 
     base, windows = _outlier_model(), _windows()
     m = copy.deepcopy(base)
@@ -329,7 +329,7 @@ def test_cli_quantize_w8a8_on_task_records(make_tiny_dir, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout[r.stdout.index("{"):])
     # the task scored on both models, the unquantized one exactly as `eval --task` scores it
-    from supertiny.eval_run import evaluate_task_model  # noqa: PLC0415
+    from supertiny.stages.eval import evaluate_task_model  # noqa: PLC0415
 
     t = m["quality"]["task"]
     ref = evaluate_task_model(str(src), str(tmp_path / "task.toml"), str(tmp_path / "data.jsonl"), limit=3)
@@ -375,7 +375,7 @@ def test_size_budget_lifts_the_units_that_save_most_kl_per_byte():
     # the best set within the budget: recompute it by brute force over every subset of the measured rows
     import itertools  # noqa: PLC0415
 
-    from supertiny.compress.qalloc import cost_step  # noqa: PLC0415
+    from supertiny.stages.quantize.allocation import cost_step  # noqa: PLC0415
 
     room = int(budget_mb * 1e6 - alloc["all_int4_bytes"])
     step = cost_step(room)
@@ -393,7 +393,7 @@ def test_size_budget_lifts_the_units_that_save_most_kl_per_byte():
     assert all(r["kl_int8"] < alloc["kl_all_int4"] for r in rows.values() if r["unit"] in expected)
     # the model holds exactly what the codes say
     params = dict(model.named_parameters(remove_duplicate=False))
-    from supertiny.compress.qstore import CodedWeight  # noqa: PLC0415
+    from supertiny.stages.quantize.codes import CodedWeight  # noqa: PLC0415
 
     for r in result.layers:
         n = r["name"]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from supertiny.compress.qformats import quantize_int4, quantize_int8_groups, quantize_int8_rows
-from supertiny.compress.qstore import CodedWeight, read_coded
-from supertiny.compress.quantize import W4A16, W8A8
-from supertiny.compress.quantize_run import QuantizeConfig, quantize
 from supertiny.errors import InvalidInputError
-from supertiny.export.carry import gguf_blocks
+from supertiny.stages.export.carry import gguf_blocks
+from supertiny.stages.quantize.apply import W4A16, W8A8
+from supertiny.stages.quantize.codes import CodedWeight, read_coded
+from supertiny.stages.quantize.number_formats import quantize_int4, quantize_int8_groups, quantize_int8_rows
+from supertiny.stages.quantize.stage import QuantizeConfig, quantize
 
 gguf = pytest.importorskip("gguf")
 
@@ -53,7 +53,9 @@ def test_asymmetric_int4_is_q4_1_within_the_float16_minimum():
 
 
 def test_int8_groups_are_q8_0_and_w8a8_rows_are_reblocked():
-    w = torch.randn(4, 64)
+    # seeded: unseeded, the weights depended on the tests run before (gguf-py rounds with the float32 step and
+    # stores it as float16, so a rare draw lands just past 0.51 of a step; seen when this file ran after others)
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
     codes, scales = quantize_int8_groups(w, 32)
     coded = CodedWeight("int8", codes, scales, None, 32)
     data, kind, exact = gguf_blocks(coded, "w")
@@ -85,15 +87,15 @@ def test_formats_llama_cpp_lacks_are_one_line_errors(coded, message):
 def quantized_dir(make_tiny_dir, tmp_path):
     def make(scheme, name="q"):
         out = tmp_path / name
-        quantize(make_tiny_dir(), out, QuantizeConfig(scheme=scheme, calib_tokens=256, eval_tokens=128))
+        quantize(make_tiny_dir(), out, QuantizeConfig.for_scheme(scheme, calib_tokens=256, eval_tokens=128))
         return out
     return make
 
 
 def test_gguf_export_writes_the_stored_codes(quantized_dir, tmp_path):
     pytest.importorskip("llama_cpp")
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
     from supertiny.gguf_file import GGUFFile
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
     src = quantized_dir(W4A16(group=32, symmetric=True, method="gptq", head_bits=8))
     m = export_gguf(str(src), tmp_path / "q.gguf", GGUFExportConfig(verify_tokens=64))
@@ -111,9 +113,9 @@ def test_gguf_export_writes_the_stored_codes(quantized_dir, tmp_path):
 def test_onnx_export_carries_scales_and_reproduces_the_checkpoint(quantized_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     from supertiny.evaluate import tokenize_text
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
     from supertiny.models import load_model
-    from supertiny.runtime.onnxrt import OnnxEngine
+    from supertiny.runtime.engines.onnxrt import OnnxEngine
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     src = quantized_dir(W4A16(group=32, method="awq"))
     carried = export_onnx(str(src), tmp_path / "c", OnnxExportConfig(accuracy_level=1, verify_tokens=64))
@@ -136,7 +138,7 @@ def test_onnx_export_carries_scales_and_reproduces_the_checkpoint(quantized_dir,
 
 def test_onnx_export_carries_w8a8_as_8_bit_matmuls(quantized_dir, tmp_path):
     pytest.importorskip("onnxruntime")
-    from supertiny.export.onnx import OnnxExportConfig, export_onnx
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
 
     src = quantized_dir(W8A8())
     m = export_onnx(str(src), tmp_path / "c", OnnxExportConfig(verify_tokens=64))
@@ -145,7 +147,7 @@ def test_onnx_export_carries_w8a8_as_8_bit_matmuls(quantized_dir, tmp_path):
 
 
 def test_carry_without_codes_is_a_one_line_error(make_tiny_dir, tmp_path):
-    from supertiny.export.gguf import GGUFExportConfig, export_gguf
+    from supertiny.stages.export.gguf import GGUFExportConfig, export_gguf
 
     with pytest.raises(InvalidInputError, match="stores no quantization codes to carry"):
         export_gguf(str(make_tiny_dir()), tmp_path / "x.gguf", GGUFExportConfig(quant="carry"))

@@ -10,8 +10,12 @@ from click.testing import CliRunner
 
 from supertiny.cli import main
 from supertiny.errors import RecipeError
-from supertiny.pipeline import options, plan
-from supertiny.recipe import load_recipe, parse_override, shipped_recipes
+from supertiny.flows.pipeline import plan
+from supertiny.flows.recipe import load_recipe, parse_override, shipped_recipes
+from supertiny.settings import to_argv
+from supertiny.stages.quantize import QuantizeConfig
+from supertiny.stages.transfer.distill import DistillConfig
+from supertiny.stages.transfer.teach import TeachConfig
 
 BASE = """schema_version = 1
 name = "demo"
@@ -59,7 +63,7 @@ def test_a_valid_recipe_resolves_paths_from_its_folder(tmp_path):
     (("loss = \"fkl\"", "loss = \"kl\""), "r.toml: distill.loss: expected one of sft, fkl, rkl, jsd, got 'kl'"),
     (("schema_version = 1", "schema_version = 2"), "r.toml: schema_version: expected 1, got 2"),
     (("name = \"demo\"", "name = \"Demo Run\""), "r.toml: name: expected a name of a-z"),
-    (("layers = 4", "calib_tokens = 64"), "r.toml: prune: expected at least one of layers, drop_layers"),
+    (("layers = 4", "calib_tokens = 64"), "r.toml: prune: nothing to prune: give --layers/--drop-layers"),
     (("[distill]", "[rl]\nsteps = 2\n[distill]"), "r.toml: rl: needs task.rl"),
     (("test = \"test.jsonl\"\n", ""), "r.toml: task.test: required key is missing"),
     (("[distill]\nloss = \"fkl\"\nepochs = 0.5\n", "[export]\nformats = [\"tflite\"]\n"),
@@ -108,8 +112,10 @@ def test_overrides_flags_and_set(tmp_path):
 
 
 def test_options_follow_the_commands_flags():
-    assert options({"batch_size": 8, "bf16": True, "symmetric": False, "stop_when_perfect": False, "lr": 2e-4}) == \
-        ["--batch-size", "8", "--bf16", "--asymmetric", "--lr", "0.0002"]
+    # a recipe table is a Config; the command line the pipeline runs is that Config's flags (defaults left out)
+    assert to_argv(DistillConfig(batch_size=8, bf16=True, lr=2e-4)) == ["--lr", "0.0002", "--batch-size", "8", "--bf16"]
+    assert to_argv(QuantizeConfig(scheme="w4a16", symmetric=False)) == ["--scheme", "w4a16", "--asymmetric"]
+    assert to_argv(TeachConfig(stop_when_perfect=False)) == []
 
 
 def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):

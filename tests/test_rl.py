@@ -13,17 +13,16 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from supertiny.cli import main
-from supertiny.compress.rl import (
-    RLConfig,
+from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.policy import (
     answer_mask,
     group_advantages,
     policy_loss,
-    rl,
     rollout,
     rollout_logits,
     task_reward,
 )
-from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.rl import RLConfig, rl
 from supertiny.tasks import load_task
 
 from conftest import COLOR_TASK, Killed, kill_at, read_metrics_lines, write_color_task
@@ -201,7 +200,7 @@ def test_dynamic_sampling_replaces_solved_groups_and_resumes_exactly(setup):
     rl(student, tmp / "b", *args, _cfg(steps=4, resample=4), reward=_half_solved, resume=True)
     a, b = load_file(tmp / "dyn" / "model.safetensors"), load_file(tmp / "b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(InvalidInputError, match="resample must be at least 0"):
+    with pytest.raises(InvalidInputError, match="resample: expected an integer >= 0, got -1"):
         _cfg(resample=-1)
 
 
@@ -214,7 +213,7 @@ def test_bad_data_and_settings_are_one_line_errors(setup):
     bad.write_text('{"input": "x", "label": {"color": "pink", "bright": true}}\n')
     with pytest.raises(InvalidInputError, match=r"bad.jsonl:1: label.color"):
         rl(student, tmp / "out", tmp / "task.toml", bad, _cfg())
-    with pytest.raises(InvalidInputError, match="group must be at least 2"):
+    with pytest.raises(InvalidInputError, match="group: expected an integer, at least 2, got 1"):
         _cfg(group=1)
     r = CliRunner().invoke(main, ["rl", str(student), "--task", str(tmp / "task.toml"), "--data", str(bad),
                                   "--out", str(tmp / "o")])

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.scheduler import JobTimeout, QueueFull, Scheduler, ShuttingDown
+from supertiny.runtime.serving.scheduler import JobTimeout, QueueFull, Scheduler, ShuttingDown
 
 from conftest import ScriptedEngine
 

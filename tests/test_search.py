@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError
-from supertiny.search import (
+from supertiny.flows.search_grid import (
     QUANTS,
     Candidate,
     SearchConfig,
@@ -184,7 +184,9 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     meeting = [p for p in points.values() if p["meets"]]
     best = min(meeting, key=lambda p: (p["size_mb"], p["ttft_ms"]))
     assert report["recommended"] == best["name"] and report["closest"] is None
-    assert len(list((tmp_path / "work" / "points").glob("*.json"))) == 4
+    benchmarks = [p for p in (tmp_path / "work" / "measures").glob("*-bench-*.json")
+                  if not p.name.endswith(".supertiny.json")]
+    assert len(benchmarks) == 4  # one benchmark per candidate
     assert (tmp_path / "s.png").stat().st_size > 10_000
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.is_file()
               and p.name not in ("search.json", "hashes.json")}
@@ -218,4 +220,4 @@ def test_search_usage_errors_stop_before_any_work(tiny_search):
         res = CliRunner().invoke(main, [*base, *extra])
         assert res.exit_code == 2, (extra, res.output)
         assert message in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "work" / "points").exists() and not (tmp_path / "work" / "models").exists()
+    assert not (tmp_path / "work" / "measures").exists() and not (tmp_path / "work" / "models").exists()

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError
-from supertiny.runtime.engine import EngineOptions, open_engine
-from supertiny.runtime.scheduler import Scheduler
-from supertiny.runtime.serve import ServeConfig, bind_socket, build_server, create_app
+from supertiny.runtime.engines.base import EngineOptions, open_engine
+from supertiny.runtime.serving.scheduler import Scheduler
+from supertiny.runtime.serving.server import ServeConfig, bind_socket, build_server, create_app
 
 from conftest import start_server
 
@@ -407,7 +407,7 @@ def test_config_defaults_and_validation():
 
 
 def test_cli_defaults_to_loopback_and_checks_options_first(monkeypatch, tmp_path):
-    import supertiny.runtime.serve as serve_module
+    import supertiny.runtime.serving.server as serve_module
 
     seen = {}
     monkeypatch.setattr(serve_module, "serve", lambda artifact, config, log: seen.update(config=config))
@@ -415,7 +415,7 @@ def test_cli_defaults_to_loopback_and_checks_options_first(monkeypatch, tmp_path
     assert CliRunner().invoke(main, ["serve", "model.gguf"]).exit_code == 0
     assert seen["config"].host == "127.0.0.1" and seen["config"].api_key == "from-env"
     # --parallel auto: a GGUF file with one slot is batched, everything else is not
-    from supertiny.runtime.serve import AUTO_PARALLEL, parallel_for
+    from supertiny.runtime.serving.server import AUTO_PARALLEL, parallel_for
 
     auto = seen["config"]
     assert auto.parallel is None and parallel_for(auto, "gguf") == AUTO_PARALLEL == 4

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from supertiny.runtime.scheduler import Scheduler
-from supertiny.runtime.serve import ServeConfig, create_app
+from supertiny.runtime.serving.scheduler import Scheduler
+from supertiny.runtime.serving.server import ServeConfig, create_app
 
 from conftest import ScriptedEngine
 

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from supertiny.cli import main
-from supertiny.compress.distill import DistillConfig, distill
 from supertiny.errors import TaskError, UserError
-from supertiny.manifest import StageRun
+from supertiny.stages.runs import model_run
+from supertiny.stages.transfer.distill import DistillConfig, distill
 from supertiny.tasks import load_task, parse_task, recorded_prompt, task_for
 
 from conftest import write_color_task
@@ -74,9 +74,10 @@ def test_a_fine_tuned_model_records_its_prompt_and_it_travels(tmp_path, make_tin
     assert task_for(task, tmp_path / "sft", prompt="full").prompt == "full"  # unless asked otherwise
     assert task_for("factory-tickets", tmp_path / "sft").prompt == "full"  # trained on another task: no record
 
-    # any later stage made from it (prune, export, ...) carries the record along
+    # any later stage made from it (prune, export, ...) carries the record along: every stage opens its manifest
+    # run through model_run
     out = tmp_path / "copy"
-    with StageRun("copy", 1, out, source=tmp_path / "sft", info={}, settings={}) as run:
+    with model_run("copy", 1, out, tmp_path / "sft", settings={}, info={}) as run:
         run.dir.mkdir()
         (run.dir / "x.txt").write_text("x")
         copied = run.install(details={"n": 1})
@@ -101,7 +102,7 @@ def test_a_fine_tuned_model_records_its_prompt_and_it_travels(tmp_path, make_tin
 
 
 def test_batched_greedy_replies_equal_one_at_a_time(tmp_path, make_tiny_dir):
-    from supertiny.runtime.torch_engine import TorchEngine
+    from supertiny.runtime.engines.torch_engine import TorchEngine
     from supertiny.tasks import evaluate_task, read_task_data
 
     engine = TorchEngine(make_tiny_dir(seed=3), threads=1)

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from supertiny.cli import main
-from supertiny.compress import teach as teach_mod
-from supertiny.compress.judge import parse_judgement
-from supertiny.compress.teach import TeachConfig, progress_path, sample_seed, teach
-from supertiny.compress.teachers import LocalTeacher, PromptError, Teacher, TeacherOptions, json_done
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import read_manifest, verify_artifact
+from supertiny.stages.transfer import teach as teach_mod
+from supertiny.stages.transfer.judge import parse_judgement
+from supertiny.stages.transfer.teach import TeachConfig, progress_path, sample_seed, teach
+from supertiny.stages.transfer.teachers import LocalTeacher, PromptError, Teacher, TeacherOptions, json_done
 from supertiny.tasks import load_task
 
 TASK = load_task("factory-tickets")
@@ -213,14 +213,14 @@ def test_stop_when_perfect_keeps_the_same_answer_with_fewer_samples(tmp_path):
 
 def test_server_errors_are_retried_then_reported(tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", ["A: press-3 hose split, press off"])
-    fast = TeacherOptions(backoff_s=0.01, retries=2)
+    fast = TeachConfig(samples=2, backoff_s=0.01, retries=2)  # how to reach the teacher is part of teach's settings
     with StubServer(fail_first=2) as stub:  # two 503s, then answers
-        teach(stub.url, "factory-tickets", prompts, tmp_path / "d.jsonl", TeachConfig(samples=2), fast)
+        teach(stub.url, "factory-tickets", prompts, tmp_path / "d.jsonl", fast)
         assert stub.failed == 2 and stub.requests == 4
     assert read_lines(tmp_path / "d.jsonl")[0]["accepted"] is True
     with StubServer(fail_first=10) as stub:
         with pytest.raises(Exception, match=r"HTTP 503: busy"):
-            teach(stub.url, "factory-tickets", prompts, tmp_path / "e.jsonl", TeachConfig(samples=2), fast)
+            teach(stub.url, "factory-tickets", prompts, tmp_path / "e.jsonl", fast)
         assert stub.requests == 3  # one try and two retries
 
 
@@ -452,8 +452,8 @@ def test_json_done(text, done):
 
 
 def test_local_teacher_stops_after_the_first_json_object(make_tiny_dir):
-    from supertiny.runtime.sampling import Sampling
-    from supertiny.runtime.text import Chunk
+    from supertiny.runtime.engines.sampling import Sampling
+    from supertiny.runtime.engines.text import Chunk
 
     teacher = LocalTeacher(str(make_tiny_dir()), TeacherOptions(threads=1))
     pieces = ["Sure: ", '{"long"', ": true", "}", " because", " it is long"]

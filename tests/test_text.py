@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from supertiny.runtime.text import IncrementalDetokenizer, find_stop, held_back
+from supertiny.runtime.engines.text import IncrementalDetokenizer, find_stop, held_back
 
 from conftest import ScriptedEngine, train_tiny_tokenizer
 

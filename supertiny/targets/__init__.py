@@ -22,9 +22,9 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .. import schema
-from ..errors import TargetError
-from ..runtime.engine import PROVIDERS as ENGINE_PROVIDERS
+from supertiny import schema
+from supertiny.backends import PROVIDERS as ENGINE_PROVIDERS
+from supertiny.errors import TargetError
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent

@@ -15,10 +15,11 @@ path to their own file. See :mod:`supertiny.tasks.spec` for the file format.
 
 from __future__ import annotations
 
-from .fields import NORMALIZE, TYPES, OutputField, check_value
-from .output import ParsedOutput, extract_json, parse_output
-from .prompts import PROMPT_CHOICES, prompt_record, recorded_prompt, task_for
-from .scoring import (
+from supertiny.tasks.fields import NORMALIZE, TYPES, OutputField, check_value
+from supertiny.tasks.output import ParsedOutput, extract_json, parse_output
+from supertiny.tasks.prompts import PROMPT_CHOICES, RECORD_KEY, prompt_record, recorded_prompt, task_for
+from supertiny.tasks.scoring import (
+    MAX_ANSWER_TOKENS,
     Complete,
     Progress,
     TaskEvaluation,
@@ -31,12 +32,21 @@ from .scoring import (
     score,
     score_parsed,
 )
-from .spec import PROMPTS, SCHEMA_VERSION, SHIPPED_DIR, Task, TaskExample, list_tasks, load_task, parse_task
+from supertiny.tasks.spec import (
+    PROMPTS,
+    SCHEMA_VERSION,
+    SHIPPED_DIR,
+    Task,
+    TaskExample,
+    list_tasks,
+    load_task,
+    parse_task,
+)
 
 __all__ = [
-    "NORMALIZE", "PROMPTS", "PROMPT_CHOICES", "SCHEMA_VERSION", "SHIPPED_DIR", "TYPES", "Complete", "OutputField",
-    "ParsedOutput", "Progress",
-    "Task", "TaskEvaluation", "TaskExample", "TaskRecord", "TaskScore", "check_value", "engine_complete",
-    "evaluate_task", "extract_json", "field_matches", "list_tasks", "load_task", "parse_output", "parse_task",
-    "prompt_record", "read_task_data", "recorded_prompt", "task_for", "score", "score_parsed",
+    "MAX_ANSWER_TOKENS", "NORMALIZE", "PROMPTS", "PROMPT_CHOICES", "RECORD_KEY", "SCHEMA_VERSION", "SHIPPED_DIR",
+    "TYPES", "Complete", "OutputField", "ParsedOutput", "Progress", "Task", "TaskEvaluation", "TaskExample",
+    "TaskRecord", "TaskScore", "check_value", "engine_complete", "evaluate_task", "extract_json", "field_matches",
+    "list_tasks", "load_task", "parse_output", "parse_task", "prompt_record", "read_task_data", "recorded_prompt",
+    "score", "score_parsed", "task_for",
 ]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fields import OutputField, check_value
+from supertiny.tasks.fields import OutputField, check_value
 
 _DECODER = json.JSONDecoder()
 

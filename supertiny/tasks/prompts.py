@@ -20,23 +20,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .spec import PROMPTS, Task, load_task
+from supertiny.errors import UserError
+from supertiny.manifest import read_manifest
+from supertiny.tasks.spec import PROMPTS, Task, load_task
 
 PROMPT_CHOICES = ("auto", *PROMPTS)
 RECORD_KEY = "task_prompt"  # the key in a manifest's details
 
 
 def recorded_prompt(model: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    """The ``{"task", "prompt"}`` record of the model's manifest, or None (no model, a URL, no manifest or record)."""
+    """The ``{"task", "prompt"}`` record of the model's manifest, or None (no model, a URL, ``default``, no manifest
+    or no record)."""
     if model is None or str(model).startswith(("http://", "https://")):
         return None
-    from ..manifest import read_manifest
-    from ..models import resolve
-
     with contextlib.suppress(UserError, OSError, ValueError):
         path = Path(model).expanduser()
-        manifest = read_manifest(path if path.exists() else resolve(model)[1])
+        manifest = read_manifest(path) if path.exists() else None  # "default" ships without a manifest
         record = manifest.details.get(RECORD_KEY) if manifest else None
         if isinstance(record, dict) and record.get("prompt") in PROMPTS and isinstance(record.get("task"), str):
             return {"task": record["task"], "prompt": record["prompt"]}

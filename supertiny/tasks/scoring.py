@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, TaskError
-from ..schema import reading, unknown_key
-from .output import ParsedOutput
-from .spec import Message, Task
+from supertiny.errors import InvalidInputError, TaskError
+from supertiny.schema import reading, unknown_key
+from supertiny.tasks.output import ParsedOutput
+from supertiny.tasks.spec import Message, Task
+
+# A task's answer is one JSON object: ~30-60 tokens for factory-tickets; room for more fields. What task
+# evaluation generates at most, in a dev evaluation during training and in `supertiny eval --task`.
+MAX_ANSWER_TOKENS = 128
 
 Progress = Callable[[int, int], None]  # (records done, records in all)
 Complete = Callable[[list[Message]], str]  # chat messages -> the model's greedy reply
@@ -172,7 +176,7 @@ def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = Fa
 
 
 def engine_complete(engine: Any, max_tokens: int = 128) -> Complete:
-    """A :data:`Complete` over a :class:`supertiny.runtime.engine.Engine` (greedy, its chat template)."""
+    """A :data:`Complete` over a :class:`supertiny.runtime.engines.base.Engine` (greedy, its chat template)."""
     return lambda messages: engine.complete(messages, max_tokens=max_tokens).text
 
 

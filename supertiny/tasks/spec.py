@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import schema
-from ..errors import TaskError
-from .fields import NORMALIZE, TYPES, OutputField, check_value
-from .output import ParsedOutput, parse_output
+from supertiny import schema
+from supertiny.errors import TaskError
+from supertiny.tasks.fields import NORMALIZE, TYPES, OutputField, check_value
+from supertiny.tasks.output import ParsedOutput, parse_output
 
 SCHEMA_VERSION = 1
 PROMPTS = ("full", "brief")

@@ -1,0 +1,243 @@
+"""The deployment bundle: the artifact, its tokenizer, the manifest chain, a README and a plot.
+
+A bundle is a directory artifact (stage ``bundle``) written by :func:`build_bundle` at the
+end of ``supertiny run``::
+
+    bundle/
+      model.gguf (+ model.gguf.supertiny.json)   the primary artifact and its export manifest
+      onnx/                                       an ONNX export, when the recipe asks for one
+      tokenizer/                                  the student's Hugging Face tokenizer files
+      recipe.toml  target.toml                    what was run, and the budget it was checked against
+      chain.json                                  every stage's manifest, teacher first
+      README.md  summary.png                      for the device side
+      supertiny.json                              sha256 of every file; quality, task score, budget check
+
+``supertiny verify BUNDLE`` re-hashes it and re-runs the budget check on the machine it runs
+on (:func:`check_budget`); ``serve``, ``eval`` and ``bench`` accept the folder and use the
+primary artifact (:func:`supertiny.models.resolve` follows ``details["primary"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from supertiny.backends import threads_for
+from supertiny.errors import RecipeError
+from supertiny.manifest import BUNDLE_STAGE, Manifest, StageRun, bundle_primary, hash_path, manifest_path, read_manifest
+from supertiny.models import resolve
+from supertiny.runtime.bench.measure import BenchConfig, bench
+from supertiny.runtime.bench.report import save_figure
+from supertiny.targets import load_target
+from supertiny.tasks import RECORD_KEY, recorded_prompt
+
+STAGE, VERSION = BUNDLE_STAGE, 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """A recipe dict (scalars, lists and one level of tables) as TOML text.
+
+    >>> print(to_toml({"name": "x", "task": {"name": "t", "limit": 2}}), end="")
+    name = "x"
+    <BLANKLINE>
+    [task]
+    name = "t"
+    limit = 2
+    """
+    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]", *(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _report(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _chain(stages: list[Any], teacher: str) -> list[dict[str, Any]]:
+    """Every stage's manifest in run order with its command, the teacher first."""
+    t = resolve(teacher)[1]
+    chain: list[dict[str, Any]] = [{"stage": "teacher", "path": str(t), "sha256": hash_path(t)}]
+    for s in stages:
+        m = read_manifest(s.out)
+        chain.append({"stage": s.name, "command": s.shown(), "manifest": m.to_dict() if m else None})
+    return chain
+
+
+def _quality(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
+    t, s = teacher["task_score"], student["task_score"]
+    return {"task_score": s, "teacher_task_score": t, "score_ratio": s / t if t else None,
+            "fields": student.get("fields"), "teacher_fields": teacher.get("fields"),
+            "records": student.get("n"), "prompt": student.get("prompt"),
+            "seconds": {"teacher": teacher.get("seconds"), "student": student.get("seconds")}}
+
+
+def build_bundle(recipe: Any, stages: list[Any], layout: Any, out: Path) -> Manifest:
+    """Assemble the bundle from a finished run (see the module docstring) and install it atomically."""
+    by_name = {s.name: s for s in stages}
+    teacher_eval, student_eval = (_report(by_name[k].out) for k in ("eval-teacher", "eval-student"))
+    bench = _report(by_name["bench"].out)
+    result = bench["results"][0]
+    target = load_target(recipe.target)
+    primary = layout.primary
+    settings = recipe.to_dict()
+    record = recorded_prompt(primary)  # the task prompt the student expects travels with the bundle
+    with StageRun(STAGE, VERSION, out, source=primary, info={"format": next(iter(layout.exports))},
+                  settings=settings, carried={RECORD_KEY: record} if record else None) as run:
+        d = run.dir
+        d.mkdir(parents=True)
+        names: dict[str, str] = {}
+        with run.step("copy"):
+            for fmt, path in layout.exports.items():
+                if fmt == "gguf":
+                    shutil.copy2(path, d / "model.gguf")
+                    shutil.copy2(manifest_path(path), d / "model.gguf.supertiny.json")
+                    names[fmt] = "model.gguf"
+                else:
+                    shutil.copytree(path, d / "onnx")
+                    names[fmt] = "onnx"
+            tok = Path(layout.final_model)
+            (d / "tokenizer").mkdir()
+            for f in TOKENIZER_FILES:
+                if (tok / f).is_file():
+                    shutil.copy2(tok / f, d / "tokenizer" / f)
+            (d / "recipe.toml").write_text(to_toml(settings), encoding="utf-8")
+            shutil.copy2(target.source, d / "target.toml")
+            chain = _chain(stages, recipe.teacher)
+            (d / "chain.json").write_text(json.dumps(chain, indent=2) + "\n", encoding="utf-8")
+            (d / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
+        quality = _quality(teacher_eval, student_eval)
+        budget = {"target": target.name, "passed": result.get("passed"), "verdicts": result.get("verdicts", []),
+                  "machine": result.get("machine"), "threads": result.get("threads")}
+        sizes = {fmt: _size(d / name) for fmt, name in names.items()}
+        details = {"primary": names[next(iter(layout.exports))], "artifacts": names, "bytes": sizes,
+                   "teacher": chain[0], "domain_teacher": layout.domain_teacher,
+                   "teacher_scored_on": layout.teacher_for_eval, "task": recipe.task["name"],
+                   "budget": budget, "recipe": recipe.name}
+        with run.step("readme"):
+            (d / "README.md").write_text(readme(recipe, details, quality, target), encoding="utf-8")
+            plot_summary(details, quality, result, target, d / "summary.png")
+        return run.install(quality=quality, details=details)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def readme(recipe: Any, details: dict[str, Any], quality: dict[str, Any], target: Any) -> str:
+    """The bundle's README: what it is, how to check and run it on the device, what was measured."""
+    b = details["budget"]
+    rows = "\n".join(f"| {v['label']} | {_fmt(v.get('measured'))} {v['unit']} | {_op(v)} {_fmt(v['limit'])} "
+                     f"{v['unit']} | {v['status']} |" for v in b["verdicts"])
+    fields = quality.get("fields") or {}
+    field_rows = "\n".join(f"| {k} | {_fmt(v)} | {_fmt((quality.get('teacher_fields') or {}).get(k))} |"
+                           for k, v in fields.items())
+    return f"""# {recipe.name}: deployment bundle
+
+{recipe.description}
+
+Primary artifact: `{details['primary']}` ({details['bytes'][next(iter(details['artifacts']))] / 1e6:.1f} MB), for the
+target `{target.name}` ({target.description}). Made by `supertiny run` from the teacher
+`{details['teacher']['path']}` (sha256 {str(details['teacher']['sha256'])[:16]}...); every stage's manifest is in
+`chain.json`, the recipe in `recipe.toml`, the budget in `target.toml`.
+
+## On the device
+
+```bash
+supertiny verify .            # re-hash every file, then re-run the budget check on this machine
+supertiny serve . --port 8000 # OpenAI-compatible API (POST /v1/chat/completions)
+supertiny eval . --task {details['task']} --data test.jsonl   # task score on your own labelled data
+```
+
+## Measured when it was built
+
+Task `{details['task']}`: score **{_fmt(quality['task_score'])}** vs the domain teacher's
+{_fmt(quality['teacher_task_score'])} ({_fmt(100 * (quality['score_ratio'] or 0))}%), on the recipe's test split.
+
+| field | this bundle | teacher |
+|---|---|---|
+{field_rows}
+
+Budget check (`{target.name}`, on the build machine, {b.get('threads')} threads):
+**{'PASS' if b['passed'] else 'FAIL'}**
+
+| budget | measured | limit | |
+|---|---|---|---|
+{rows}
+"""
+
+
+def _op(verdict: dict[str, Any]) -> str:
+    return "<=" if verdict["direction"] == "max" else ">="
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}"
+    return str(v)
+
+
+def plot_summary(details: dict[str, Any], quality: dict[str, Any], result: dict[str, Any], target: Any,
+                 out: Path) -> None:
+    """Two panels: each budget's measured value as a share of its limit, and task score per field vs the teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_b, ax_q) = plt.subplots(1, 2, figsize=(11, 4))
+    verdicts = [v for v in details["budget"]["verdicts"] if v.get("measured") is not None]
+    share = [(v["measured"] / v["limit"]) if _op(v) == "<=" else (v["limit"] / max(v["measured"], 1e-9))
+             for v in verdicts]
+    ax_b.barh([v["key"] for v in verdicts], share, color=["tab:green" if v["passed"] else "tab:red"
+                                                             for v in verdicts])
+    ax_b.axvline(1.0, color="k", linestyle="--", linewidth=1)
+    ax_b.set_xlabel("share of the budget used (< 1 passes)")
+    ax_b.set_title(f"{target.name} budget on the build machine")
+    fields = list((quality.get("fields") or {}).keys())
+    xs = range(len(fields) + 1)
+    student = [quality["task_score"], *[quality["fields"][f] for f in fields]]
+    teacher = [quality["teacher_task_score"], *[(quality.get("teacher_fields") or {}).get(f, 0) for f in fields]]
+    ax_q.bar([x - 0.2 for x in xs], teacher, width=0.4, label="domain teacher")
+    ax_q.bar([x + 0.2 for x in xs], student, width=0.4, label="bundle")
+    ax_q.set_xticks(list(xs), ["task", *fields], fontsize=8)
+    ax_q.set_ylim(0, 1.18)
+    ax_q.set_title("task score (test split)")
+    ax_q.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=100)
+
+
+def check_budget(bundle: Path, threads: int | None = None, quick: bool = False,
+                 progress: Any = None) -> dict[str, Any]:
+    """Benchmark the bundle's primary artifact on this machine against its ``target.toml``.
+
+    ``threads``: engine threads (default: the target's, capped at this machine's cores); ``quick``: one
+    measured run per prompt length instead of three.
+    """
+    primary = bundle_primary(Path(bundle))
+    if primary is None:
+        raise RecipeError(f"{bundle} is not a bundle (no supertiny.json with stage 'bundle')")
+    target = load_target(Path(bundle) / "target.toml")
+    n = threads or threads_for(target.runtime.threads, cap=True)
+    b = target.budget  # only what the budgets need: their prompt length and concurrency
+    config = BenchConfig(prompt_lengths=(b.prompt_tokens,), concurrency=(b.concurrency,), threads=n,
+                         repeats=1 if quick else 3)
+    return bench([str(primary)], config, target, progress)

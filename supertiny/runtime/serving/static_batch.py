@@ -1,0 +1,101 @@
+"""Static batching for the server and the benchmark: queued requests decoded together on onnxruntime.
+
+:class:`StaticBatchScheduler` is a :class:`~.scheduler.Scheduler` whose worker takes up to
+``batch`` queued jobs at once and decodes them as one :class:`~supertiny.runtime.engines.onnx_batch.StaticBatch`
+(optimum-graph ONNX exports); the next batch starts when the last of them ends.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from supertiny.errors import InvalidInputError
+from supertiny.runtime.engines.onnx_batch import StaticBatch, check_batchable
+from supertiny.runtime.engines.onnxrt import OnnxEngine
+from supertiny.runtime.engines.text import Chunk, TextStream
+from supertiny.runtime.serving.scheduler import Job, Scheduler
+
+
+class StaticBatchScheduler(Scheduler):
+    """A :class:`~.scheduler.Scheduler` that runs queued jobs in static batches of up to ``batch``.
+
+    Jobs queued when a batch starts decode together; the next batch starts when the last
+    of them ends. ``gather_s``: how long the worker waits for more jobs when fewer than
+    ``batch`` are queued (clients that start together then share a batch).
+    """
+
+    def __init__(self, engine: OnnxEngine, batch: int = 8, max_queue: int = 16,
+                 request_timeout_s: float | None = 120.0, gather_s: float = 0.01):
+        check_batchable(engine)
+        if batch < 1:
+            raise InvalidInputError(f"batch must be >= 1, got {batch}")
+        self.engine, self.batch, self.gather_s = engine, batch, gather_s
+        super().__init__([engine], max_queue, request_timeout_s)
+
+    @property
+    def slots(self) -> int:
+        return self.batch
+
+    def _make_workers(self) -> list[threading.Thread]:
+        return [threading.Thread(target=self._loop, name="supertiny-static-batch", daemon=True)]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                if len(self._queue) < self.batch and not self._closing:
+                    self._cond.wait(self.gather_s)
+                jobs = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+                for i, job in enumerate(jobs):
+                    self._running[i] = job
+            try:
+                self._run_batch(jobs)
+            finally:
+                with self._cond:
+                    for job in jobs:
+                        if not job.done:
+                            job._finish(None, RuntimeError("the batch stopped without a finish reason"))
+                        self._tally(job)
+                    self._running.clear()
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        live: dict[int, tuple[Job, TextStream]] = {}
+        prompts, budgets, samplings, stops = [], [], [], []
+        for job in jobs:
+            if not job._begin():
+                continue
+            budget = self.engine.check_request(len(job.prompt_ids), job.max_tokens)
+            if budget == 0:
+                job._push(Chunk("", [], "length"))
+                continue
+            live[len(prompts)] = (job, TextStream(self.engine.tokenizer, budget, job.stop, job._cancel))
+            prompts.append(job.prompt_ids)
+            budgets.append(budget)
+            samplings.append(job.sampling)
+            stops.append([] if job.ignore_eos else self.engine.stop_ids)
+        if not live:
+            return
+        try:
+            batch = StaticBatch(self.engine, prompts, budgets, samplings, stops)
+            while batch.active:
+                for row in batch.active:
+                    job, _ = live[row]
+                    if job.done or job._cancel.is_set():
+                        job._finish("cancelled", chunk=Chunk("", [], "cancelled"))
+                        batch.release(row)
+                if not batch.active:
+                    break
+                for row, token, done in batch.step():
+                    self._deliver(batch, live[row], row, token, done)
+        except Exception as exc:  # every job still running gets it; the loop keeps serving
+            for job, _ in live.values():
+                if not job.done:
+                    job._finish(None, exc)
+
+    def _deliver(self, batch: StaticBatch, item: tuple[Job, TextStream], row: int, token: int | None,
+                 done: bool) -> None:
+        if self._push_token(*item, token, done) == "stopped":  # a row the batch ended frees itself
+            batch.release(row)

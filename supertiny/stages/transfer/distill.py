@@ -1,0 +1,231 @@
+"""The distill stage: a student trained on a task's answers, by SFT or by logit KD from a cached teacher.
+
+Examples come from teacher data or task data (:mod:`.examples`). With a KD loss the teacher's
+top-k distribution per answer token is computed once (:mod:`.kdcache`) and reused by every
+epoch and resume; the loss is :func:`.losses.mixed_loss` on the answer tokens
+(:class:`.trainer.DistillTrainer`). Checkpoints, resume, dev evaluation and the install are
+the training stages' shared scaffolding (:mod:`.training`); runs data-parallel under
+``torchrun``/``accelerate launch``.
+
+Example::
+
+    distill("/tmp/student", "/tmp/kd", "factory-tickets", "teacher.jsonl",
+            DistillConfig(loss="fkl", steps=200), teacher="/tmp/domain-teacher")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supertiny import schema
+from supertiny.errors import InvalidInputError
+from supertiny.manifest import Manifest
+from supertiny.settings import NON_NEG_INT, POS_INT, POSITIVE, UNIT, setting
+from supertiny.stages.registry import Log, Progress, stage
+from supertiny.stages.transfer.losses import LOSS_NAMES
+from supertiny.stages.transfer.training import (
+    AGREEMENT_SEQUENCES,
+    Setup,
+    TrainingConfig,
+    dev_evaluator,
+    finish,
+    fit,
+    loaded,
+    mean,
+    setup,
+    training_args,
+    training_inputs,
+)
+from supertiny.tasks.prompts import RECORD_KEY, prompt_record
+
+STAGE, STAGE_VERSION = "distill", 1
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainingConfig):
+    """Settings of one distillation run (the shared training settings first: :class:`.training.TrainingConfig`)."""
+
+    loss: str = setting("sft", "sft: cross-entropy on the answers; fkl/rkl/jsd: logit KD from the teacher's cached "
+                        "top-k.", choices=LOSS_NAMES)
+    epochs: float = setting(1.0, "Passes over the data (when --steps is not given).", check=POSITIVE)
+    steps: int | None = setting(None, "Optimizer steps (default: --epochs).", check=POS_INT)
+    lr: float = setting(1e-4, "Peak learning rate (linear warm-up, then linear decay).", check=POSITIVE)
+    batch_size: int = setting(4, "Examples per step and process.", check=POS_INT)
+    grad_accum: int = setting(1, "Steps whose gradients are summed before each optimizer update.", check=POS_INT)
+    max_length: int = setting(1024, "Longer examples are skipped and counted in the manifest.", check=POS_INT)
+    temperature: float = setting(1.0, "KD softmax temperature (loss scaled by T^2).", check=POSITIVE)
+    alpha: float = setting(0.5, "loss = alpha*KD + (1-alpha)*CE.", check=UNIT)
+    beta: float = setting(0.5, "jsd's mixture weight.", check=UNIT)
+    top_k: int = setting(32, "Teacher tokens cached per answer token.", check=POS_INT)
+    cache_dtype: str = setting("float16", "Storage type of the cached teacher probabilities.",
+                               choices=("float16", "float32"), role="internal")
+    warmup_ratio: float = setting(0.03, "Share of the steps spent warming up.", role="internal",
+                                  check=schema.expect(lambda v: schema.is_number(v) and 0 <= v < 1,
+                                                      "a number from 0 up to 1"))
+    save_every: int = setting(50, "Checkpoint every N steps (0: never).", check=NON_NEG_INT)
+    cache_dir: str | None = setting(None, "Keep KD caches here (default: OUT.work/, removed when done).",
+                                    role="run")
+
+
+INPUTS = training_inputs("Teacher data from `supertiny teach` (input, response) or task data (input, label).",
+                         "Teacher model (HF dir, .gguf or 'default'); needed for KD losses.")
+
+
+@stage(STAGE, version=STAGE_VERSION, config=DistillConfig, inputs=INPUTS, output="dir", command=("distill",),
+       out_option="--out")
+def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Log, progress: Progress | None
+        ) -> Manifest | None:
+    """Train ``inputs["student"]`` into ``out`` (None on the other processes of a data-parallel run)."""
+    return train(inputs, out, config, log, progress)
+
+
+def train(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Log, progress: Progress | None,
+          callbacks: Sequence[Any] = ()) -> Manifest | None:
+    """The stage's body; ``callbacks``: extra Trainer callbacks (a library caller's)."""
+    # torch and transformers: heavy, and only a training process needs them
+    from supertiny.stages.transfer.examples import load_examples
+    from supertiny.stages.transfer.trainer import Collator, DistillTrainer, ExampleDataset
+
+    if config.loss != "sft" and inputs["teacher"] is None:
+        raise InvalidInputError(f"--loss {config.loss} distils a teacher's logits: pass --teacher")
+    s = setup(STAGE, STAGE_VERSION, inputs, out, config, log, lambda work: training_args(
+        config, work, batch_size=config.batch_size, lr=config.lr, steps=config.steps, epochs=config.epochs,
+        grad_accum=config.grad_accum, warmup_ratio=config.warmup_ratio, save_every=config.save_every))
+    assert inputs["data"] is not None
+    examples, counts = load_examples(inputs["data"], s.spec, s.tokenizer, config.max_length)  # before OUT.work
+    loaded(s, f"{len(examples)} examples from {counts['records']} records"
+           + (f"; skipped {counts['no_response']} without a response" if counts["no_response"] else "")
+           + (f"; skipped {counts['too_long']} longer than {config.max_length} tokens" if counts["too_long"] else ""),
+           f"skipped {counts['too_long']} examples longer than max_length {config.max_length} "
+           f"(first: {counts['first_too_long']})" if counts["too_long"] else None)
+    cache, agree_rows, cache_info = _teacher(s, inputs["teacher"], config, examples, progress)
+    s.model.train()
+    trainer = DistillTrainer(model=s.model, args=s.args, train_dataset=ExampleDataset(examples),
+                             data_collator=Collator(examples, s.tokenizer.pad_token_id, cache), loss=config.loss,
+                             alpha=config.alpha, temperature=config.temperature, beta=config.beta)
+    result, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
+                            config.loss)
+    if not s.main:
+        return None
+
+    def details(logs: list[dict[str, Any]]) -> dict[str, Any]:
+        steady = logs[1:] or logs  # the first step pays for warm-up
+        return {"steps": trainer.state.global_step, "epochs": round(float(trainer.state.epoch or 0), 3),
+                "examples": len(examples), "data": counts, "train_loss": round(result.training_loss, 6),
+                "final": {k: logs[-1][k] for k in ("loss", "ce", "kd") if logs and k in logs[-1]},
+                "tokens_per_s": mean([r["tokens_per_s"] for r in steady]),
+                "answer_tokens_per_s": mean([r["answer_tokens_per_s"] for r in steady]),
+                "world_size": s.args.world_size, RECORD_KEY: prompt_record(s.spec), "cache": cache_info}
+
+    quality = evaluator.last or {"skipped": "no --dev data and no teacher to compare with"}
+    return finish(s, f"{config.loss}: {s.out.name}", ("loss", "ce", "kd"), details, quality)
+
+
+def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: list[Any], progress: Progress | None
+             ) -> tuple[Any, list[tuple[list[int], Any]], dict[str, Any]]:
+    """The teacher's part, done once and then dropped: its top-k cache (KD losses; reused when it exists) and its
+    logits on a few sequences for the agreement figures. Returns ``(cache, agreement rows, cache info)``."""
+    from supertiny.manifest import hash_path
+    from supertiny.models import load_model, resolve
+    from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
+    from supertiny.stages.transfer.training import check_same_tokenizer
+
+    if teacher is None:
+        return None, [], {}
+    cache_path, t_hash, cache_info = None, hash_path(resolve(teacher)[1]), {}
+    pairs = [(e.ids, e.prompt_len) for e in examples]
+    if config.loss != "sft":
+        key = cache_key(t_hash, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype)
+        cache_path = Path(config.cache_dir or s.work) / f"kd-{key}.safetensors"
+    agree_rows: list[tuple[list[int], Any]] = []
+    with s.args.main_process_first(local=False, desc="teacher cache"):
+        need_cache = cache_path is not None and not cache_path.is_file()
+        if need_cache or (s.main and (s.dev or examples)):
+            t = load_model(teacher)
+            mismatch = None
+            try:
+                check_same_tokenizer(t.tokenizer, s.tokenizer, t.model, s.model, (str(teacher), str(s.out)))
+            except InvalidInputError as exc:
+                if config.loss != "sft":
+                    raise
+                mismatch = str(exc)
+            if mismatch and s.stage:
+                s.stage.note(f"no agreement figures: {mismatch}")
+            if need_cache:
+                assert cache_path is not None
+                s.say(f"teacher top-{config.top_k} cache for {len(examples)} examples (once) -> {cache_path}")
+                t0 = time.perf_counter()
+                c = build_cache(t.model, pairs, config.top_k, config.temperature, config.cache_dtype,
+                                {"teacher_sha256": t_hash}, progress=progress if s.main else None)
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                c.save(cache_path)
+                cache_info["build_seconds"] = round(time.perf_counter() - t0, 2)
+            if s.main and not mismatch:
+                agree_rows = _agreement_rows(t.model, s, examples)
+            del t
+    cache = None
+    if cache_path is not None:
+        cache = TopKCache.load(cache_path)
+        if len(cache) != len(examples):
+            raise InvalidInputError(f"{cache_path}: holds {len(cache)} examples, the data has {len(examples)}")
+        size = cache_path.stat().st_size
+        cache_info.update(path=str(cache_path), bytes=size, k=cache.k, tokens=int(cache.values.shape[0]),
+                          bytes_per_token=round(size / max(1, cache.values.shape[0]), 1))
+    if s.stage:
+        s.stage.lap("teacher")
+    return cache, agree_rows, cache_info
+
+
+def _agreement_rows(teacher: Any, s: Setup, examples: list[Any]) -> list[tuple[list[int], Any]]:
+    """A few sequences and the teacher's logits on them, kept so that training can drop the teacher."""
+    import torch
+
+    tok, spec = s.tokenizer, s.spec
+    if s.dev:
+        seqs = []
+        for r in s.dev[:AGREEMENT_SEQUENCES]:
+            text = tok.apply_chat_template([*spec.messages(r.input), {"role": "assistant",
+                                            "content": spec.format_answer(r.label)}], tokenize=False)
+            seqs.append(tok(text, add_special_tokens=False)["input_ids"])
+    else:
+        seqs = [list(e.ids) for e in examples[:AGREEMENT_SEQUENCES]]
+    with torch.inference_mode():
+        return [(ids, teacher(input_ids=torch.tensor([ids])).logits[0].float()) for ids in seqs]
+
+
+def distill(student: str | os.PathLike[str], out: str | os.PathLike[str], task: str | os.PathLike[str],
+            data: str | os.PathLike[str], config: DistillConfig | None = None, teacher: str | None = None,
+            dev: str | os.PathLike[str] | None = None, resume: bool = False, cache_dir: str | None = None,
+            log: Log | None = None, progress: Progress | None = None, callbacks: Sequence[Any] = ()
+            ) -> Manifest | None:
+    """Train STUDENT on DATA into OUT (a plain Hugging Face directory with a ``distill`` manifest).
+
+    Args:
+        student: a Hugging Face directory, a ``.gguf`` file or ``"default"``.
+        out: the directory to create; checkpoints live in ``OUT.work/`` until it is installed.
+        task: a shipped task's name or a ``.toml`` file (its chat prompt).
+        data: teacher data or task data (:mod:`.examples`); config: :class:`DistillConfig`.
+        teacher: the model whose top-k is distilled (required for fkl/rkl/jsd; with sft it is
+            only compared against during evaluation); dev: labelled task data for evaluation.
+        resume: continue from the last checkpoint in ``OUT.work/``.
+        cache_dir: where KD caches are kept (default ``OUT.work/``, removed with it).
+        log: one line per phase; progress: (step, steps in all); callbacks: extra Trainer callbacks.
+
+    Returns:
+        The manifest (``quality``: final dev figures; ``details``: losses, tokens/s, steps), or
+        ``None`` on the other processes of a data-parallel run.
+    """
+    config = config or DistillConfig()
+    if resume:
+        config = dataclasses.replace(config, resume=True)
+    if cache_dir is not None:
+        config = dataclasses.replace(config, cache_dir=str(cache_dir))
+    inputs = {"student": student, "task": task, "data": data, "teacher": teacher, "dev": dev}
+    return train({k: None if v is None else str(v) for k, v in inputs.items()}, Path(out).expanduser(), config,
+                 log or (lambda _m: None), progress, callbacks)

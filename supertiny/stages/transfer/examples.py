@@ -1,0 +1,84 @@
+"""Training examples from a data file: the task's chat prompt, then the answer, as token ids.
+
+Data is JSON Lines in either form (errors name ``FILE:LINE``):
+
+* teacher data from ``supertiny teach``: ``{"input": ..., "response": str | null, ...}``;
+  lines whose ``response`` is null (nothing accepted) are skipped and counted;
+* task data: ``{"input": ..., "label": {...}}``; the target is ``task.format_answer(label)``
+  (how the default teacher is first fine-tuned into the domain teacher).
+
+Each example is the task's chat prompt (``task.messages(input)`` with the generation
+prompt) followed by the answer and the end-of-turn token; the loss is on the answer
+only. An example longer than ``max_length`` is **skipped and counted** (the manifest
+names the first one): cutting the prompt would drop the instruction and cutting the
+answer would teach broken JSON. Distillation trains on them; quantization calibrates on them.
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from supertiny.errors import InvalidInputError
+from supertiny.readers import read_jsonl
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: prompt ids then answer ids; ``where`` is the data file's ``FILE:LINE``."""
+
+    ids: tuple[int, ...]
+    prompt_len: int
+    where: str = ""
+
+    @property
+    def answer_len(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+
+def load_examples(path: str | os.PathLike[str], task: Any, tokenizer: Any, max_length: int
+                  ) -> tuple[list[Any], dict[str, Any]]:
+    """Tokenized chat examples from teacher data or task data (see the module docstring).
+
+    Returns:
+        ``(examples, counts)`` with counts ``{"records", "no_response", "too_long", "first_too_long"}``.
+
+    Raises:
+        InvalidInputError: empty file, bad JSON, a line with neither ``response`` nor ``label``,
+            an invalid label (``FILE:LINE: ...``), or no example left to train on.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidInputError("the student's tokenizer has no chat template; distill trains chat examples")
+    eos = tokenizer.eos_token_id
+    records = read_jsonl(path)
+    examples, counts = [], {"records": len(records), "no_response": 0, "too_long": 0, "first_too_long": None}
+    for r in records:
+        text = r.field("input", str)
+        if "response" in r.data:
+            answer = r.field("response", str, required=False)
+            if answer is None:
+                counts["no_response"] += 1
+                continue
+        elif "label" in r.data:
+            label, problems = task.check_label(r.data["label"])
+            if problems:
+                raise r.error(problems[0])
+            answer = task.format_answer(label)
+        else:
+            raise r.error("needs \"response\" (teacher data from `supertiny teach`) or \"label\" (task data)")
+        prompt = tokenizer.apply_chat_template(task.messages(text), add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        if len(p_ids) + len(a_ids) > max_length:
+            counts["too_long"] += 1
+            counts["first_too_long"] = counts["first_too_long"] or f"{r.where} ({len(p_ids) + len(a_ids)} tokens)"
+            continue
+        examples.append(Example(tuple(p_ids + a_ids), len(p_ids), r.where))
+    if not examples:
+        why = (f"all {counts['too_long']} are longer than --max-length {max_length} "
+               f"(first: {counts['first_too_long']})" if counts["too_long"] else "none has a response")
+        raise InvalidInputError(f"{path}: no example to train on: {why}")
+    return examples, counts

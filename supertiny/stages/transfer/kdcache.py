@@ -1,0 +1,157 @@
+"""The teacher's top-k distribution on every answer token, computed once and kept on disk.
+
+Logit distillation needs the teacher's distribution at each answer token of each
+example. Running the teacher every step would cost as much as training itself, so
+:func:`build_cache` runs it **once** and keeps the top ``k`` log-probabilities (at the
+training temperature) and their token ids per answer token in one safetensors file:
+
+* ``values``: ``[tokens, k]`` float16 (default) or float32 log-probabilities;
+* ``indices``: ``[tokens, k]`` int32 token ids;
+* ``offsets``: ``[examples + 1]`` int64, example ``i``'s rows are ``offsets[i]:offsets[i+1]``.
+
+At k=32 in float16 that is 192 bytes a token. The file's metadata holds the key and the
+settings; the key (:func:`cache_key`) hashes the teacher's files, the examples' token
+ids (so the data, the task prompt, the tokenizer and ``--max-length`` are all in it),
+``k``, the temperature and the value dtype, so a cache is reused every epoch and on
+resume, and any change builds a new one. No pickle anywhere.
+
+>>> import numpy as np
+>>> c = TopKCache(np.zeros((3, 2), np.float16), np.zeros((3, 2), np.int32), np.array([0, 1, 3]), {})
+>>> c.rows(1)[0].shape
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from supertiny.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
+
+CACHE_VERSION = 1  # bump when the file layout or what the values mean changes
+VALUE_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class TopKCache:
+    """Top-k teacher log-probabilities per answer token of each example."""
+
+    values: np.ndarray  # [tokens, k] float16/float32
+    indices: np.ndarray  # [tokens, k] int32
+    offsets: np.ndarray  # [examples + 1] int64
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Example ``i``'s ``(values, indices)``, one row per answer token."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.values[a:b], self.indices[a:b]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the cache as one safetensors file (written aside, then renamed into place)."""
+        from safetensors.numpy import save_file
+
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        save_file({"values": np.ascontiguousarray(self.values), "indices": np.ascontiguousarray(self.indices),
+                   "offsets": np.ascontiguousarray(self.offsets.astype(np.int64))}, str(tmp),
+                  metadata={"supertiny_kd_cache": str(CACHE_VERSION), "meta": json.dumps(self.meta, sort_keys=True)})
+        os.replace(tmp, p)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TopKCache:
+        """Read a cache written by :meth:`save`.
+
+        Raises:
+            InvalidInputError: not a supertiny KD cache of this version, or inconsistent shapes.
+        """
+        from safetensors import safe_open
+
+        p = Path(path)
+        try:
+            with safe_open(str(p), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("supertiny_kd_cache") != str(CACHE_VERSION):
+                    raise InvalidInputError(f"{p}: not a version-{CACHE_VERSION} supertiny KD cache")
+                arrays = {name: f.get_tensor(name) for name in ("values", "indices", "offsets")}
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # safetensors raises several kinds on a damaged file
+            raise InvalidInputError(f"{p}: unreadable KD cache ({type(exc).__name__}: {exc})") from None
+        v, ix, off = arrays["values"], arrays["indices"], arrays["offsets"]
+        if v.shape != ix.shape or v.ndim != 2 or off.ndim != 1 or int(off[-1]) != v.shape[0]:
+            raise InvalidInputError(f"{p}: inconsistent KD cache (values {v.shape}, indices {ix.shape}, "
+                                    f"offsets end at {int(off[-1]) if off.size else None})")
+        return cls(v, ix, off, json.loads(meta.get("meta", "{}")))
+
+
+def examples_hash(examples: Sequence[tuple[Sequence[int], int]]) -> str:
+    """sha256 over the examples' token ids and prompt lengths (what the teacher reads and where answers start)."""
+    h = hashlib.sha256()
+    for ids, prompt_len in examples:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+        h.update(f"|{prompt_len};".encode())
+    return h.hexdigest()
+
+
+def cache_key(teacher_sha256: str, data_sha256: str, k: int, temperature: float, dtype: str) -> str:
+    """The name of the cache for these inputs and settings (24 hex digits)."""
+    text = json.dumps({"v": CACHE_VERSION, "teacher": teacher_sha256, "data": data_sha256, "k": k,
+                       "temperature": float(temperature), "dtype": dtype}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def teacher_rows(model: Any, ids: Sequence[int], prompt_len: int) -> torch.Tensor:
+    """The teacher's logits ``[answer tokens, V]`` predicting each answer token (one forward pass)."""
+    import torch
+
+    n_answer = len(ids) - prompt_len
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([list(ids)]), logits_to_keep=n_answer + 1)
+    return out.logits[0, :-1].float()
+
+
+def build_cache(model: Any, examples: Sequence[tuple[Sequence[int], int]], k: int, temperature: float,
+                dtype: str = "float16", meta: dict[str, Any] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> TopKCache:
+    """Run the teacher once per example and keep its top-k log-probabilities per answer token.
+
+    Args:
+        model: a causal LM (``model(input_ids, logits_to_keep=...)``) in eval mode.
+        examples: ``(token ids, prompt length)`` pairs; rows are kept for ids ``[prompt length:]``.
+        k: tokens kept per position; temperature: the softmax temperature of the values.
+        dtype: ``float16`` or ``float32`` for the values.
+        progress: called with (examples done, examples in all).
+    """
+    from supertiny.stages.transfer.losses import teacher_topk
+
+    if dtype not in VALUE_DTYPES:
+        raise InvalidInputError(f"unknown KD cache dtype {dtype!r}; choose one of {', '.join(VALUE_DTYPES)}")
+    values, indices, offsets = [], [], [0]
+    for n, (ids, prompt_len) in enumerate(examples):
+        v, ix = teacher_topk(teacher_rows(model, ids, prompt_len), k, temperature)
+        values.append(v.numpy().astype(VALUE_DTYPES[dtype]))
+        indices.append(ix.numpy())
+        offsets.append(offsets[-1] + v.shape[0])
+        if progress:
+            progress(n + 1, len(examples))
+    kk = values[0].shape[1] if values else k
+    return TopKCache(np.concatenate(values) if values else np.zeros((0, kk), VALUE_DTYPES[dtype]),
+                     np.concatenate(indices) if indices else np.zeros((0, kk), np.int32),
+                     np.asarray(offsets, dtype=np.int64), dict(meta or {}))

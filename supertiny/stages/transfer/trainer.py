@@ -1,0 +1,222 @@
+"""The training core shared by ``distill`` (and the RL stage): data, a Trainer, callbacks.
+
+Built on transformers' :class:`~transformers.Trainer`, so one command runs on one CPU,
+one GPU, or data-parallel under ``torchrun``/``accelerate launch`` (gloo on CPU), and
+checkpoints (safetensors weights, optimizer, scheduler, RNG states, data position)
+resume exactly. What is ours:
+
+* :class:`ExampleDataset` + :func:`collate`: chat examples (prompt + answer ids) padded
+  on the **left**, so every answer ends at the last column and the model computes logits
+  only for the answer span (``logits_to_keep``): the ~700-token task prompt costs its
+  forward/backward pass but not its 49k-wide vocabulary projection. ``position_ids``
+  count real tokens, so padding changes nothing.
+* :class:`DistillTrainer`: ``compute_loss`` = :func:`supertiny.stages.transfer.losses.mixed_loss`
+  on the answer tokens (the prompt is masked), with the cached teacher top-k.
+* Callbacks: :class:`MetricsCallback` (JSON Lines: step, loss, lr, tokens/s, evals),
+  :class:`ProgressCallback` (the CLI's bar), :class:`EvalCallback` (a function of the
+  model every N steps and at the end, main process only); :func:`plot_metrics` (PNG).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from supertiny.stages.transfer.examples import Example
+from supertiny.stages.transfer.kdcache import TopKCache
+from supertiny.stages.transfer.losses import mixed_loss
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Examples as dataset items (``{"index": i}``): the collator looks up ids and cached rows."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"index": i}
+
+
+class Collator:
+    """Left-padded batch: ``input_ids``, ``attention_mask``, ``position_ids``, answer ``labels``
+    (``[B, A]``, -100 where a shorter answer has no token), ``logits_to_keep`` (A + 1) and,
+    with a cache, the teacher rows ``kd_values``/``kd_indices`` ``[answer tokens, k]`` in
+    batch-major order (the order of ``labels != -100``)."""
+
+    def __init__(self, examples: Sequence[Example], pad_id: int, cache: TopKCache | None = None):
+        self.examples, self.pad_id, self.cache = list(examples), pad_id, cache
+
+    def __call__(self, items: list[dict[str, int]]) -> dict[str, Any]:
+        rows = [self.examples[it["index"]] for it in items]
+        width = max(len(e.ids) for e in rows)
+        span = max(e.answer_len for e in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), span), -100, dtype=torch.long)
+        for b, e in enumerate(rows):
+            ids[b, width - len(e.ids):] = torch.tensor(e.ids)
+            mask[b, width - len(e.ids):] = 1
+            labels[b, span - e.answer_len:] = torch.tensor(e.ids[e.prompt_len:])
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "position_ids": (mask.cumsum(-1) - 1).clamp_min(0), "labels": labels, "logits_to_keep": span + 1}
+        if self.cache is not None:
+            parts = [self.cache.rows(it["index"]) for it in items]
+            batch["kd_values"] = torch.from_numpy(_cat([p[0] for p in parts]))
+            batch["kd_indices"] = torch.from_numpy(_cat([p[1] for p in parts]))
+        return batch
+
+
+def _cat(arrays: list[Any]) -> Any:
+    import numpy as np
+
+    return np.ascontiguousarray(np.concatenate(arrays))
+
+
+def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits ``[answer tokens, V]`` and the answer token ids ``[answer tokens]`` of a batch."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
+    labels = batch["labels"]
+    keep = labels != -100
+    return out.logits[:, :-1][keep], labels[keep]
+
+
+class MeteredTrainer(Trainer):
+    r"""A Trainer that adds its own figures to every loss log: a meter (``tokens``, ``answer_tokens``, ``n`` and what
+    :meth:`_fields` adds) counted by ``compute_loss`` and turned into figures by :meth:`_figures`, with
+    ``tokens_per_s``/``answer_tokens_per_s`` over the time since the last log less :meth:`pause`\ d seconds."""
+
+    def _fields(self) -> dict[str, Any]:
+        return {}
+
+    def _reset(self) -> None:
+        self._meter = {"tokens": 0, "answer_tokens": 0, **self._fields(), "n": 0, "t0": time.perf_counter(),
+                       "paused": 0.0}
+
+    def _figures(self, m: dict[str, Any], secs: float, rates: dict[str, float]) -> dict[str, float]:
+        return rates
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the next tokens/s figure."""
+        self._meter["paused"] += seconds
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        m = self._meter
+        if "loss" in logs and m["n"]:
+            secs = max(time.perf_counter() - m["t0"] - m["paused"], 1e-9)
+            world = self.args.world_size
+            # every process sees its own share of an equal split: scale by the world size
+            rates = {"tokens_per_s": m["tokens"] * world / secs,
+                     "answer_tokens_per_s": m["answer_tokens"] * world / secs}
+            logs.update(self._figures(m, secs, rates))
+            self._reset()
+        super().log(logs, start_time)
+
+
+class DistillTrainer(MeteredTrainer):
+    """A Trainer whose loss is ``alpha*KD + (1-alpha)*CE`` on the answer tokens (``sft``: CE).
+
+    Args (besides Trainer's): loss, alpha, temperature, beta: see :func:`mixed_loss`.
+    """
+
+    def __init__(self, *args: Any, loss: str = "sft", alpha: float = 0.5, temperature: float = 1.0,
+                 beta: float = 0.5, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.kd_loss, self.alpha, self.temperature, self.beta = loss, alpha, temperature, beta
+        # Our loss is already a mean over answer tokens: let Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self._reset()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"ce": 0.0, "kd": 0.0}
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        values, indices = inputs.pop("kd_values", None), inputs.pop("kd_indices", None)
+        logits, labels = answer_logits(model, inputs)
+        loss, parts = mixed_loss(logits, labels, values, indices, self.kd_loss, self.alpha, self.temperature,
+                                 self.beta)
+        m = self._meter
+        m["tokens"] += int(inputs["attention_mask"].sum())
+        m["answer_tokens"] += int(labels.numel())
+        m["ce"] += parts["ce"]
+        m["kd"] += parts.get("kd", 0.0)
+        m["n"] += 1
+        return (loss, None) if return_outputs else loss
+
+    def _figures(self, m: dict[str, Any], secs: float, rates: dict[str, float]) -> dict[str, float]:
+        figures = {"ce": m["ce"] / m["n"]}
+        if self.kd_loss != "sft":
+            figures["kd"] = m["kd"] / m["n"]
+        return {**figures, **rates}
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends one JSON line per log (``step``, ``loss``, ``lr``, ``tokens_per_s``...) and per evaluation."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, state: Any, record: dict[str, Any]) -> None:
+        if state.is_world_process_zero:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, **record}) + "\n")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        logs = dict(logs or {})
+        if "learning_rate" in logs:
+            logs["lr"] = logs.pop("learning_rate")
+        self.write(state, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()})
+
+
+class ProgressCallback(TrainerCallback):
+    """Calls ``progress(step, max_steps)`` after every optimizer step (main process only)."""
+
+    def __init__(self, progress: Callable[[int, int], None]):
+        self.progress = progress
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.is_world_process_zero:
+            self.progress(state.global_step, state.max_steps)
+
+
+class EvalCallback(TrainerCallback):
+    """Runs ``evaluate(model) -> dict`` every ``every`` steps and when training ends (main process only),
+    writes the figures to the metrics file, and keeps the last ones in :attr:`last`."""
+
+    def __init__(self, evaluate: Callable[[Any], dict[str, Any]], every: int, metrics: MetricsCallback,
+                 trainer: MeteredTrainer | None = None):
+        self.evaluate, self.every, self.metrics, self.trainer = evaluate, every, metrics, trainer
+        self.last: dict[str, Any] = {}
+        self._done_at = -1
+
+    def _run(self, state: Any, model: Any) -> None:
+        if not state.is_world_process_zero or self._done_at == state.global_step:
+            return
+        t0 = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            self.last = self.evaluate(model)
+        finally:
+            model.train(was_training)
+        self._done_at = state.global_step
+        self.metrics.write(state, {"eval": self.last})
+        if self.trainer is not None:
+            self.trainer.pause(time.perf_counter() - t0)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self._run(state, model)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        self._run(state, model)
