@@ -23,8 +23,10 @@ test: setup
 example: setup
 	$(BIN)/python examples/factory_tickets/run.py --work factory-tickets-run
 
+# ruff, then the layers of the package (the import-linter contracts in pyproject.toml; README: Layout)
 lint: setup
 	$(BIN)/ruff check supertiny tests benchmarks examples
+	$(BIN)/lint-imports
 
 setup: $(VENV)/.installed
 

@@ -51,7 +51,7 @@ def resolve_student(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     ``details["primary"]`` names the deployable model file inside the folder.
     """
     from supertiny.errors import UserError
-    from supertiny.flows.bundle import bundle_primary
+    from supertiny.manifest import bundle_primary
 
     p = Path(path).expanduser()
     if not p.exists():

@@ -1,6 +1,6 @@
 """supertiny: turn a large language model into a super-tiny one for the devices people have.
 
-The public API, re-exported from the stage modules::
+The public API, re-exported from the modules that hold it::
 
     from supertiny import load_model, describe, perplexity, agreement, torch_logits
     from supertiny import evaluate_model, EvalConfig, evaluate_task_model, load_task

@@ -22,7 +22,9 @@ from supertiny.backends import DTYPES
 from supertiny.checkpoint import (
     PICKLE_SUFFIXES,
     align_special_ids,
+    check_finite,
     check_hf_files,
+    load_hf,
     safetensors_files,
     safetensors_header,
 )
@@ -35,6 +37,8 @@ from supertiny.errors import (
     UserError,
 )
 from supertiny.gguf_file import GGUF_MAGIC, GGUFFile
+from supertiny.gguf_load import load_gguf
+from supertiny.gguf_tokenizer import tokenizer_from_gguf
 from supertiny.manifest import MANIFEST, ManifestError, bundle_primary, read_manifest
 
 if TYPE_CHECKING:
@@ -341,17 +345,12 @@ def load_model(path: str | os.PathLike[str], dtype: str = "float32") -> LoadedMo
         )
     torch_dtype = _torch_dtype(dtype)
     if kind == "gguf":
-        from supertiny.gguf_load import load_gguf
-        from supertiny.gguf_tokenizer import tokenizer_from_gguf
-
         gf = GGUFFile(p)
         disk_info = describe_gguf(gf)
         tokenizer, how = tokenizer_from_gguf(gf)
         model = load_gguf(gf, torch_dtype)
     else:
-        from transformers import AutoTokenizer
-
-        from supertiny.checkpoint import check_finite, load_hf
+        from transformers import AutoTokenizer  # transformers: heavy, loaded with the first model
 
         disk_info = _describe_hf(p)
         try:

@@ -210,3 +210,28 @@ def test_a_local_gguf_teacher_with_several_workers_decodes_them_in_one_batch(ggu
     assert got == want and all(got)
     with pytest.raises(InvalidInputError, match="batched teaching decodes GGUF files"):
         open_teacher(str(gguf_path), TeacherOptions(backend="onnxruntime", batched=True), workers=2)
+
+
+def test_the_pool_opens_engine_copies_or_one_batched_engine(gguf_path):
+    from supertiny.backends import threads_for
+    from supertiny.runtime.engines.base import EngineOptions
+    from supertiny.runtime.serving.pool import batching_mode, open_engines
+    from supertiny.runtime.serving.scheduler import Scheduler
+
+    options = EngineOptions(n_ctx=64)
+    with open_engines(gguf_path, "gguf", options=options, slots=2) as pool:  # copies share the cores
+        assert len(pool.engines) == 2 and {e.threads for e in pool.engines} == {threads_for(None, share=2)}
+        with pool.scheduler(max_queue=2) as scheduler:
+            assert type(scheduler) is Scheduler and scheduler.slots == 2
+            assert scheduler.submit("Alice", max_tokens=3, ignore_eos=True).result().completion_tokens == 3
+    with open_engines(gguf_path, "gguf", options=options, parallel=3) as pool:
+        (engine,) = pool.engines
+        assert isinstance(engine, BatchedLlamaEngine) and engine.parallel == 3
+        with pool.scheduler(max_queue=2) as scheduler:
+            assert isinstance(scheduler, BatchScheduler) and scheduler.slots == 3
+            assert scheduler.submit("Alice", max_tokens=3, ignore_eos=True).result().completion_tokens == 3
+    assert batching_mode(gguf_path, "gguf", "auto", parallel=0) is None
+    with pytest.raises(InvalidInputError, match="--parallel batches GGUF files"):
+        batching_mode(gguf_path, "gguf", "onnxruntime", parallel=2)
+    with pytest.raises(InvalidInputError, match="not both"):
+        open_engines(gguf_path, "gguf", slots=2, parallel=2)

@@ -102,3 +102,30 @@ def test_bench_parallel_runs_onnx_in_static_batches(engine):
     levels = result["concurrency"]
     assert [c["concurrency"] for c in levels] == [1, 4] and all(c["requests"] == 4 for c in levels)
     assert all(c["throughput_tokens_per_s"] > 0 and c["latency_ms_p50"] <= c["latency_ms_p95"] for c in levels)
+
+
+def test_the_server_decodes_an_onnx_export_in_static_batches(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from starlette.testclient import TestClient
+
+    from supertiny.runtime.engines.base import EngineOptions
+    from supertiny.runtime.serving.pool import open_engines
+    from supertiny.runtime.serving.server import ServeConfig, create_app
+
+    texts = ["hello", "the cat sat on the mat", "a b c", "hello world hello world hello"]
+    alone = [engine.complete(t, max_tokens=8, ignore_eos=True).text for t in texts]
+    config = ServeConfig(port=0, model_name="tiny", parallel=4, max_tokens_limit=64)
+    with open_engines(engine.path.parent, "onnx", options=EngineOptions(threads=1), parallel=4) as pool:
+        scheduler = pool.scheduler(config.max_queue, config.request_timeout_s)
+        assert isinstance(scheduler, StaticBatchScheduler) and scheduler.slots == 4
+        with TestClient(create_app(scheduler, "tiny", config)) as client:  # its lifespan closes the scheduler
+
+            def ask(text: str) -> str:
+                body = {"model": "tiny", "prompt": text, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+                reply = client.post("/v1/completions", json=body)
+                assert reply.status_code == 200, reply.text
+                return reply.json()["choices"][0]["text"]
+
+            with ThreadPoolExecutor(4) as pool_of_clients:
+                assert list(pool_of_clients.map(ask, texts)) == alone

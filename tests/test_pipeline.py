@@ -10,10 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from supertiny.cli import main
-from supertiny.flows.bundle import bundle_primary
 from supertiny.flows.pipeline import run
 from supertiny.flows.recipe import load_recipe
-from supertiny.manifest import read_manifest, verify_artifact
+from supertiny.manifest import bundle_primary, read_manifest, verify_artifact
 from supertiny.models import resolve
 
 from conftest import write_color_task

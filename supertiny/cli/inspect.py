@@ -9,6 +9,7 @@ import click
 
 from supertiny.cli.core import human, main
 from supertiny.cli.verify import manifest_rows
+from supertiny.models import describe, resolve
 
 
 def _print_info(info: dict[str, Any], extra: list[tuple[str, str]] | None = None) -> None:
@@ -29,7 +30,6 @@ def inspect(model: str, as_json: bool) -> None:
 
     An artifact a supertiny stage wrote also shows its manifest: stage, source and hashes.
     """
-    from supertiny.models import describe, resolve
 
     info = describe(model).to_dict()
     rows, manifest = manifest_rows(resolve(model)[1])

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from supertiny.cli.core import quiet_transformers
 from supertiny.settings import Field, fields_of
 from supertiny.stages.registry import Stage
 
@@ -175,7 +176,6 @@ def stage_command(group: click.Group, stage: Stage, name: str, help: str, lines:
     @config_options(stage.config, skip=tuple(fixed or ()))
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
     def command(as_json: bool, **params: Any) -> None:
-        from supertiny.cli.core import quiet_transformers
 
         inputs, out = inputs_from(stage, params), params.pop("out")
         config = config_from(stage.config, params, **(fixed or {}))

@@ -11,6 +11,8 @@ import click
 
 from supertiny.cli.core import human, main
 from supertiny.cli.verify import budget_lines
+from supertiny.flows.pipeline import run
+from supertiny.flows.recipe import load_recipe
 
 
 def _say(text: str) -> None:
@@ -60,8 +62,6 @@ def run_cmd(ctx: click.Context, recipe: str, out: str | None, teacher: str | Non
     checkpoint). Exit 0: the bundle passes the target's budgets on this machine; 1: it was built but
     misses a budget; 2: a bad recipe, or a stage failed (its command's own error is printed above).
     """
-    from supertiny.flows.pipeline import run
-    from supertiny.flows.recipe import load_recipe
 
     r = load_recipe(recipe, {"teacher": teacher, "target": target}, sets)
     folder = Path(out or f"{r.name}-run")

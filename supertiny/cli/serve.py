@@ -6,10 +6,10 @@ import click
 
 from supertiny.backends import BACKENDS, DTYPES, PROVIDERS
 from supertiny.cli.core import main, quiet_transformers
-from supertiny.runtime.bench.measure import parse_parallel
 from supertiny.runtime.engines.base import EngineOptions
 from supertiny.runtime.engines.process import keep_torch_out
 from supertiny.runtime.serving import server
+from supertiny.runtime.serving.pool import parse_parallel
 
 
 @main.command("serve")
@@ -21,8 +21,8 @@ from supertiny.runtime.serving import server
               help="Require 'Authorization: Bearer KEY' (or set SUPERTINY_API_KEY).")
 @click.option("--slots", default=1, show_default=True, help="Model copies decoding requests in parallel.")
 @click.option("--parallel", default="auto", show_default=True,
-              help="GGUF: sequences decoded together in one batched engine (continuous batching; 0: off; "
-              "auto: 4 with one slot).")
+              help="Sequences decoded together in one batched engine: GGUF continuously, ONNX (optimum graph) in "
+              "static batches (0: off; auto: 4 for GGUF with one slot).")
 @click.option("--max-queue", default=16, show_default=True, help="Requests waiting for a slot before 429.")
 @click.option("--max-tokens-limit", default=2048, show_default=True, help="Largest max_tokens a request may ask.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True,

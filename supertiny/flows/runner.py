@@ -32,9 +32,12 @@ from typing import Any
 
 from supertiny.errors import RecipeError, UserError
 from supertiny.manifest import hash_path, manifest_path, read_manifest, sha256_file, table_hash, verify_artifact
+from supertiny.models import resolve
 from supertiny.outdir import read_json, write_json
 from supertiny.settings import identity
 from supertiny.stages.registry import Stage
+from supertiny.targets import load_target
+from supertiny.tasks import load_task
 
 RUNS = ".runs"  # the records, inside the folder a runner keeps them in
 Say = Callable[[str], None]
@@ -99,8 +102,6 @@ class Identities:
         if kind in ("task", "target") and not Path(value).exists():
             return f"{kind}:{value}:" + sha256_file(_profile_path(kind, value))  # a shipped one, by its bytes
         if kind in ("model", "model-or-url"):
-            from supertiny.models import resolve
-
             path = resolve(value)[1] if value == "default" else Path(value)
         else:
             path = Path(value)
@@ -127,13 +128,7 @@ class Identities:
 
 
 def _profile_path(kind: str, name: str) -> Path:
-    if kind == "task":
-        from supertiny.tasks import load_task
-
-        return Path(load_task(name).source)
-    from supertiny.targets import load_target
-
-    return Path(load_target(name).source)
+    return Path((load_task if kind == "task" else load_target)(name).source)
 
 
 class Runner:

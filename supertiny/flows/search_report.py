@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.flows.search_grid import LATENCY, overshoot
+from supertiny.runtime.bench.report import check_plot_path, save_figure
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -70,7 +71,6 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from supertiny.runtime.bench.report import check_plot_path, save_figure
 
     out = check_plot_path(out)
     key, direction = LATENCY[report["latency"]]

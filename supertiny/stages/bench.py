@@ -23,6 +23,7 @@ from supertiny.manifest import Manifest
 from supertiny.runtime.bench.measure import BenchConfig, bench
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
+from supertiny.targets import load_target
 
 STAGE, STAGE_VERSION = "bench", 1
 INPUTS = (Input("artifact", "A .gguf file, an ONNX export, a Hugging Face directory or a bundle.", kind="model",
@@ -36,7 +37,6 @@ INPUTS = (Input("artifact", "A .gguf file, an ONNX export, a Hugging Face direct
 def run(inputs: dict[str, str | None], out: Path, config: BenchConfig, log: Log, progress: Progress | None
         ) -> Manifest:
     """Benchmark ``inputs["artifact"]`` (in a child process) and write the report to ``out``."""
-    from supertiny.targets import load_target
 
     artifact = inputs["artifact"]
     assert artifact is not None

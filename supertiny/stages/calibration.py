@@ -20,6 +20,8 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from supertiny.archs import layout_of
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,7 +66,6 @@ def calibrate(model: Any, windows: Sequence[Sequence[int]], stats: Sequence[Stat
     """
     import torch
 
-    from supertiny.archs import layout_of
 
     layout = layout_of(model)
     handles: list[Any] = []

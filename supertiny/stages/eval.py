@@ -39,7 +39,7 @@ from supertiny.settings import POS_INT, Settings, at_least, setting
 from supertiny.stages.registry import Input, Log, get, stage
 from supertiny.stages.runs import model_run, settings
 from supertiny.stages.transfer.training import prompt_setting
-from supertiny.tasks import MAX_ANSWER_TOKENS
+from supertiny.tasks import MAX_ANSWER_TOKENS, engine_complete, evaluate_task, read_task_data, task_for
 
 if TYPE_CHECKING:
     from supertiny.tasks import TaskEvaluation
@@ -275,7 +275,6 @@ def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[s
         r = evaluate_task_model("default", "factory-tickets", "examples/factory_tickets/data/dev.jsonl", limit=5)
         r.evaluation.score.task_score
     """
-    from supertiny.tasks import engine_complete, evaluate_task, read_task_data, task_for
 
     config = dataclasses.replace(config or EvalConfig(), **settings)
     max_new_tokens = config.new_tokens(task=True)

@@ -109,8 +109,9 @@ class Stage:
     ok_codes: tuple[int, ...] = (0,)
 
     def call(self, inputs: Mapping[str, Any], out: str | os.PathLike[str], config: Any, log: Log | None = None,
-             progress: Progress | None = None) -> Manifest:
-        """Check ``inputs`` against the declaration, then run the stage."""
+             progress: Progress | None = None, **extra: Any) -> Manifest:
+        """Check ``inputs`` against the declaration, then run the stage (``extra``: what a library caller passes
+        beyond the declaration, e.g. a training stage's Trainer callbacks)."""
         known = {i.name for i in self.inputs}
         unknown = sorted(set(inputs) - known)
         if unknown:
@@ -121,7 +122,7 @@ class Stage:
         if not isinstance(config, self.config):
             raise AssertionError(f"{self.name} takes a {self.config.__name__}, got {type(config).__name__}")
         full = {i.name: (None if inputs.get(i.name) is None else str(inputs[i.name])) for i in self.inputs}
-        return self.run(full, Path(out).expanduser(), config, log or (lambda _m: None), progress)
+        return self.run(full, Path(out).expanduser(), config, log or (lambda _m: None), progress, **extra)
 
     def argv(self, inputs: Mapping[str, Any], out: str | os.PathLike[str], config: Any) -> list[str]:
         """The ``supertiny`` command line (without the program) that runs this stage as :meth:`call` would."""

@@ -2,7 +2,7 @@
 and :func:`closed_loop`, clients sending requests back to back.
 
 Pure functions (tested on synthetic timings) apart from :func:`closed_loop`'s threads;
-split from :mod:`.bench`, which re-exports them, so that the benchmarks and the server
+split from :mod:`.measure`, which re-exports them, so that the benchmarks and the server
 load test share them without the device benchmark's orchestration.
 """
 

@@ -9,7 +9,7 @@ artifact's own and artifacts do not warm each other's caches):
   prompts are real text (the bundled corpus), the prefix cache is reset each run, and
   eos is ignored so every run decodes the same number of tokens;
 * per concurrency level: ``c`` clients each sending requests back to back through the
-  same :class:`~.scheduler.Scheduler` the server uses; request latency p50/p95/p99
+  same :class:`~supertiny.runtime.serving.scheduler.Scheduler` the server uses; request latency p50/p95/p99
   (queueing included, as a client sees it), TTFT and throughput;
 * peak resident memory of the process (what the device must hold), and the baseline
   before the model was loaded.
@@ -21,7 +21,7 @@ length, p95 latency at its concurrency, peak RSS, file size).
 Example::
 
     report = bench(["student-q4.gguf"], BenchConfig(prompt_lengths=(32, 256), concurrency=(1, 2)))
-    print(format_result(report["results"][0]))  # from .bench_report
+    print(format_result(report["results"][0]))  # from .report
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ from typing import Any
 from supertiny import schema
 from supertiny.backends import BACKENDS, PROVIDERS, batching, cores, threads_for
 from supertiny.errors import InvalidInputError, SupertinyError, UserError
+from supertiny.models import resolve
 from supertiny.runtime.bench.loadtest import LoadRun, closed_loop, decode_rate, peak_rss_bytes, percentile, summarize
+from supertiny.runtime.engines.base import EngineOptions
+from supertiny.runtime.engines.cpu_build import build_report, cpu_flags
+from supertiny.runtime.engines.llamacpp import llama_cpp_module
+from supertiny.runtime.serving.pool import EnginePool, batching_mode, open_engines, parse_parallel
 from supertiny.settings import NON_NEG_INT, POS_INT, Settings, at_least, setting
 
 __all__ = ["BenchConfig", "LoadRun", "bench", "bench_artifact", "closed_loop", "decode_rate", "measured_for_budgets",
@@ -54,16 +59,6 @@ def _int_list(option: str) -> Any:
         except ValueError:
             raise InvalidInputError(f"{option} takes whole numbers separated by commas, got {text!r}") from None
     return parse
-
-
-def parse_parallel(text: str) -> int | None:
-    """``--parallel``: ``auto`` (None) or a whole number >= 0."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidInputError(f"--parallel takes auto or a whole number, got {text!r}") from None
 
 
 _COUNTS = schema.expect(lambda v: isinstance(v, (list, tuple)) and bool(v) and all(type(x) is int and x >= 1
@@ -177,20 +172,10 @@ def _timed_run(engine: Any, prompt: list[int], new_tokens: int) -> list[float]:
     return times
 
 
-def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, config: BenchConfig,
-                       offset: int, parallel: int) -> dict[str, Any]:
-    from supertiny.runtime.engines.onnxrt import OnnxEngine
-    from supertiny.runtime.serving.batch_scheduler import BatchScheduler
-    from supertiny.runtime.serving.scheduler import Scheduler
-    from supertiny.runtime.serving.static_batch import StaticBatchScheduler
-
+def _concurrency_level(pool: EnginePool, corpus: list[int], clients: int, config: BenchConfig,
+                       offset: int) -> dict[str, Any]:
     n = max(config.requests, clients)
-    if not parallel:
-        scheduler = Scheduler(engines, max_queue=n, request_timeout_s=3600)
-    elif isinstance(engines[0], OnnxEngine):
-        scheduler = StaticBatchScheduler(engines[0], batch=parallel, max_queue=n, request_timeout_s=3600)
-    else:
-        scheduler = BatchScheduler(engines[0], max_queue=n, request_timeout_s=3600)
+    scheduler = pool.scheduler(max_queue=n, request_timeout_s=3600)
 
     def send(i: int) -> Iterator[int]:
         start = (offset + i * 97) % max(1, len(corpus) - config.request_prompt_tokens)
@@ -205,7 +190,7 @@ def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, conf
         raise SupertinyError(f"{len(run.errors)} of {n} requests failed at concurrency {clients}: "
                              f"{type(e).__name__}: {e}")
     return {
-        "concurrency": clients, "requests": n, "slots": len(engines), "parallel": parallel,
+        "concurrency": clients, "requests": n, "slots": len(pool.engines), "parallel": pool.parallel,
         "request_prompt_tokens": config.request_prompt_tokens, "request_max_tokens": config.request_max_tokens,
         **{k: v * 1000 for k, v in summarize(run.latencies, "latency_ms", (50, 95, 99)).items()},
         **{k: v * 1000 for k, v in summarize(run.ttfts, "ttft_ms", (50, 95)).items()},
@@ -214,13 +199,67 @@ def _concurrency_level(engines: list[Any], corpus: list[int], clients: int, conf
     }
 
 
+class _Steps:
+    """The progress callback with its count of steps done (loading, every prompt run, every level)."""
+
+    def __init__(self, config: BenchConfig, progress: Progress | None) -> None:
+        self.report = progress or (lambda what, done, total: None)
+        self.done = 0
+        self.total = 1 + len(config.prompt_lengths) * (config.warmup + config.repeats) + len(config.concurrency)
+
+    def start(self, what: str) -> None:
+        self.report(what, self.done, self.total)
+
+    def end(self) -> None:
+        self.done += 1
+
+
+def _prompt_rows(engine: Any, corpus: list[int], config: BenchConfig, steps: _Steps) -> list[dict[str, Any]]:
+    """TTFT, prompt and decode speed per prompt length (the medians of ``repeats`` runs after ``warmup``)."""
+    rows = []
+    for length in config.prompt_lengths:
+        runs = []
+        for i in range(config.warmup + config.repeats):
+            steps.start(f"prompt {length}, run {i + 1}/{config.warmup + config.repeats}")
+            times = _timed_run(engine, corpus[:length], config.new_tokens)
+            steps.end()
+            if i >= config.warmup:
+                runs.append(times)
+        ttft = [t[0] * 1000 for t in runs]
+        rows.append({
+            "prompt_tokens": length, "new_tokens": config.new_tokens, "runs": len(runs),
+            **summarize(ttft, "ttft_ms"),
+            **summarize([length / (t[0]) for t in runs], "prompt_tokens_per_s"),
+            **summarize([decode_rate(t) for t in runs], "decode_tokens_per_s"),
+        })
+    return rows
+
+
+def _levels(pool: EnginePool, corpus: list[int], config: BenchConfig, steps: _Steps) -> list[dict[str, Any]]:
+    """Latency and throughput at each concurrency level, through the scheduler the server would use."""
+    levels: list[dict[str, Any]] = []
+    for c in config.concurrency:
+        steps.start(f"{c} concurrent clients")
+        for e in pool.engines:  # no prefix cached from the runs before: every request prefills in full
+            e.reset()
+        levels.append(_concurrency_level(pool, corpus, c, config, offset=(len(levels) + 1) * 1009))
+        steps.end()
+    return levels
+
+
+def _llama_build(notes: list[str]) -> dict[str, Any]:
+    """What the llama.cpp build uses of this CPU (a note when it leaves features unused)."""
+    build = build_report(llama_cpp_module().llama_print_system_info().decode(errors="replace"), cpu_flags())
+    if build["unused_by_build"]:
+        notes.append(f"this llama.cpp build leaves {', '.join(build['unused_by_build'])} of this CPU unused; "
+                     "`make llama` rebuilds it for this CPU")
+    return build
+
+
 def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Measure one artifact in this process (:func:`bench` runs it in a child)."""
-    from supertiny.models import resolve
-    from supertiny.runtime.engines.base import open_engine
-
     kind, path = resolve(artifact)
-    report = progress or (lambda what, done, total: None)
+    steps = _Steps(config, progress)
     baseline = peak_rss_bytes()
     n_cores = cores()
     threads = threads_for(config.threads, cap=True)
@@ -230,82 +269,35 @@ def bench_artifact(artifact: str, config: BenchConfig, progress: Progress | None
     longest = max(*config.prompt_lengths, config.request_prompt_tokens)
     n_ctx = config.n_ctx or (longest + max(config.new_tokens, config.request_max_tokens) + 16 if kind == "gguf"
                              else None)
-    steps = 1 + len(config.prompt_lengths) * (config.warmup + config.repeats) + len(config.concurrency)
-    done = 0
-    report("loading", done, steps)
-    t0 = time.perf_counter()
-    options = {"threads": threads, "n_ctx": n_ctx, "gpu_layers": config.gpu_layers, "provider": config.provider}
     parallel = config.parallel_for(kind)
-    if parallel:  # one engine decoding `parallel` sequences per forward pass
-        if batching(kind, config.backend) is None:
-            raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend (continuously) and "
-                                    f"ONNX exports (static batches); {path} is neither")
-        from supertiny.runtime.engines.base import EngineOptions
-        from supertiny.runtime.engines.batched import BatchedLlamaEngine
-
-        if kind == "gguf":
-            engines = [BatchedLlamaEngine.open(path, EngineOptions(**options), parallel=parallel)]
-        else:
-            from supertiny.runtime.engines.onnx_batch import check_batchable
-
-            engines = [open_engine(artifact, "onnxruntime", **options)]
-            check_batchable(engines[0])
-    else:
-        engines = [open_engine(artifact, config.backend, **options) for _ in range(config.slots)]
-    engine = engines[0]
-    corpus = _corpus_ids(engine, longest + 1)
-    if config.gpu_layers and not getattr(engine, "gpu_offload", True):
-        notes.append(f"gpu_layers={config.gpu_layers} asked, but this llama.cpp build has no GPU backend: "
-                     "ran on the CPU")
-    load_s = time.perf_counter() - t0
-    done += 1
-    if longest + config.new_tokens > engine.n_ctx:
-        raise InvalidInputError(f"prompts of {longest} tokens + {config.new_tokens} new ones exceed the "
-                                f"model's context of {engine.n_ctx}")
-    prompts = []
-    for length in config.prompt_lengths:
-        runs = []
-        for i in range(config.warmup + config.repeats):
-            report(f"prompt {length}, run {i + 1}/{config.warmup + config.repeats}", done, steps)
-            times = _timed_run(engine, corpus[:length], config.new_tokens)
-            done += 1
-            if i >= config.warmup:
-                runs.append(times)
-        ttft = [t[0] * 1000 for t in runs]
-        prompts.append({
-            "prompt_tokens": length, "new_tokens": config.new_tokens, "runs": len(runs),
-            **summarize(ttft, "ttft_ms"),
-            **summarize([length / (t[0]) for t in runs], "prompt_tokens_per_s"),
-            **summarize([decode_rate(t) for t in runs], "decode_tokens_per_s"),
-        })
-    levels = []
-    for c in config.concurrency:
-        report(f"{c} concurrent clients", done, steps)
-        for e in engines:  # no prefix cached from the runs before: every request prefills in full
-            e.reset()
-        levels.append(_concurrency_level(engines, corpus, c, config, offset=(len(levels) + 1) * 1009,
-                                         parallel=parallel))
-        done += 1
-    report("done", done, steps)
-    result = {
-        "artifact": str(path), "format": kind, "backend": engine.backend_label, "threads": threads,
-        "n_ctx": engine.n_ctx, "slots": config.slots, "parallel": parallel,
-        "file_size_mb": engine.info["file_bytes"] / 2**20,
-        "load_s": load_s, "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20,
-        "prompts": prompts, "concurrency": levels, "notes": notes,
-        "machine": {"cores": n_cores, "platform": sys.platform},
-    }
-    if kind == "gguf" and "llama.cpp" in engine.backend_label:
-        from supertiny.runtime.engines.cpu_build import build_report, cpu_flags
-        from supertiny.runtime.engines.llamacpp import llama_cpp_module
-
-        build = build_report(llama_cpp_module().llama_print_system_info().decode(errors="replace"), cpu_flags())
-        result["llama_cpp_build"] = build
-        if build["unused_by_build"]:
-            notes.append(f"this llama.cpp build leaves {', '.join(build['unused_by_build'])} of this CPU unused; "
-                         "`make llama` rebuilds it for this CPU")
-    for e in engines:
-        e.close()
+    batching_mode(path, kind, config.backend, config.slots, parallel)  # refused before anything loads
+    steps.start("loading")
+    t0 = time.perf_counter()
+    options = EngineOptions(threads=threads, n_ctx=n_ctx, gpu_layers=config.gpu_layers, provider=config.provider)
+    with open_engines(path, kind, config.backend, options, config.slots, parallel) as pool:
+        engine = pool.engines[0]
+        corpus = _corpus_ids(engine, longest + 1)
+        if config.gpu_layers and not getattr(engine, "gpu_offload", True):
+            notes.append(f"gpu_layers={config.gpu_layers} asked, but this llama.cpp build has no GPU backend: "
+                         "ran on the CPU")
+        load_s = time.perf_counter() - t0
+        steps.end()
+        if longest + config.new_tokens > engine.n_ctx:
+            raise InvalidInputError(f"prompts of {longest} tokens + {config.new_tokens} new ones exceed the "
+                                    f"model's context of {engine.n_ctx}")
+        prompts = _prompt_rows(engine, corpus, config, steps)
+        levels = _levels(pool, corpus, config, steps)
+        steps.start("done")
+        result = {
+            "artifact": str(path), "format": kind, "backend": engine.backend_label, "threads": threads,
+            "n_ctx": engine.n_ctx, "slots": config.slots, "parallel": parallel,
+            "file_size_mb": engine.info["file_bytes"] / 2**20,
+            "load_s": load_s, "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20,
+            "prompts": prompts, "concurrency": levels, "notes": notes,
+            "machine": {"cores": n_cores, "platform": sys.platform},
+        }
+        if kind == "gguf" and "llama.cpp" in engine.backend_label:
+            result["llama_cpp_build"] = _llama_build(notes)
     return result
 
 
@@ -338,8 +330,6 @@ def bench(artifacts: Sequence[str], config: BenchConfig, target: Any = None,
     "verdicts" and "passed"], "passed": all passed}``.
     """
     import multiprocessing as mp
-
-    from supertiny.models import resolve
 
     if not artifacts:
         raise InvalidInputError("no artifact to benchmark")

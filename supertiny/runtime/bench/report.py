@@ -1,6 +1,6 @@
 """How benchmark results are shown: aligned text tables (the CLI prints them) and a plot.
 
-Kept apart from :mod:`.bench`, which measures; these only read its result dicts.
+Kept apart from :mod:`.measure`, which measures; these only read its result dicts.
 """
 
 from __future__ import annotations

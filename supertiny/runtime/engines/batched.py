@@ -21,7 +21,7 @@ to every request, or the K samples of one prompt (``supertiny teach``), is evalu
 once per slot instead of once per request. :meth:`reset` forgets it (benchmarks timing
 a whole prefill call it between runs).
 
-The engine is not thread-safe; :class:`~.batch_scheduler.BatchScheduler` drives it from
+The engine is not thread-safe; :class:`~supertiny.runtime.serving.batch_scheduler.BatchScheduler` drives it from
 one thread and turns the tokens into text with the shared text layer. On its own,
 :meth:`stream` runs one sequence (``Engine.stream_text``/``complete`` work as on every
 engine), which is how a benchmark measures single-stream speed on it.
@@ -52,12 +52,6 @@ from supertiny.runtime.engines.llamacpp import LlamaCppEngine, captured_llama_lo
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 
 _FRONT_CTX = 256  # the Llama object's own context: only its model and vocabulary are used
-
-
-def batches(kind: str, backend: str) -> bool:
-    """Whether an artifact of ``kind`` opened on ``backend`` can run in this engine (a GGUF
-    file on llama.cpp): the one test behind ``bench``/``serve --parallel`` and ``teach --batched``."""
-    return kind == "gguf" and backend in ("auto", "llama.cpp")
 
 
 @dataclass
@@ -107,11 +101,10 @@ class BatchedLlamaEngine(LlamaCppEngine):
         from llama_cpp import _internals
 
         self.llm._ctx.close()  # unused: free its KV cache now (the model stays)
-        threads = n_threads or os.cpu_count() or 1
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * parallel, parallel, False
         params.n_batch = params.n_ubatch = n_batch + parallel  # a prompt chunk plus every decode
-        params.n_threads = params.n_threads_batch = threads
+        params.n_threads = params.n_threads_batch = self.threads  # what LlamaCppEngine chose (threads_for)
         # as the single-sequence engine opens its context, so replies and speeds compare like for like
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)

@@ -1,6 +1,6 @@
 """Chat messages: checking what a client sent, and the model's chat template.
 
-Messages arrive in OpenAI's shape (from :mod:`.openai_api` or a library caller):
+Messages arrive in OpenAI's shape (from :mod:`supertiny.runtime.serving.openai_api` or a library caller):
 roles system/user/assistant/tool/developer, content a string or a list of text
 parts. :func:`check_messages` turns them into what a chat template expects or names
 the bad one; :func:`chat_template_ids` applies the tokenizer's template.

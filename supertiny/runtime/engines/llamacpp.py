@@ -1,7 +1,7 @@
 """The llama.cpp engine (llama-cpp-python): load a GGUF file, score, generate, stream.
 
 Thin on purpose: llama.cpp's own decode loop and sampler run the tokens; the text
-level (chat template, stop strings, detokenization) is :class:`~.engine.Engine`'s,
+level (chat template, stop strings, detokenization) is :class:`~.base.Engine`'s,
 with the tokenizer supertiny builds from the GGUF metadata (token-for-token equal to
 llama.cpp's, see :mod:`supertiny.gguf_tokenizer`).
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from supertiny.backends import threads_for
 from supertiny.errors import InvalidInputError, MissingExtraError, NotAModelError
 from supertiny.gguf_file import GGUFFile
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
@@ -89,18 +90,18 @@ class LlamaCppEngine(Engine):
             self.gguf = GGUFFile(Path(path))  # nothing malformed reaches native code
         self.path = self.gguf.path
         llama_cpp = llama_cpp_module()
+        self.threads = threads_for(n_threads or None)  # 0 as None: the machine's cores
         with captured_llama_log() as native_log:
             try:
                 self.llm = llama_cpp.Llama(
-                    model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                    n_threads_batch=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers,
+                    model_path=str(self.path), n_ctx=n_ctx, n_threads=self.threads,
+                    n_threads_batch=self.threads, n_gpu_layers=n_gpu_layers,
                     logits_all=logits_all, flash_attn=flash_attn, verbose=False,
                 )
             except ValueError:  # llama-cpp-python's "Failed to load model"; the reason is in the log
                 errors = [ln.strip() for ln in native_log() if "error" in ln.lower()] or ["no message"]
                 raise NotAModelError(f"llama.cpp cannot load {self.path}: {errors[0]}") from None
         self.n_ctx = n_ctx
-        self.threads = n_threads or os.cpu_count()
         # a CPU-only build of llama.cpp ignores n_gpu_layers without a word; say so in reports
         self.gpu_offload = bool(n_gpu_layers) and bool(llama_cpp.llama_supports_gpu_offload())
         self.logits_all, self.flash_attn = logits_all, flash_attn

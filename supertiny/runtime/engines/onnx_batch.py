@@ -71,8 +71,8 @@ class StaticBatch:
         self._lengths = [len(p) for p in prompts]  # tokens in each row's cache (its next position)
         logits, caches = [], []
         for p in prompts:
-            engine._check_length(len(p))
-            row_logits, past = engine._run(list(p), engine._empty_past(0), 0)
+            engine.check_length(len(p))
+            row_logits, past = engine.forward(list(p), engine.empty_past(0), 0)
             logits.append(row_logits[-1].astype(np.float32, copy=False))
             caches.append([v.numpy() for v in past])
         width = max(self._lengths)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from supertiny.backends import PROVIDER_ALIASES, PROVIDERS
+from supertiny.backends import PROVIDER_ALIASES, PROVIDERS, threads_for
 from supertiny.errors import InvalidInputError, MissingExtraError, NotAModelError
 from supertiny.models import ONNX_MODEL_FILE
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
@@ -89,7 +89,7 @@ class OnnxEngine(Engine):
                 f"install the onnxruntime package built for it"
             )
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = threads_for(threads or None)
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -192,16 +192,16 @@ class OnnxEngine(Engine):
         except (ValueError, TypeError):
             return None
 
-    # -- one forward pass ---------------------------------------------------------------
+    # -- one forward pass (also how :mod:`.onnx_batch` prefills each row of a batch) -------
 
-    def _empty_past(self, capacity: int) -> list[Any]:
+    def empty_past(self, capacity: int) -> list[Any]:
         """A cache for a sequence of up to ``capacity`` tokens (empty unless shared in place)."""
         ort = _ort()
         length = capacity if self.shared_cache else 0
         return [ort.OrtValue.ortvalue_from_shape_and_type((1, self.kv_heads, length, self.head_dim), self.kv_dtype,
                                                           self._device, 0) for _ in self.past_names]
 
-    def _run(self, ids: Sequence[int], past: list[Any], past_len: int) -> tuple[np.ndarray, list[Any]]:
+    def forward(self, ids: Sequence[int], past: list[Any], past_len: int) -> tuple[np.ndarray, list[Any]]:
         """Feed ``ids`` after ``past_len`` cached tokens; logits ``[len(ids), vocab]`` and the new cache."""
         n = len(ids)
         binding = self.session.io_binding()
@@ -226,25 +226,27 @@ class OnnxEngine(Engine):
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits for every position of one window: ``[len(ids), vocab]``."""
-        self._check_length(len(ids))
-        return self._run(list(ids), self._empty_past(len(ids)), 0)[0].astype(np.float32, copy=False)
+        self.check_length(len(ids))
+        return self.forward(list(ids), self.empty_past(len(ids)), 0)[0].astype(np.float32, copy=False)
 
     def logits_stepwise(self, ids: Sequence[int], prefill: int) -> np.ndarray:
         """Like :meth:`logits`, but ``ids[prefill:]`` go through the KV cache one at a time.
 
         Equal to :meth:`logits` up to float rounding when the cache is wired right.
         """
-        self._check_length(len(ids))
+        self.check_length(len(ids))
         if not 0 < prefill <= len(ids):
             raise InvalidInputError(f"prefill must be in 1..{len(ids)}, got {prefill}")
-        rows, past = self._run(list(ids[:prefill]), self._empty_past(len(ids)), 0)
+        rows, past = self.forward(list(ids[:prefill]), self.empty_past(len(ids)), 0)
         out = [rows]
         for i in range(prefill, len(ids)):
-            row, past = self._run([ids[i]], past, i)
+            row, past = self.forward([ids[i]], past, i)
             out.append(row)
         return np.concatenate(out).astype(np.float32, copy=False)
 
-    def _check_length(self, n: int) -> None:
+    def check_length(self, n: int) -> None:
+        """Refuse a window of ``n`` tokens that is empty or longer than the context (static batches check
+        each prompt with it too)."""
         if n == 0:
             raise InvalidInputError("no tokens to run")
         if n > self.n_ctx:
@@ -265,11 +267,11 @@ class OnnxEngine(Engine):
         if max_new_tokens <= 0:
             return
         ids = list(prompt_ids)
-        self._check_length(len(ids))
+        self.check_length(len(ids))
         budget = min(max_new_tokens, self.n_ctx - len(ids))
         rng = np.random.default_rng(sampling.seed)
         capacity = len(ids) + budget
-        logits, past = self._run(ids, self._empty_past(capacity), 0)
+        logits, past = self.forward(ids, self.empty_past(capacity), 0)
         length = len(ids)
         step = self._in_place_step(past, length, capacity, logits.shape[-1]) if self.shared_cache else None
         for produced in range(budget):
@@ -282,7 +284,7 @@ class OnnxEngine(Engine):
             if step is not None:
                 logits = step(token)
             else:
-                logits, past = self._run([token], past, length)
+                logits, past = self.forward([token], past, length)
             length += 1
 
     def _in_place_step(self, past: list[Any], length: int, capacity: int,

@@ -4,14 +4,14 @@
 the bounded queue, 429/503/504 semantics, stats, close), so the server and the
 benchmark use it unchanged; only the worker differs. Instead of one thread per engine
 running one request start to end, one thread drives a
-:class:`~.batched.BatchedLlamaEngine`:
+:class:`~supertiny.runtime.engines.batched.BatchedLlamaEngine`:
 
 1. admit: while a sequence slot is free, the oldest queued job takes it (its prompt is
    fed by the next steps, in chunks, alongside the running decodes);
 2. drop: jobs cancelled by their reader, a timeout or a disconnect leave the batch
    and free their KV cells before the step, so they cost nothing more;
 3. step: one forward pass; each token goes through that job's
-   :class:`~.text.TextStream`, the same text layer as every engine's ``stream_text``,
+   :class:`~supertiny.runtime.engines.text.TextStream`, the same text layer as every engine's ``stream_text``,
    so chunks, stop strings and finish reasons are identical.
 
 Example::
@@ -49,24 +49,20 @@ class BatchScheduler(Scheduler):
     def slots(self) -> int:
         return self.engine.parallel
 
-    def _make_workers(self) -> list[threading.Thread]:
+    def make_workers(self) -> list[threading.Thread]:
         return [threading.Thread(target=self._loop, name="supertiny-batch", daemon=True)]
 
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._queue and not self._active and not self._closing:
-                    self._cond.wait()
-                if not self._queue and not self._active:
-                    return  # closing, and everything queued has run
-                admitted = []
-                while self._queue and self.engine.free_slots > len(admitted):
-                    admitted.append(self._queue.popleft())
+            # wait for a job only while the batch is empty: a running batch steps on
+            admitted = self.take_jobs(self.engine.free_slots, wait=not self._active)
+            if admitted is None:
+                return  # closing, and everything queued has run
             for job in admitted:
                 self._admit(job)
             for slot, (job, _) in list(self._active.items()):
-                if job.done or job._cancel.is_set():
-                    job._finish("cancelled", chunk=Chunk("", [], "cancelled"))  # a no-op if it finished
+                if job.done or job.cancelled.is_set():
+                    job.finish("cancelled", chunk=Chunk("", [], "cancelled"))  # a no-op if it finished
                     self._drop(slot)
             if not self._active:
                 continue
@@ -74,7 +70,7 @@ class BatchScheduler(Scheduler):
                 events = self.engine.step()
             except Exception as exc:  # every job in the batch gets it; the loop keeps serving
                 for slot, (job, _) in list(self._active.items()):
-                    job._finish(None, exc)
+                    job.finish(None, exc)
                     self._drop(slot)
                 self.engine.clear()
                 continue
@@ -82,37 +78,30 @@ class BatchScheduler(Scheduler):
                 self._deliver(slot, token, done)
 
     def _admit(self, job: Job) -> None:
-        if not job._begin():
-            self._tally_done(job)
+        if not job.begin():
+            self.job_ended(job)
             return
         engine = self.engine
         budget = engine.check_request(len(job.prompt_ids), job.max_tokens)
-        text = TextStream(engine.tokenizer, budget, job.stop, job._cancel)
+        text = TextStream(engine.tokenizer, budget, job.stop, job.cancelled)
         if budget == 0:
-            job._push(Chunk("", [], "length"))
-            self._tally_done(job)
+            job.push(Chunk("", [], "length"))
+            self.job_ended(job)
             return
         try:
             slot = engine.add(job.prompt_ids, budget, job.sampling, [] if job.ignore_eos else engine.stop_ids)
         except Exception as exc:
-            job._finish(None, exc)
-            self._tally_done(job)
+            job.finish(None, exc)
+            self.job_ended(job)
             return
-        with self._cond:
-            self._running[slot] = job
+        self.job_started(slot, job)
         self._active[slot] = (job, text)
 
     def _deliver(self, slot: int, token: int | None, done: bool) -> None:
-        if self._push_token(*self._active[slot], token, done):
+        if self.push_token(*self._active[slot], token, done):
             self._drop(slot)
 
     def _drop(self, slot: int) -> None:
         job, _ = self._active.pop(slot)
         self.engine.release(slot)  # a no-op when the engine ended the sequence itself
-        with self._cond:
-            self._running.pop(slot, None)
-            self._tally(job)
-
-    def _tally_done(self, job: Job) -> None:
-        with self._cond:
-            self._tally(job)
+        self.job_ended(job, slot)

@@ -57,6 +57,10 @@ class Job:
     or :meth:`result`. Reading raises :class:`JobTimeout` once the job is older than
     the scheduler's timeout, and re-raises what the engine raised. A reader that
     stops early cancels the job. Timestamps are :func:`time.perf_counter` values.
+
+    The worker's side (a scheduler, in any module): :meth:`begin` when a slot takes the job,
+    :meth:`push` each chunk, :meth:`finish` on an error or a cancel, and :attr:`cancelled`
+    to watch between tokens.
     """
 
     def __init__(self, prompt_ids: list[int], max_tokens: int, sampling: Sampling, stop: list[str],
@@ -74,7 +78,8 @@ class Job:
         self.finished: float | None = None
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
-        self._cancel = threading.Event()  # the engine checks it after every token
+        # Set by cancel(); engines and batch loops check it after every token.
+        self.cancelled = threading.Event()
         self._cond = threading.Condition()
         self._chunks: deque[Chunk] = deque()
         self._done = False
@@ -115,7 +120,7 @@ class Job:
 
     def cancel(self) -> None:
         """Stop the job: dropped if still queued, else the engine stops after the current token."""
-        self._cancel.set()
+        self.cancelled.set()
         self._discard(self)
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -177,6 +182,45 @@ class Job:
         chunks = list(self)
         return Completion.from_chunks(chunks, self.prompt_tokens, self.ttft_s, self.total_s or 0.0)
 
+    # -- what schedulers call (the worker's side) ---------------------------------------
+
+    def begin(self) -> bool:
+        """Start the job on a slot; a job cancelled or past its deadline is finished here instead
+        (False: do not run it)."""
+        if not self._start():
+            self.finish("cancelled", chunk=Chunk("", [], "cancelled"))
+            return False
+        if time.perf_counter() >= self.deadline:
+            self._expire()
+            return False
+        return True
+
+    def push(self, chunk: Chunk) -> None:
+        """Hand a chunk to the reader; one with a finish reason finishes the job."""
+        if chunk.finish_reason is not None:
+            self._count(chunk)
+            self.finish(chunk.finish_reason, chunk=chunk)
+            return
+        with self._cond:
+            if self._done:
+                return
+            self._count(chunk)
+            self._chunks.append(chunk)
+            self._notify_locked()
+
+    def finish(self, reason: str | None, error: BaseException | None = None, chunk: Chunk | None = None) -> bool:
+        """Mark the job done (once: False if it already was), with a last ``chunk`` or the ``error``
+        its reader gets; later chunks from a still-running engine are dropped."""
+        with self._cond:
+            if self._done:
+                return False
+            if chunk is not None:
+                self._chunks.append(chunk)
+            self._done, self.finished = True, time.perf_counter()
+            self.finish_reason, self.error = reason, error
+            self._notify_locked()
+        return True
+
     # -- internals ---------------------------------------------------------------------
 
     def _claim(self) -> None:
@@ -196,57 +240,21 @@ class Job:
             self._chunks.clear()
             return items, self._done
 
-    def _finish(self, reason: str | None, error: BaseException | None = None,
-                chunk: Chunk | None = None) -> bool:
-        """Mark the job done (once); later chunks from a still-running engine are dropped."""
-        with self._cond:
-            if self._done:
-                return False
-            if chunk is not None:
-                self._chunks.append(chunk)
-            self._done, self.finished = True, time.perf_counter()
-            self.finish_reason, self.error = reason, error
-            self._notify_locked()
-        return True
-
     def _notify_locked(self) -> None:
         self._cond.notify_all()
         if self._wake is not None:
             self._wake()
 
     def _expire(self) -> None:
-        self._finish("cancelled", JobTimeout(f"the request took longer than {self.timeout_s:g} s"))
+        self.finish("cancelled", JobTimeout(f"the request took longer than {self.timeout_s:g} s"))
         self.cancel()
 
     def _start(self) -> bool:
         with self._cond:
-            if self._done or self._cancel.is_set():
+            if self._done or self.cancelled.is_set():
                 return False
             self.started = time.perf_counter()
             return True
-
-    def _begin(self) -> bool:
-        """Start the job for a scheduler; a job cancelled or past its deadline is finished here instead
-        (False: do not run it)."""
-        if not self._start():
-            self._finish("cancelled", chunk=Chunk("", [], "cancelled"))
-            return False
-        if time.perf_counter() >= self.deadline:
-            self._expire()
-            return False
-        return True
-
-    def _push(self, chunk: Chunk) -> None:
-        if chunk.finish_reason is not None:
-            self._count(chunk)
-            self._finish(chunk.finish_reason, chunk=chunk)
-            return
-        with self._cond:
-            if self._done:
-                return
-            self._count(chunk)
-            self._chunks.append(chunk)
-            self._notify_locked()
 
     def _count(self, chunk: Chunk) -> None:
         if chunk.token_ids and self.first_token is None:

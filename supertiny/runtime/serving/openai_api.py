@@ -2,7 +2,7 @@
 validation into :class:`Params`, OpenAI-shaped errors (:class:`ApiError`), and the
 Prometheus metrics (:class:`Metrics`, the :class:`CountRequests` ASGI middleware).
 
-Pure Python on purpose: :mod:`.serve` wires these into starlette, and they are
+Pure Python on purpose: :mod:`.app` wires these into starlette, and they are
 tested without a socket.
 """
 

@@ -41,6 +41,10 @@ class Scheduler:
             beyond that (0: a job runs only if a slot is free now).
         request_timeout_s: a job that waited and ran longer is cancelled and its reader
             gets :class:`JobTimeout` (``None``: no limit).
+
+    A subclass that batches (:mod:`.batch_scheduler`, :mod:`.static_batch`) returns its one
+    loop from :meth:`make_workers` and drives jobs with :meth:`take_jobs`, :meth:`job_started`,
+    :meth:`job_ended` and :meth:`push_token`; the queue and its lock stay private here.
     """
 
     def __init__(self, engines: Sequence[Engine], max_queue: int = 16, request_timeout_s: float | None = 120.0):
@@ -60,12 +64,13 @@ class Scheduler:
         self._closing = False
         self._tokenize_lock = threading.Lock()  # submit may be called from many threads
         self._totals = dict.fromkeys(("submitted", "rejected", "completed", "cancelled", "timed_out", "failed"), 0)
-        self._workers = self._make_workers()
+        self._workers = self.make_workers()
         for worker in self._workers:
             worker.start()
 
-    def _make_workers(self) -> list[threading.Thread]:
-        """One thread per engine (a subclass that batches runs one loop instead)."""
+    def make_workers(self) -> list[threading.Thread]:
+        """The worker threads, started by the constructor: one per engine (a subclass that batches
+        returns its one loop instead)."""
         return [threading.Thread(target=self._work, args=(i, e), name=f"supertiny-slot-{i}", daemon=True)
                 for i, e in enumerate(self.engines)]
 
@@ -166,9 +171,10 @@ class Scheduler:
             except ValueError:
                 return  # a slot has it (it stops at the next token) or it is finished
             self._tally(job, cancelled_in_queue=True)
-        job._finish("cancelled", chunk=Chunk("", [], "cancelled"))
+        job.finish("cancelled", chunk=Chunk("", [], "cancelled"))
 
     def _tally(self, job: Job, cancelled_in_queue: bool = False) -> None:
+        """Count a job's outcome (the lock held)."""
         outcome = "cancelled" if cancelled_in_queue and not job.done else job.outcome
         if outcome in self._totals:
             self._totals[outcome] += 1
@@ -189,34 +195,72 @@ class Scheduler:
                     del self._running[slot]
                     self._tally(job)
 
-    def _push_token(self, job: Job, text: TextStream, token: int | None, done: bool) -> str | None:
+    def _run(self, engine: Engine, job: Job) -> None:
+        if not job.begin():
+            return
+        try:
+            for chunk in engine.stream_text(job.prompt_ids, job.max_tokens, sampling=job.sampling, stop=job.stop,
+                                            ignore_eos=job.ignore_eos, cancel=job.cancelled):
+                job.push(chunk)
+        except Exception as exc:  # handed to the reader; the slot keeps serving
+            job.finish(None, exc)
+            _reset_quietly(engine)
+        if not job.done:  # stream_text always ends with a finish reason
+            job.finish(None, RuntimeError("the engine stopped without a finish reason"))
+
+    # -- for subclasses whose one loop batches many jobs on one engine -------------------
+
+    def take_jobs(self, limit: int, wait: bool = True, gather_s: float = 0.0,
+                  track: bool = False) -> list[Job] | None:
+        """Up to ``limit`` queued jobs, oldest first, for a batching loop.
+
+        Args:
+            wait: block until a job is queued; None once the scheduler closes with none left
+                (the loop ends). Without it, return at once (maybe an empty list).
+            gather_s: when fewer than ``limit`` are queued, wait this long for more (clients
+                that start together then share a batch).
+            track: count them running under their index (0..n-1) in the same step, so the
+                queue's room never counts them twice; :meth:`job_ended` frees each.
+        """
+        with self._cond:
+            while wait and not self._queue and not self._closing:
+                self._cond.wait()
+            if wait and not self._queue:
+                return None  # closing, and everything queued has run
+            if gather_s and len(self._queue) < limit and not self._closing:
+                self._cond.wait(gather_s)
+            jobs = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+            if track:
+                self._running.update(enumerate(jobs))
+            return jobs
+
+    def job_started(self, key: int, job: Job) -> None:
+        """Count ``job`` running under ``key`` (a sequence slot) until :meth:`job_ended`."""
+        with self._cond:
+            self._running[key] = job
+
+    def job_ended(self, job: Job, key: int | None = None) -> None:
+        """Count ``job``'s outcome, and free ``key`` if it ran there."""
+        with self._cond:
+            if key is not None:
+                self._running.pop(key, None)
+            self._tally(job)
+
+    def push_token(self, job: Job, text: TextStream, token: int | None, done: bool) -> str | None:
         """Turn a batched engine's step for ``job`` into text: ``"stopped"`` when a stop string or a cancel
         ended it, ``"done"`` when the engine ended it, else None."""
         if token is not None:
             with self._tokenize_lock:  # the tokenizer is shared with submit()
                 chunk = text.add(token)
             if chunk is not None:
-                job._push(chunk)
+                job.push(chunk)
             if text.finished:  # a stop string or a cancel
                 return "stopped"
         if done:
             with self._tokenize_lock:
-                job._push(text.end())
+                job.push(text.end())
             return "done"
         return None
-
-    def _run(self, engine: Engine, job: Job) -> None:
-        if not job._begin():
-            return
-        try:
-            for chunk in engine.stream_text(job.prompt_ids, job.max_tokens, sampling=job.sampling, stop=job.stop,
-                                            ignore_eos=job.ignore_eos, cancel=job._cancel):
-                job._push(chunk)
-        except Exception as exc:  # handed to the reader; the slot keeps serving
-            job._finish(None, exc)
-            _reset_quietly(engine)
-        if not job.done:  # stream_text always ends with a finish reason
-            job._finish(None, RuntimeError("the engine stopped without a finish reason"))
 
 
 def _reset_quietly(engine: Engine) -> None:

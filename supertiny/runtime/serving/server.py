@@ -4,7 +4,8 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/mo
 ``GET /health`` and ``GET /metrics`` (Prometheus text). Bodies have OpenAI's shapes, so
 the official clients work unchanged; every error is OpenAI's JSON error object with a
 status a client can act on (400 its mistake, 429 retry later, 503 going away, 504 too
-slow), never a 500 for something the client sent.
+slow), never a 500 for something the client sent. The engines come from :mod:`.pool`:
+``slots`` copies, or one engine batching ``parallel`` sequences.
 
 Shutdown is graceful: on SIGINT/SIGTERM uvicorn stops accepting connections, the app
 answers 503 to new requests on connections still open, requests in flight (running or
@@ -19,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import socket
@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supertiny.backends import BACKENDS
+from supertiny.backends import BACKENDS, batching
 from supertiny.errors import InvalidInputError, UserError
+from supertiny.models import resolve
 from supertiny.runtime.engines.base import EngineOptions
-from supertiny.runtime.serving.app import _require_extra, create_app
+from supertiny.runtime.serving.app import create_app, require_extra
+from supertiny.runtime.serving.pool import EnginePool, batching_mode, open_engines
 from supertiny.runtime.serving.scheduler import Scheduler
 
 __all__ = ["ServeConfig", "bind_socket", "build_server", "create_app", "serve"]
 
-logger = logging.getLogger(__name__)
 AUTO_PARALLEL = 4  # sequences a GGUF server batches when --parallel is not given (llama.cpp's server default)
 
 
@@ -49,18 +50,20 @@ class ServeConfig:
         port: TCP port (0: any free one).
         api_key: when set, requests need ``Authorization: Bearer <api_key>``.
         slots: engines (model copies) decoding in parallel.
-        parallel: sequences one batched llama.cpp engine decodes together (continuous
-            batching, GGUF only; 0: off, use ``slots``). None (auto): 4 for a GGUF file on
-            llama.cpp with one slot (llama.cpp's server default), else 0.
+        parallel: sequences one batched engine decodes together (0: off, use ``slots``): a
+            GGUF file on llama.cpp continuously, an ONNX export (optimum graph) in static
+            batches (:mod:`.pool`). None (auto): 4 for a GGUF file on llama.cpp with one slot
+            (llama.cpp's server default), else 0.
         max_queue: requests waiting for a slot before new ones get 429.
         max_tokens_limit: largest ``max_tokens`` a request may ask for (400 beyond).
         default_max_tokens: ``max_tokens`` when a request gives none (default: 256, or
             ``max_tokens_limit`` if that is smaller).
         max_body_bytes: largest request body (413 beyond).
         request_timeout_s: waiting plus generating longer than this gives 504.
-        engine: how each slot's engine is opened (:class:`~.engine.EngineOptions`; its
-            ``threads`` default: the CPU cores shared out between the slots).
-        backend: passed to :func:`~.engine.open_engine`.
+        engine: how each slot's engine is opened
+            (:class:`~supertiny.runtime.engines.base.EngineOptions`; its ``threads`` default:
+            the CPU cores shared out between the slots).
+        backend: passed to :func:`~supertiny.runtime.engines.base.open_engine`.
         model_name: the ``model`` clients send (default: the artifact's file or folder name).
     """
 
@@ -127,8 +130,8 @@ def build_server(app: Any, config: ServeConfig, log: Callable[[str], None] | Non
 
     Run it with ``server.run(sockets=[bind_socket(host, port)])``.
     """
-    _require_extra()
-    import uvicorn
+    require_extra()
+    import uvicorn  # the serve extra (checked just above)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -160,58 +163,36 @@ def build_server(app: Any, config: ServeConfig, log: Callable[[str], None] | Non
 def parallel_for(config: ServeConfig, kind: str) -> int:
     """``config.parallel``, with auto (None) resolved for an artifact of ``kind``: GGUF on
     llama.cpp with one slot batches :data:`AUTO_PARALLEL` sequences, anything else none."""
-    from supertiny.runtime.engines.batched import batches
-
     if config.parallel is not None:
         return config.parallel
-    return AUTO_PARALLEL if batches(kind, config.backend) and config.slots == 1 else 0
+    return AUTO_PARALLEL if batching(kind, config.backend) == "continuous" and config.slots == 1 else 0
 
 
 def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[str], None] | None = None) -> None:
-    """Open ``config.slots`` engines on ``artifact`` and serve them until SIGINT/SIGTERM.
+    """Open the engines on ``artifact`` (``config.slots`` copies, or one batching ``config.parallel``
+    sequences) and serve them until SIGINT/SIGTERM.
 
     Args:
         artifact: a ``.gguf`` file, an ONNX export or a Hugging Face directory.
         config: :class:`ServeConfig`.
         log: receives the ready line (with the URL) and the shutdown line.
     """
-    from supertiny.models import resolve
-    from supertiny.runtime.engines.base import open_engine
-
-    _require_extra()
+    require_extra()
     kind, path = resolve(artifact)
     config = dataclasses.replace(config, parallel=parallel_for(config, kind))
-    from supertiny.runtime.engines.batched import batches
-
-    if config.parallel and not batches(kind, config.backend):
-        raise InvalidInputError(f"--parallel batches GGUF files on the llama.cpp backend; {path} runs on "
-                                f"{config.backend}: use --slots for it")
+    batching_mode(path, kind, config.backend, config.slots, config.parallel)  # refused before the port is taken
     name = config.model_name or Path(path).name
-    # Slots share the cores unless told otherwise: N slots each using every core would
-    # thrash rather than decode N times faster.
-    options = config.engine
-    if options.threads is None:
-        options = dataclasses.replace(options, threads=max(1, (os.cpu_count() or 1) // config.slots))
     sock = bind_socket(config.host, config.port)
-    engines: list[Any] = []
+    pool: EnginePool | None = None
     scheduler: Scheduler | None = None
     try:
-        if config.parallel:
-            from supertiny.runtime.engines.batched import BatchedLlamaEngine
-            from supertiny.runtime.serving.batch_scheduler import BatchScheduler
-
-            engines.append(BatchedLlamaEngine.open(path, options, parallel=config.parallel))
-            scheduler = BatchScheduler(engines[0], config.max_queue, config.request_timeout_s)
-        else:
-            for _ in range(config.slots):
-                engines.append(open_engine(path, config.backend, options))
-            scheduler = Scheduler(engines, config.max_queue, config.request_timeout_s)
+        pool = open_engines(path, kind, config.backend, config.engine, config.slots, config.parallel)
+        scheduler = pool.scheduler(config.max_queue, config.request_timeout_s)
         server_config = dataclasses.replace(config, model_name=name)
         build_server(create_app(scheduler, name, server_config), server_config, log).run(sockets=[sock])
     finally:
         # After a graceful stop this finds nothing to do; after a forced one it cancels what
         # still runs. An engine a worker is still inside must not be freed under it.
-        if scheduler is None or scheduler.close(cancel=True, timeout=5.0):
-            for engine in engines:
-                engine.close()
+        if pool is not None and (scheduler is None or scheduler.close(cancel=True, timeout=5.0)):
+            pool.close()
         sock.close()

@@ -36,42 +36,33 @@ class StaticBatchScheduler(Scheduler):
     def slots(self) -> int:
         return self.batch
 
-    def _make_workers(self) -> list[threading.Thread]:
+    def make_workers(self) -> list[threading.Thread]:
         return [threading.Thread(target=self._loop, name="supertiny-static-batch", daemon=True)]
 
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                if len(self._queue) < self.batch and not self._closing:
-                    self._cond.wait(self.gather_s)
-                jobs = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
-                for i, job in enumerate(jobs):
-                    self._running[i] = job
+            jobs = self.take_jobs(self.batch, gather_s=self.gather_s, track=True)
+            if jobs is None:
+                return  # closing, and everything queued has run
             try:
                 self._run_batch(jobs)
             finally:
-                with self._cond:
-                    for job in jobs:
-                        if not job.done:
-                            job._finish(None, RuntimeError("the batch stopped without a finish reason"))
-                        self._tally(job)
-                    self._running.clear()
+                for row, job in enumerate(jobs):
+                    if not job.done:
+                        job.finish(None, RuntimeError("the batch stopped without a finish reason"))
+                    self.job_ended(job, row)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         live: dict[int, tuple[Job, TextStream]] = {}
         prompts, budgets, samplings, stops = [], [], [], []
         for job in jobs:
-            if not job._begin():
+            if not job.begin():
                 continue
             budget = self.engine.check_request(len(job.prompt_ids), job.max_tokens)
             if budget == 0:
-                job._push(Chunk("", [], "length"))
+                job.push(Chunk("", [], "length"))
                 continue
-            live[len(prompts)] = (job, TextStream(self.engine.tokenizer, budget, job.stop, job._cancel))
+            live[len(prompts)] = (job, TextStream(self.engine.tokenizer, budget, job.stop, job.cancelled))
             prompts.append(job.prompt_ids)
             budgets.append(budget)
             samplings.append(job.sampling)
@@ -83,8 +74,8 @@ class StaticBatchScheduler(Scheduler):
             while batch.active:
                 for row in batch.active:
                     job, _ = live[row]
-                    if job.done or job._cancel.is_set():
-                        job._finish("cancelled", chunk=Chunk("", [], "cancelled"))
+                    if job.done or job.cancelled.is_set():
+                        job.finish("cancelled", chunk=Chunk("", [], "cancelled"))
                         batch.release(row)
                 if not batch.active:
                     break
@@ -93,9 +84,9 @@ class StaticBatchScheduler(Scheduler):
         except Exception as exc:  # every job still running gets it; the loop keeps serving
             for job, _ in live.values():
                 if not job.done:
-                    job._finish(None, exc)
+                    job.finish(None, exc)
 
     def _deliver(self, batch: StaticBatch, item: tuple[Job, TextStream], row: int, token: int | None,
                  done: bool) -> None:
-        if self._push_token(*item, token, done) == "stopped":  # a row the batch ended frees itself
+        if self.push_token(*item, token, done) == "stopped":  # a row the batch ended frees itself
             batch.release(row)

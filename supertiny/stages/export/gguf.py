@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from supertiny import schema
+from supertiny.archs import arch_for_model_type, shape
 from supertiny.errors import InvalidInputError
+from supertiny.evaluate import tokenize_text
+from supertiny.gguf_file import GGUFFile
 from supertiny.manifest import Manifest, manifest_path
+from supertiny.models import describe, load_model, resolve
+from supertiny.readers import default_corpus_path, read_text, spans
+from supertiny.runtime.engines.llamacpp import LlamaCppEngine
 from supertiny.settings import POS_INT, Settings, at_least, setting
 from supertiny.stages.export.parity import ExportVerificationError, check_export, describe_failure
 from supertiny.stages.registry import Input, Log, Progress, get, stage
@@ -80,7 +86,6 @@ TEXT = Input("text", "Text for the parity check and the importance matrix (defau
 
 def quant_summary(path: Path, quant: str | None) -> dict[str, Any]:
     """Tensor types in a GGUF file and, for K-quants, which tensors fell back and why."""
-    from supertiny.gguf_file import GGUFFile
 
     gf = GGUFFile(path)
     types = Counter(t.tensor_type.name for t in gf.tensors)
@@ -121,7 +126,6 @@ def run(inputs: dict[str, str | None], out: Path, config: GGUFExportConfig, log:
         ) -> Manifest:
     """Export ``inputs["model"]`` to the verified GGUF file ``out`` (see the module docstring)."""
     # numpy, gguf-py, transformers and llama.cpp: heavy, loaded by an exporting process only
-    from supertiny.models import describe, load_model, resolve
     from supertiny.stages.export.carry import load_carried
     from supertiny.stages.export.gguf_writer import Source, quantize, write
 
@@ -185,14 +189,12 @@ def run(inputs: dict[str, str | None], out: Path, config: GGUFExportConfig, log:
 
 
 def _text(path: str | None) -> str:
-    from supertiny.readers import default_corpus_path, read_text
 
     return read_text(path or default_corpus_path())
 
 
 def _architecture(lm: Any, src: Path, notes: list[str]) -> tuple[Any, Any, Any]:
     """The source's config, tokenizer and architecture row (the graph llama.cpp will run)."""
-    from supertiny.archs import arch_for_model_type, shape
 
     if lm is not None:
         cfg, tokenizer = lm.model.config, lm.tokenizer
@@ -246,8 +248,6 @@ def export_gguf(model: str | os.PathLike[str], out: str | os.PathLike[str], conf
 
 
 def _imatrix(lm: Any, spec: Any, text: str | None, config: GGUFExportConfig) -> tuple[dict[str, Any], str]:
-    from supertiny.evaluate import tokenize_text
-    from supertiny.readers import spans
     from supertiny.stages.export.imatrix import collect_imatrix
 
     assert text is not None
@@ -266,7 +266,6 @@ def _imatrix(lm: Any, spec: Any, text: str | None, config: GGUFExportConfig) -> 
 
 def _verify(path: Path, lm: Any, text: str | None, config: GGUFExportConfig,
             strict: bool) -> dict[str, Any]:
-    from supertiny.runtime.engines.llamacpp import LlamaCppEngine
 
     assert text is not None
     engine = LlamaCppEngine(path, n_ctx=max(config.verify_tokens, 128), n_threads=config.threads,

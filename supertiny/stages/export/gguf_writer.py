@@ -19,8 +19,10 @@ import numpy as np
 
 from supertiny.archs import ArchSpec, shape, tensor_name_map
 from supertiny.backends import threads_for
+from supertiny.checkpoint import check_finite_array, check_hf_dir, safetensors_files, safetensors_header
 from supertiny.errors import SupertinyError, UnsupportedArchitectureError
 from supertiny.models import LoadedModel
+from supertiny.runtime.engines.llamacpp import captured_llama_log, llama_cpp_module
 from supertiny.stages.export.carry import Carried, gguf_carried_blocks
 from supertiny.stages.export.gguf_vocab import vocab_from_tokenizer, write_vocab
 
@@ -53,8 +55,6 @@ class Source:
         self.kind, self.path = kind, path
         self._index: dict[str, tuple[Path, int, dict[str, Any]]] = {}
         if kind == "hf":
-            from supertiny.checkpoint import check_hf_dir, safetensors_files, safetensors_header
-
             check_hf_dir(path)
             for f in safetensors_files(path):
                 header, base = safetensors_header(f)
@@ -88,7 +88,6 @@ class Source:
             raw = np.frombuffer(fh.read(end - start), dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
         if meta["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        from supertiny.checkpoint import check_finite_array
 
         check_finite_array(name, raw, str(f))
         return raw.reshape(meta["shape"]).astype(np.float32, copy=False)
@@ -211,7 +210,6 @@ def write(path: Path, source: Source, cfg: Any, spec: ArchSpec, tokenizer: Any, 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None,
               imatrix: dict[str, np.ndarray] | None = None) -> list[str]:
     """Quantize with llama.cpp; returns what llama.cpp printed (one line per fallback etc.)."""
-    from supertiny.runtime.engines.llamacpp import captured_llama_log, llama_cpp_module
     from supertiny.stages.export.imatrix import ImatrixArray
 
     llama_cpp = llama_cpp_module()

@@ -5,7 +5,7 @@ activations feeding it are (the mean of x² over calibration tokens), so columns
 that matter keep more precision. llama.cpp's own ``llama-imatrix`` tool is not in
 the Python bindings; the same statistic is collected here with forward hooks on the
 source model's linear layers (a statistic of the shared calibration pass,
-:func:`supertiny.readers.calibrate`) and handed to ``llama_model_quantize`` as its
+:func:`supertiny.stages.calibration.calibrate`) and handed to ``llama_model_quantize`` as its
 null-terminated ``llama_model_imatrix_data`` array.
 """
 

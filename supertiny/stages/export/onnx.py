@@ -41,8 +41,12 @@ from typing import Any
 
 from supertiny import schema
 from supertiny.errors import InvalidInputError
+from supertiny.evaluate import tokenize_text
 from supertiny.manifest import Manifest
+from supertiny.models import load_model, resolve
 from supertiny.outdir import check_output_dir
+from supertiny.readers import default_corpus_path, read_text
+from supertiny.runtime.engines.onnxrt import OnnxEngine, load_tokenizer, stop_ids
 from supertiny.settings import POS_INT, Settings, at_least, setting
 from supertiny.stages.export.parity import ExportVerificationError, check_export, describe_failure
 from supertiny.stages.registry import Input, Log, Progress, get, stage
@@ -133,8 +137,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _verify(stage: Path, lm: Any, text: str, config: OnnxExportConfig, strict: bool) -> dict[str, Any]:
     import numpy as np
 
-    from supertiny.evaluate import tokenize_text
-    from supertiny.runtime.engines.onnxrt import OnnxEngine, load_tokenizer, stop_ids
 
     engine = OnnxEngine(stage, threads=config.threads)
     tokenizer = load_tokenizer(stage)
@@ -165,8 +167,6 @@ def run(inputs: dict[str, str | None], out: Path, config: OnnxExportConfig, log:
         ) -> Manifest:
     """Export ``inputs["model"]`` to the verified ONNX directory ``out`` (see the module docstring)."""
     # onnx, optimum and onnxruntime (and torch for the export): heavy, an exporting process's only
-    from supertiny.models import load_model, resolve
-    from supertiny.readers import default_corpus_path, read_text
     from supertiny.stages.export import onnx_graph as graph
     from supertiny.stages.export.carry import carry_into_onnx, load_carried
 

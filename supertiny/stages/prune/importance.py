@@ -1,6 +1,6 @@
 """How much each prunable unit of a decoder matters, measured on calibration text.
 
-One calibration pass (:func:`supertiny.readers.calibrate`) with forward hooks on
+One calibration pass (:func:`supertiny.stages.calibration.calibrate`) with forward hooks on
 the modules the architecture row names collects, per calibration window:
 
 * **layers** — block influence (ShortGPT): ``1 - cos(h_in, h_out)`` of each decoder

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supertiny import evaluate as ev
 from supertiny import schema
 from supertiny.archs import shape
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest
+from supertiny.models import load_model
 from supertiny.outdir import check_output_dir
 from supertiny.readers import MIN_WINDOW, calibration_text, spans, token_windows
 from supertiny.settings import POS_INT, Settings, at_least, setting
@@ -95,8 +97,6 @@ def run(inputs: dict[str, str | None], out: Path, config: PruneConfig, log: Log,
     # torch and transformers: heavy, and only a pruning process needs them
     from transformers import AutoModelForCausalLM
 
-    from supertiny import evaluate as ev
-    from supertiny.models import load_model
     from supertiny.stages.prune.importance import collect
     from supertiny.stages.prune.plan import plan, prune_, summary, targets
 

@@ -3,7 +3,7 @@
 A scheme is a frozen, validated config; :func:`quantize_` looks up its handler by the
 config's type in :data:`HANDLERS` (filled by :func:`register`). On a CPU every scheme
 runs as a **faithful simulation**: weights are replaced by their quantize-dequantize
-values with the format's exact rounding (:mod:`.qformats`), and W8A8/FP8 activations
+values with the format's exact rounding (:mod:`.number_formats`), and W8A8/FP8 activations
 are quantize-dequantized by forward pre-hooks on the same Linears; no integer or FP8
 kernel runs (``kernel: "simulated"`` in the report).
 
@@ -29,7 +29,7 @@ report).
 
 **Storage of the codes**: beside the plain Hugging Face checkpoint (whose weights are the
 dequantized values, so every tool loads it), ``quantization/codes.safetensors`` holds the
-codes, scales and zero points of every quantized weight (:mod:`.qstore`), which the
+codes, scales and zero points of every quantized weight (:mod:`.codes`), which the
 exporters carry into ONNX ``MatMulNBits`` and GGUF blocks (:mod:`supertiny.stages.export.carry`).
 
 **Mixed precision for the output layer**: ``W4A16(head_bits=8)`` stores the output layer
@@ -55,7 +55,9 @@ from typing import Any
 
 import torch
 
+from supertiny.archs import layout_of
 from supertiny.errors import InvalidInputError
+from supertiny.stages.calibration import calibrate
 from supertiny.stages.quantize.codes import CODES_FILE, read_coded, read_codes  # noqa: F401 - the storage API, re-exported
 from supertiny.stages.quantize.codes import save_codes as _save_codes
 from supertiny.stages.quantize.number_formats import (
@@ -141,7 +143,6 @@ def register(config_type: type) -> Callable[[Handler], Handler]:
 
 def targets_of(model: Any, head: bool) -> list[tuple[str, torch.nn.Linear]]:
     """The Linears a scheme quantizes, by module path: every decoder layer's, then the output layer."""
-    from supertiny.archs import layout_of
 
     layout = layout_of(model)
     out = [(layout.path(role, i), layout.module(model, role, i))
@@ -262,7 +263,6 @@ def _w4a16(model: Any, scheme: W4A16, targets: list[tuple[str, torch.nn.Linear]]
     scales: dict[str, torch.Tensor] = {}
     stats = None
     if scheme.method != "rtn":
-        from supertiny.stages.calibration import calibrate
         from supertiny.stages.quantize.gptq import InputStatistic
 
         (stats,) = calibrate(model, calib, [InputStatistic([p for p, _ in targets])])
@@ -344,5 +344,5 @@ def _fp8(model: Any, scheme: FP8, targets: list[tuple[str, torch.nn.Linear]], re
 
 
 def save_codes(result: QuantResult, folder: Path) -> Path:
-    """Write ``result``'s codes to ``folder/quantization/codes.safetensors`` (format: :mod:`.qstore`)."""
+    """Write ``result``'s codes to ``folder/quantization/codes.safetensors`` (format: :mod:`.codes`)."""
     return _save_codes(result.codes, result.layers, scheme_dict(result.scheme), result.tied, folder)

@@ -13,7 +13,7 @@ every tool loads it), the quantize stage writes, per quantized weight named
   ``code * scale`` (W8A8's per-channel weights are one group of ``in`` columns).
 * ``fp8``: ``W.codes`` float8_e4m3fn ``[out, in]``, ``W.scales`` float32 ``[]`` or ``[out, 1]``.
 
-Group scales of int4/int8 are float16 values held in float32 (:func:`.qformats.fp16_scale`).
+Group scales of int4/int8 are float16 values held in float32 (:func:`.number_formats.fp16_scale`).
 The file's metadata holds ``format: supertiny-quant``, ``version``, the scheme (``scheme``
 as JSON), ``tied`` (the embedding tensor that shares ``lm_head.weight``) and ``layers``
 (per weight: ``shape``, ``format``, ``group``). Exporters read it with :func:`read_coded`

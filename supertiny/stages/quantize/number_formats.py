@@ -1,6 +1,6 @@
 """The number formats of the quantization schemes, with the formats' exact rounding.
 
-Every function here is a pure tensor function, so the schemes (:mod:`.quantize`), the
+Every function here is a pure tensor function, so the schemes (:mod:`.apply`), the
 calibrated methods (:mod:`.gptq`) and the tests share one definition of each format:
 
 * **int4, group-wise** (W4A16): each run of ``group`` input columns of a weight row has a

@@ -1,6 +1,6 @@
 """The quantization schemes' configs: one frozen, validated dataclass per scheme, and the registry of names.
 
-:mod:`.quantize` applies them (its handlers are keyed by these types); the CLI and the
+:mod:`.apply` applies them (its handlers are keyed by these types); the CLI and the
 manifests name them (:func:`scheme_from_name`, :func:`scheme_dict`). Importing this
 module imports no torch.
 """
@@ -31,7 +31,7 @@ class W4A16:
         head_bits: 4 (the output layer like the decoder) or 8 (group-wise int8, round to nearest).
         max_mb: a size budget (MB, size-equivalent): the set of decoder layers and output layer whose int8
             versions save the most calibration KL within it are stored in group-wise int8
-            (:mod:`.qalloc`; needs calibration windows).
+            (:mod:`.allocation`; needs calibration windows).
         damp: GPTQ's damping, a fraction of the mean Hessian diagonal.
         awq_grid: AWQ's number of exponents tried (0, 1/grid, ...).
     """

@@ -32,11 +32,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from supertiny import evaluate as ev
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest
+from supertiny.models import load_model
 from supertiny.outdir import check_output_dir
 from supertiny.readers import MIN_WINDOW, calibration_text, read_text, spans, token_windows
 from supertiny.settings import POS_INT, POSITIVE, Settings, at_least, setting
+from supertiny.stages.eval import EvalConfig, evaluate_task_model
 from supertiny.stages.quantize.schemes import (
     FP8_GRANULARITIES,
     HEAD_BITS,
@@ -50,6 +53,7 @@ from supertiny.stages.quantize.schemes import (
 )
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
+from supertiny.stages.transfer.examples import load_examples
 from supertiny.tasks import task_for
 
 STAGE, STAGE_VERSION = "quantize", 1
@@ -149,7 +153,6 @@ def run(inputs: dict[str, str | None], out: Path, config: QuantizeConfig, log: L
         ) -> Manifest:
     """Quantize ``inputs["model"]`` into the Hugging Face directory ``out`` (see the module docstring)."""
     # torch: heavy, and only a quantizing process needs it
-    from supertiny.models import load_model
     from supertiny.stages.quantize.apply import quantize_, save_codes
 
     check_inputs(inputs, config)
@@ -203,7 +206,6 @@ def _settings(config: QuantizeConfig, inputs: dict[str, str | None]) -> dict[str
 def _tokens(lm: Any, inputs: dict[str, str | None], config: QuantizeConfig, text: str | None,
             held_text: str | None) -> tuple[list[int], list[int], str | None, dict[str, Any]]:
     """``(calibration ids, held-out ids, where the held-out ids come from, the calibration record)``."""
-    from supertiny import evaluate as ev
 
     if inputs["task"] is not None:
         calib_ids, calibration = _task_ids(inputs, config, lm.tokenizer)
@@ -221,7 +223,6 @@ def _tokens(lm: Any, inputs: dict[str, str | None], config: QuantizeConfig, text
 def _compare(run: Any, reference: Any, model: Any, held: list[int], held_from: str | None, config: QuantizeConfig,
              scheme: Scheme, log: Log, progress: Progress | None) -> dict[str, Any]:
     """The quantized model against the unquantized one on the held-out tokens."""
-    from supertiny import evaluate as ev
 
     if not held or reference is None:
         return {"skipped": "no held-out tokens left after the calibration tokens"}
@@ -240,7 +241,6 @@ def _task_ids(inputs: dict[str, str | None], config: QuantizeConfig, tokenizer: 
               ) -> tuple[list[int], dict[str, Any]]:
     """Calibration token stream from task records (chat prompt + answer each, end to end), with the prompt the
     model was trained with (a fine-tuned model's brief prompt, from its manifest)."""
-    from supertiny.stages.transfer.examples import load_examples
 
     assert inputs["task"] is not None and inputs["data"] is not None
     task = task_for(inputs["task"], inputs["model"])
@@ -258,7 +258,6 @@ def _task_ids(inputs: dict[str, str | None], config: QuantizeConfig, tokenizer: 
 
 def _task_scores(inputs: dict[str, str | None], written: Path, config: QuantizeConfig, prompt: str) -> dict[str, Any]:
     """Task score of the written (quantized) checkpoint and of the source, on the same records and prompt."""
-    from supertiny.stages.eval import EvalConfig, evaluate_task_model
 
     task, data = inputs["task"], inputs["task_eval"]
     assert task is not None and data is not None

@@ -25,14 +25,18 @@ from typing import Any
 
 from supertiny import schema
 from supertiny.errors import InvalidInputError
-from supertiny.manifest import Manifest
+from supertiny.manifest import Manifest, hash_path
+from supertiny.models import load_model, resolve
 from supertiny.settings import NON_NEG_INT, POS_INT, POSITIVE, UNIT, setting
-from supertiny.stages.registry import Log, Progress, stage
+from supertiny.stages.registry import Log, Progress, get, stage
+from supertiny.stages.transfer.examples import load_examples
+from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
 from supertiny.stages.transfer.losses import LOSS_NAMES
 from supertiny.stages.transfer.training import (
     AGREEMENT_SEQUENCES,
     Setup,
     TrainingConfig,
+    check_same_tokenizer,
     dev_evaluator,
     finish,
     fit,
@@ -79,17 +83,11 @@ INPUTS = training_inputs("Teacher data from `supertiny teach` (input, response) 
 
 @stage(STAGE, version=STAGE_VERSION, config=DistillConfig, inputs=INPUTS, output="dir", command=("distill",),
        out_option="--out")
-def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Log, progress: Progress | None
-        ) -> Manifest | None:
-    """Train ``inputs["student"]`` into ``out`` (None on the other processes of a data-parallel run)."""
-    return train(inputs, out, config, log, progress)
-
-
-def train(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Log, progress: Progress | None,
-          callbacks: Sequence[Any] = ()) -> Manifest | None:
-    """The stage's body; ``callbacks``: extra Trainer callbacks (a library caller's)."""
+def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Log, progress: Progress | None,
+        callbacks: Sequence[Any] = ()) -> Manifest | None:
+    """Train ``inputs["student"]`` into ``out`` (None on the other processes of a data-parallel run);
+    ``callbacks``: extra Trainer callbacks (a library caller's)."""
     # torch and transformers: heavy, and only a training process needs them
-    from supertiny.stages.transfer.examples import load_examples
     from supertiny.stages.transfer.trainer import Collator, DistillTrainer, ExampleDataset
 
     if config.loss != "sft" and inputs["teacher"] is None:
@@ -131,10 +129,6 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
              ) -> tuple[Any, list[tuple[list[int], Any]], dict[str, Any]]:
     """The teacher's part, done once and then dropped: its top-k cache (KD losses; reused when it exists) and its
     logits on a few sequences for the agreement figures. Returns ``(cache, agreement rows, cache info)``."""
-    from supertiny.manifest import hash_path
-    from supertiny.models import load_model, resolve
-    from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
-    from supertiny.stages.transfer.training import check_same_tokenizer
 
     if teacher is None:
         return None, [], {}
@@ -227,5 +221,4 @@ def distill(student: str | os.PathLike[str], out: str | os.PathLike[str], task: 
     if cache_dir is not None:
         config = dataclasses.replace(config, cache_dir=str(cache_dir))
     inputs = {"student": student, "task": task, "data": data, "teacher": teacher, "dev": dev}
-    return train({k: None if v is None else str(v) for k, v in inputs.items()}, Path(out).expanduser(), config,
-                 log or (lambda _m: None), progress, callbacks)
+    return get(STAGE).call(inputs, out, config, log, progress, callbacks=callbacks)

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from supertiny.errors import InvalidInputError
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.stages.transfer.teachers import Message, Teacher
 from supertiny.tasks import Task
@@ -172,7 +173,6 @@ class Judge:
     """
 
     def __init__(self, model: Teacher, threshold: float = 4.0, max_tokens: int = JUDGE_MAX_TOKENS):
-        from supertiny.errors import InvalidInputError
 
         if not SCALE[0] <= threshold <= SCALE[1]:
             raise InvalidInputError(f"the judge threshold is a grade in 1-5, got {threshold:g}")

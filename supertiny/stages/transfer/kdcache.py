@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.losses import teacher_topk
 
 if TYPE_CHECKING:
     import torch
@@ -139,7 +140,6 @@ def build_cache(model: Any, examples: Sequence[tuple[Sequence[int], int]], k: in
         dtype: ``float16`` or ``float32`` for the values.
         progress: called with (examples done, examples in all).
     """
-    from supertiny.stages.transfer.losses import teacher_topk
 
     if dtype not in VALUE_DTYPES:
         raise InvalidInputError(f"unknown KD cache dtype {dtype!r}; choose one of {', '.join(VALUE_DTYPES)}")

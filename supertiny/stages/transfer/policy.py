@@ -44,13 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.tasks import field_matches
 
 KL_ESTIMATORS = ("k3", "full")
 
 
 def task_reward(task: Any, text: str | None, label: dict[str, Any]) -> float:
     """The fraction of ``task``'s fields that ``text`` gets right against ``label`` (0 with no JSON)."""
-    from supertiny.tasks import field_matches
 
     parsed = task.parse(text)
     if not parsed.json_valid:

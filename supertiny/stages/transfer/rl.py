@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.manifest import Manifest
+from supertiny.models import load_model
 from supertiny.settings import NON_NEG, NON_NEG_INT, POS_INT, POSITIVE, at_least, setting
-from supertiny.stages.registry import Log, Progress, stage
+from supertiny.stages.registry import Log, Progress, get, stage
 from supertiny.stages.transfer.policy import KL_ESTIMATORS, task_reward
 from supertiny.stages.transfer.training import (
     TrainingConfig,
+    check_same_tokenizer,
     dev_evaluator,
     finish,
     fit,
@@ -70,19 +72,12 @@ INPUTS = training_inputs("Labelled task data (input, label): the reward compares
 
 @stage(STAGE, version=STAGE_VERSION, config=RLConfig, inputs=INPUTS, output="dir", command=("rl",),
        out_option="--out")
-def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, progress: Progress | None
-        ) -> Manifest | None:
-    """RL-train ``inputs["student"]`` into ``out`` on the task reward (None on the other processes)."""
-    return train(inputs, out, config, log, progress)
-
-
-def train(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, progress: Progress | None,
-          callbacks: Sequence[Any] = (), reward: Reward = task_reward) -> Manifest | None:
-    """The stage's body; ``callbacks``: extra Trainer callbacks, ``reward``: ``(task, text, label) -> float``."""
+def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, progress: Progress | None,
+        callbacks: Sequence[Any] = (), reward: Reward = task_reward) -> Manifest | None:
+    """RL-train ``inputs["student"]`` into ``out`` on the task reward (None on the other processes);
+    ``callbacks``: extra Trainer callbacks, ``reward``: ``(task, text, label) -> float`` (a library caller's)."""
     # torch and transformers: heavy, and only a training process needs them
-    from supertiny.models import load_model
     from supertiny.stages.transfer.rl_trainer import PromptIndices, RLTrainer, collate, load_prompts
-    from supertiny.stages.transfer.training import check_same_tokenizer
 
     teacher = inputs["teacher"]
     s = setup(STAGE, STAGE_VERSION, inputs, out, config, log, lambda work: training_args(
@@ -155,5 +150,4 @@ def rl(student: str | os.PathLike[str], out: str | os.PathLike[str], task: str |
     if resume:
         config = dataclasses.replace(config, resume=True)
     inputs = {"student": student, "task": task, "data": data, "teacher": teacher, "dev": dev}
-    return train({k: None if v is None else str(v) for k, v in inputs.items()}, Path(out).expanduser(), config,
-                 log or (lambda _m: None), progress, callbacks, reward or task_reward)
+    return get(STAGE).call(inputs, out, config, log, progress, callbacks=callbacks, reward=reward or task_reward)

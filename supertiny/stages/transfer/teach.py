@@ -53,6 +53,7 @@ from typing import Any
 from supertiny import schema
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest, StageRun
+from supertiny.models import resolve
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.settings import NON_NEG, NON_NEG_INT, POS_INT, UNIT, identity, setting
 from supertiny.stages.registry import Input, Log, Progress, stage
@@ -302,7 +303,6 @@ def _source(teacher: str) -> str:
     """What the manifest names as the source: a server URL as it is, a model resolved to its file or folder."""
     if is_url(teacher):
         return teacher
-    from supertiny.models import resolve
 
     return str(resolve(teacher)[1])
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.manifest import ManifestError, read_manifest
 
 STAGE, STAGE_VERSION = "teach", 1
 PROGRESS_SUFFIX = ".partial"
@@ -94,7 +95,6 @@ def read_progress(path: Path, key: dict[str, Any]) -> dict[int, PromptResult]:
 
 def read_finished(out: Path, key: dict[str, Any], overwrite: bool) -> dict[int, PromptResult]:
     """Prompts of an earlier finished output with the same settings (line j is prompt j)."""
-    from supertiny.manifest import ManifestError, read_manifest
 
     if not out.exists() or overwrite:
         return {}

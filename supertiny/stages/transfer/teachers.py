@@ -4,8 +4,8 @@ Both backends have one method, :meth:`Teacher.complete` (chat messages and sampl
 in, reply text out), and are safe to call from several threads at once: that is how
 ``supertiny teach`` keeps ``--concurrency`` requests in flight.
 
-- :class:`LocalTeacher` runs any :func:`supertiny.runtime.open_engine` artifact (a GGUF file in
-  llama.cpp is the fast one). Each calling thread gets its own engine, opened on first use and
+- :class:`LocalTeacher` runs any :func:`supertiny.runtime.engines.base.open_engine` artifact (a GGUF
+  file in llama.cpp is the fast one). Each calling thread gets its own engine, opened on first use and
   never reset between prompts: llama.cpp then re-evaluates only what a new prompt does not
   share with the previous one on that engine, so a long system prompt common to every prompt
   is evaluated once per worker, and the K samples of a prompt reuse the whole prompt.
@@ -48,7 +48,10 @@ from typing import Any
 
 from supertiny.backends import BACKENDS, batching, threads_for
 from supertiny.errors import InvalidInputError, UserError
+from supertiny.models import resolve
+from supertiny.runtime.engines.base import EngineOptions, open_engine
 from supertiny.runtime.engines.sampling import Sampling
+from supertiny.runtime.serving.pool import open_engines
 from supertiny.settings import NON_NEG, NON_NEG_INT, POS_INT, POSITIVE, Settings, setting
 
 Message = dict[str, str]
@@ -147,8 +150,6 @@ class LocalTeacher(Teacher):
     """A local artifact: ``workers`` engines, each calling thread keeps the one it first took (never reset)."""
 
     def __init__(self, model: str, options: TeacherOptions, workers: int = 1):
-        from supertiny.runtime.engines.base import EngineOptions, open_engine
-
         self.spec = model
         self.threads = threads_for(options.threads, share=workers)
         engine_options = EngineOptions(threads=self.threads, n_ctx=options.n_ctx)
@@ -210,15 +211,13 @@ class BatchedTeacher(Teacher):
     """
 
     def __init__(self, path: Any, spec: str, options: TeacherOptions, workers: int):
-        from supertiny.runtime.engines.base import EngineOptions
-        from supertiny.runtime.engines.batched import BatchedLlamaEngine
-        from supertiny.runtime.serving.batch_scheduler import BatchScheduler
-
         self.spec, self.workers = spec, workers
         self.threads = threads_for(options.threads * workers if options.threads else None, cap=True)
-        self.engine = BatchedLlamaEngine.open(path, EngineOptions(threads=self.threads, n_ctx=options.n_ctx),
-                                              parallel=workers)
-        self.scheduler = BatchScheduler(self.engine, max_queue=workers, request_timeout_s=None)
+        # a GGUF file: open_teacher makes this teacher only for what batches continuously
+        engine_options = EngineOptions(threads=self.threads, n_ctx=options.n_ctx)
+        self.pool = open_engines(path, "gguf", options.backend, engine_options, parallel=workers)
+        self.engine = self.pool.engines[0]
+        self.scheduler = self.pool.scheduler(max_queue=workers, request_timeout_s=None)
         self._lock = threading.Lock()
         self.n_ctx = self.engine.n_ctx
         self.info = self.engine.info
@@ -242,7 +241,7 @@ class BatchedTeacher(Teacher):
     def close(self) -> None:
         scheduler = self.__dict__.pop("scheduler", None)
         if scheduler is not None and scheduler.close(cancel=True, timeout=30.0):
-            self.engine.close()
+            self.pool.close()
 
 
 def _read_reply(chunks: Generator[Any, None, None], until_json: bool) -> str:
@@ -354,8 +353,6 @@ def open_teacher(spec: str, options: TeacherOptions | None = None, workers: int 
     if is_url(spec):
         return HttpTeacher(spec, options)
     if options.batched:
-        from supertiny.models import resolve
-
         kind, path = resolve(spec)
         if batching(kind, options.backend) != "continuous":
             raise InvalidInputError(f"batched teaching decodes GGUF files on llama.cpp; {spec} is a {kind} "

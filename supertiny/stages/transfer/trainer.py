@@ -1,11 +1,11 @@
-"""The training core shared by ``distill`` (and the RL stage): data, a Trainer, callbacks.
+"""The Trainer core of ``distill`` (the RL stage's Trainer builds on it): the batches, a Trainer, callbacks.
 
 Built on transformers' :class:`~transformers.Trainer`, so one command runs on one CPU,
 one GPU, or data-parallel under ``torchrun``/``accelerate launch`` (gloo on CPU), and
 checkpoints (safetensors weights, optimizer, scheduler, RNG states, data position)
 resume exactly. What is ours:
 
-* :class:`ExampleDataset` + :func:`collate`: chat examples (prompt + answer ids) padded
+* :class:`ExampleDataset` + :class:`Collator`: chat examples (:mod:`.examples`) padded
   on the **left**, so every answer ends at the last column and the model computes logits
   only for the answer span (``logits_to_keep``): the ~700-token task prompt costs its
   forward/backward pass but not its 49k-wide vocabulary projection. ``position_ids``
@@ -14,7 +14,8 @@ resume exactly. What is ours:
   on the answer tokens (the prompt is masked), with the cached teacher top-k.
 * Callbacks: :class:`MetricsCallback` (JSON Lines: step, loss, lr, tokens/s, evals),
   :class:`ProgressCallback` (the CLI's bar), :class:`EvalCallback` (a function of the
-  model every N steps and at the end, main process only); :func:`plot_metrics` (PNG).
+  model every N steps and at the end, main process only). The run around it (setup,
+  resume, install, the metrics plot) is :mod:`.training`.
 """
 
 from __future__ import annotations

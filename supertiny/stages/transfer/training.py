@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supertiny import evaluate as ev
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest, StageRun
+from supertiny.models import load_model, resolve
 from supertiny.outdir import check_output_dir
 from supertiny.settings import NON_NEG_INT, POS_INT, Settings, setting
 from supertiny.stages.registry import Input, Log, Progress
 from supertiny.stages.runs import model_run, settings
-from supertiny.tasks import MAX_ANSWER_TOKENS, PROMPT_CHOICES, Task, read_task_data, task_for
+from supertiny.tasks import MAX_ANSWER_TOKENS, PROMPT_CHOICES, Task, evaluate_task, read_task_data, task_for
 
 AGREEMENT_SEQUENCES = 2  # dev sequences on which student and teacher are compared during training
 
@@ -152,7 +154,6 @@ def setup(name: str, version: int, inputs: dict[str, str | None], out: Path, con
     (``make_args(work)``), the manifest run and the student."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from supertiny.models import load_model, resolve
 
     student, teacher = inputs["student"], inputs["teacher"]
     assert student is not None and inputs["task"] is not None
@@ -190,8 +191,6 @@ def dev_evaluator(task: Task, tokenizer: Any, dev: list[Any], teacher_rows: list
     """The evaluation run during training: task score on dev records, agreement with the teacher."""
     import torch
 
-    from supertiny import evaluate as ev
-    from supertiny.tasks import evaluate_task
 
     def complete(model: Any) -> Callable[[list[dict[str, str]]], str]:
         def fn(messages: list[dict[str, str]]) -> str:
