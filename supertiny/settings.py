@@ -163,7 +163,10 @@ def _check_of(f: Field) -> schema.Check:
         if value is MISSING:
             raise schema.Bad("required, not given")
         if isinstance(value, str) and f.meta.parse is not None and f.base is not str:
-            value = f.meta.parse(value)  # a recipe may give "32,256" for a tuple, as the command line does
+            try:  # a recipe may give "32,256" for a tuple, as the command line does
+                value = f.meta.parse(value)
+            except InvalidInputError as exc:
+                raise schema.Bad(str(exc)) from None
         value = base_check(value)
         if f.meta.choices is not None and value not in f.meta.choices:
             known = ", ".join(map(str, f.meta.choices))

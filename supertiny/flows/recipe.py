@@ -42,6 +42,7 @@ SCHEMA_VERSION = 1
 EXPORT_FORMATS = ("gguf", "onnx")
 TEACH_QUANTS = ("Q8_0", "F16", "none")  # the domain teacher as a GGUF for fast generation (none: as it is)
 EXPORT_STAGES = {"gguf": "export-gguf", "onnx": "export-onnx"}
+EXPORT_SHARED = ("verify", "verify_tokens", "threads")  # settings both exporters mean alike: a bare key sets both
 
 
 def _formats(v: Any) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ class Section:
 # The stages a recipe configures, in the order they run; each table's keys are its stage's settings
 # (a command's options: `[distill] batch_size = 8` is `supertiny distill --batch-size 8`), checked by
 # the stage's Config. [export] takes `formats` and each exporter's settings prefixed by its format
-# (`gguf_quant`), a setting both exporters have also bare (`verify_tokens`).
+# (`gguf_quant`), the settings both exporters mean alike also bare (EXPORT_SHARED: `verify_tokens`).
 SECTIONS: dict[str, Section] = {
     "prototype": Section("distill", fixed={"loss": "sft"}),
     "teach": Section("teach", own={"quant": (schema.one_of(*TEACH_QUANTS), "Q8_0")}),
@@ -92,8 +93,7 @@ _TOP: dict[str, Check] = {"schema_version": schema.version(SCHEMA_VERSION), "nam
 def export_checks() -> dict[str, Check]:
     """[export]'s keys: ``formats``, each exporter's settings as ``FORMAT_KEY``, and the shared ones bare."""
     per = {fmt: recipe_checks(get(stage).config) for fmt, stage in EXPORT_STAGES.items()}
-    shared = set.intersection(*(set(c) for c in per.values()))
-    checks = {k: c for k, c in per["gguf"].items() if k in shared}
+    checks = {k: per["gguf"][k] for k in EXPORT_SHARED}
     for fmt, table in per.items():
         checks.update({f"{fmt}_{k}": c for k, c in table.items()})
     return {**SECTIONS["export"].checks(), **checks}
@@ -101,8 +101,7 @@ def export_checks() -> dict[str, Check]:
 
 def export_values(values: Mapping[str, Any], fmt: str) -> dict[str, Any]:
     """The settings of the ``fmt`` exporter in an [export] table (its prefixed keys win over the shared ones)."""
-    keys = set(recipe_checks(get(EXPORT_STAGES[fmt]).config))
-    out = {k: v for k, v in values.items() if k in keys}
+    out = {k: v for k, v in values.items() if k in EXPORT_SHARED}
     out.update({k[len(fmt) + 1:]: v for k, v in values.items() if k.startswith(f"{fmt}_")})
     return out
 

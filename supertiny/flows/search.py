@@ -149,7 +149,7 @@ class _Search:
                 return {**self._read(invs, skip=k), "agreement": {"skipped": str(exc)}, "cached": False}
         if fresh:
             self.ran["measure"] += 1
-        return {**self._read(invs), "cached": not fresh}
+        return {**self._read(invs), "cached": not fresh and not rebench}
 
     def _what(self, kind: str, inv: Invocation) -> str:
         if kind == "bench":
