@@ -134,7 +134,7 @@ class Field:
             return self.meta.off or None
         return "--no-" + self.flag[2:]
 
-    @property
+    @functools.cached_property
     def check(self) -> schema.Check:
         """The one check of a value (None passes where the default is None)."""
         return _check_of(self)

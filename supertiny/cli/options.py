@@ -176,7 +176,6 @@ def stage_command(group: click.Group, stage: Stage, name: str, help: str, lines:
     @config_options(stage.config, skip=tuple(fixed or ()))
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
     def command(as_json: bool, **params: Any) -> None:
-
         inputs, out = inputs_from(stage, params), params.pop("out")
         config = config_from(stage.config, params, **(fixed or {}))
         quiet_transformers()

@@ -71,7 +71,6 @@ def plot(report: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     out = check_plot_path(out)
     key, direction = LATENCY[report["latency"]]
     points = [p for p in report["points"] if "error" not in p and p.get(key) is not None and p.get("quality")

@@ -66,7 +66,6 @@ def calibrate(model: Any, windows: Sequence[Sequence[int]], stats: Sequence[Stat
     """
     import torch
 
-
     layout = layout_of(model)
     handles: list[Any] = []
     try:

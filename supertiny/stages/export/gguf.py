@@ -189,7 +189,6 @@ def run(inputs: dict[str, str | None], out: Path, config: GGUFExportConfig, log:
 
 
 def _text(path: str | None) -> str:
-
     return read_text(path or default_corpus_path())
 
 

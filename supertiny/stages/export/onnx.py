@@ -137,7 +137,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _verify(stage: Path, lm: Any, text: str, config: OnnxExportConfig, strict: bool) -> dict[str, Any]:
     import numpy as np
 
-
     engine = OnnxEngine(stage, threads=config.threads)
     tokenizer = load_tokenizer(stage)
     stop = stop_ids(tokenizer, stage)

@@ -173,7 +173,6 @@ class Judge:
     """
 
     def __init__(self, model: Teacher, threshold: float = 4.0, max_tokens: int = JUDGE_MAX_TOKENS):
-
         if not SCALE[0] <= threshold <= SCALE[1]:
             raise InvalidInputError(f"the judge threshold is a grade in 1-5, got {threshold:g}")
         self.model, self.threshold, self.max_tokens = model, threshold, max_tokens

@@ -154,7 +154,6 @@ def setup(name: str, version: int, inputs: dict[str, str | None], out: Path, con
     (``make_args(work)``), the manifest run and the student."""
     from transformers.trainer_utils import get_last_checkpoint
 
-
     student, teacher = inputs["student"], inputs["teacher"]
     assert student is not None and inputs["task"] is not None
     out = out.absolute()
@@ -190,7 +189,6 @@ def dev_evaluator(task: Task, tokenizer: Any, dev: list[Any], teacher_rows: list
                   ) -> Callable[[Any], dict[str, Any]]:
     """The evaluation run during training: task score on dev records, agreement with the teacher."""
     import torch
-
 
     def complete(model: Any) -> Callable[[list[dict[str, str]]], str]:
         def fn(messages: list[dict[str, str]]) -> str:
