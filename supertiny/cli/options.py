@@ -10,8 +10,9 @@ and exit 2 like every other user error.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import MISSING
 from typing import Any
 
@@ -115,9 +116,6 @@ def inputs_from(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
 
 def progress_bar(label: str) -> Any:
     """A context manager yielding a ``(done, total)`` callback that draws a bar on stderr."""
-    import sys
-    from contextlib import contextmanager
-
     @contextmanager
     def bar() -> Any:
         state: dict[str, Any] = {}

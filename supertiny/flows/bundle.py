@@ -15,6 +15,8 @@ end of ``supertiny run``::
 ``supertiny verify BUNDLE`` re-hashes it and re-runs the budget check on the machine it runs
 on (:func:`check_budget`); ``serve``, ``eval`` and ``bench`` accept the folder and use the
 primary artifact (:func:`supertiny.models.resolve` follows ``details["primary"]``).
+
+matplotlib (the ``plot`` extra) is imported only to draw ``summary.png``.
 """
 
 from __future__ import annotations

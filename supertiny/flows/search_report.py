@@ -1,4 +1,7 @@
-"""A search report as text (one row per candidate, the recommendation) and as a plot."""
+"""A search report as text (one row per candidate, the recommendation) and as a plot.
+
+matplotlib (the ``plot`` extra) is imported only to draw.
+"""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ Example::
     from supertiny.stages.export.imatrix import ImatrixStatistic
     calib, held_out = spans(ids, 2048, 2048)
     imatrix, loss = calibrate(model, token_windows(calib, 512), [ImatrixStatistic(spec), LMLoss()])
+
+torch is imported inside the functions: importing this module stays light.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import Any
 from supertiny import schema
 from supertiny.backends import BACKENDS, PROVIDERS, batching, cores, threads_for
 from supertiny.errors import InvalidInputError, SupertinyError, UserError
+from supertiny.evaluate import default_corpus_path, read_text
 from supertiny.models import resolve
 from supertiny.runtime.bench.loadtest import LoadRun, closed_loop, decode_rate, peak_rss_bytes, percentile, summarize
 from supertiny.runtime.engines.base import EngineOptions
@@ -44,6 +45,7 @@ from supertiny.runtime.engines.cpu_build import build_report, cpu_flags
 from supertiny.runtime.engines.llamacpp import llama_cpp_module
 from supertiny.runtime.serving.pool import EnginePool, batching_mode, open_engines, parse_parallel
 from supertiny.settings import NON_NEG_INT, POS_INT, Settings, at_least, setting
+from supertiny.targets import check
 
 __all__ = ["BenchConfig", "LoadRun", "bench", "bench_artifact", "closed_loop", "decode_rate", "measured_for_budgets",
            "peak_rss_bytes", "percentile", "summarize", "verdicts"]
@@ -144,8 +146,6 @@ def measured_for_budgets(result: dict[str, Any], target: Any) -> dict[str, float
 
 def verdicts(result: dict[str, Any], target: Any) -> list[dict[str, Any]]:
     """Pass/fail for each budget of ``target`` (``passed`` None: not measured)."""
-    from supertiny.targets import check
-
     return [v.to_dict() for v in check(target, measured_for_budgets(result, target))]
 
 
@@ -153,8 +153,6 @@ def verdicts(result: dict[str, Any], target: Any) -> list[dict[str, Any]]:
 
 
 def _corpus_ids(engine: Any, need: int) -> list[int]:
-    from supertiny.evaluate import default_corpus_path, read_text
-
     text = read_text(default_corpus_path())
     ids = list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
     while len(ids) < need:  # long prompts on a short corpus: repeat it (speed does not care)

@@ -38,6 +38,7 @@ import numpy as np
 
 from supertiny.backends import DTYPES, PROVIDER_ALIASES, PROVIDERS
 from supertiny.errors import InvalidInputError
+from supertiny.models import resolve
 from supertiny.runtime.engines.chat import chat_template_ids
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.engines.text import Chunk, Completion, text_chunks
@@ -287,8 +288,6 @@ def open_engine(model: str | os.PathLike[str], backend: str = "auto", options: E
             print(engine.complete("The capital of France is", max_tokens=8).text)
     """
     import importlib
-
-    from supertiny.models import resolve
 
     for module in _ENGINE_MODULES:
         importlib.import_module(f"{__package__}.{module}")

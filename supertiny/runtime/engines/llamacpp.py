@@ -20,6 +20,8 @@ import numpy as np
 from supertiny.backends import threads_for
 from supertiny.errors import InvalidInputError, MissingExtraError, NotAModelError
 from supertiny.gguf_file import GGUFFile
+from supertiny.gguf_tokenizer import tokenizer_from_gguf
+from supertiny.models import describe_gguf
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
 from supertiny.runtime.engines.sampling import Sampling
 
@@ -112,13 +114,9 @@ class LlamaCppEngine(Engine):
                    logits_all=options.logits, flash_attn=options.flash_attn)
 
     def _load_tokenizer(self) -> tuple[Any, str]:
-        from supertiny.gguf_tokenizer import tokenizer_from_gguf
-
         return tokenizer_from_gguf(self.gguf)
 
     def _describe(self) -> dict[str, Any]:
-        from supertiny.models import describe_gguf
-
         return describe_gguf(self.gguf).to_dict()
 
     @property

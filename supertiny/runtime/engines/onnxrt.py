@@ -29,7 +29,7 @@ import numpy as np
 
 from supertiny.backends import PROVIDER_ALIASES, PROVIDERS, threads_for
 from supertiny.errors import InvalidInputError, MissingExtraError, NotAModelError
-from supertiny.models import ONNX_MODEL_FILE
+from supertiny.models import ONNX_MODEL_FILE, describe_onnx
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 
@@ -112,8 +112,6 @@ class OnnxEngine(Engine):
         return load_tokenizer(self.path.parent), "tokenizer files of the export"
 
     def _describe(self) -> dict[str, Any]:
-        from supertiny.models import describe_onnx
-
         return describe_onnx(self.path.parent).to_dict()
 
     @property

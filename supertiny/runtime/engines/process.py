@@ -10,6 +10,7 @@ import os
 import sys
 
 from supertiny.errors import UserError
+from supertiny.models import resolve
 
 
 def keep_torch_out(model: str | os.PathLike[str], backend: str = "auto") -> bool:
@@ -21,8 +22,6 @@ def keep_torch_out(model: str | os.PathLike[str], backend: str = "auto") -> bool
     transformers is first imported (the CLI's ``serve`` and the bench's child
     processes do); it returns whether torch was kept out.
     """
-    from supertiny.models import resolve
-
     try:
         kind, _ = resolve(model)
     except UserError:  # opening it will say what is wrong

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from supertiny.errors import InvalidInputError
+from supertiny.models import load_model
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
 from supertiny.runtime.engines.sampling import Sampling, pick_token
+from supertiny.runtime.engines.text import text_chunks
 
 
 @register_engine("torch", kinds=("hf", "gguf"), native=("hf",),
@@ -35,8 +37,6 @@ class TorchEngine(Engine):
     def __init__(self, path: str | Path, threads: int | None = None, n_ctx: int | None = None,
                  dtype: str = "float32", device: str = "cpu"):
         import torch
-
-        from supertiny.models import load_model
 
         if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
             raise InvalidInputError(f"torch device {device!r} is not available here (torch {torch.__version__})")
@@ -99,8 +99,6 @@ class TorchEngine(Engine):
         padded batch can pick another token than one sequence alone (float rounding).
         """
         import torch
-
-        from supertiny.runtime.engines.text import text_chunks
 
         ids = [self.prompt_ids(p) for p in prompts]
         budget = min(self.check_request(len(x), max_tokens) for x in ids)

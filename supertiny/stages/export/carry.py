@@ -32,6 +32,8 @@ embedding lookup of a tied model becomes ``GatherBlockQuantized`` reading the ou
 layer's codes. The weights are found by value: a graph initializer equal, bit for bit,
 to a dequantized weight (transposed for a MatMul) is that weight, so the mapping needs
 no knowledge of the exporter's tensor names and cannot pick a wrong one.
+
+onnx (the ``onnx`` extra) is imported inside the functions that rewrite a graph.
 """
 
 from __future__ import annotations

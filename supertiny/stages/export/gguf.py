@@ -32,6 +32,7 @@ from supertiny.models import describe, load_model, resolve
 from supertiny.readers import default_corpus_path, read_text, spans
 from supertiny.runtime.engines.llamacpp import LlamaCppEngine
 from supertiny.settings import POS_INT, Settings, at_least, setting
+from supertiny.stages.export.imatrix import collect_imatrix
 from supertiny.stages.export.parity import ExportVerificationError, check_export, describe_failure
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
@@ -247,8 +248,6 @@ def export_gguf(model: str | os.PathLike[str], out: str | os.PathLike[str], conf
 
 
 def _imatrix(lm: Any, spec: Any, text: str | None, config: GGUFExportConfig) -> tuple[dict[str, Any], str]:
-    from supertiny.stages.export.imatrix import collect_imatrix
-
     assert text is not None
     ids = tokenize_text(lm.tokenizer, text)
     skip = config.verify_tokens if config.verify else 0

@@ -6,6 +6,8 @@ llama.cpp regexes equal the tokenizer's own pre-tokenizer (looked up in
 :data:`supertiny.gguf_file.PRE_TOKENIZERS`, never guessed); SentencePiece
 vocabularies (a ``tokenizer.model`` file) become ``llama`` with scores and byte
 tokens. The export's parity check then tokenizes in llama.cpp and compares.
+
+sentencepiece is imported only for a SentencePiece vocabulary.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Tensors stream from the source to the file one at a time (peak memory stays near
 tensor, not the model), through gguf-py's writer and the architecture's tensor-name table
 (:mod:`supertiny.archs`); llama.cpp's rotary q/k permutation is applied on the way. The
 stage around it (config, parity check, manifest) is :mod:`.gguf`.
+
+gguf-py is imported inside the functions that write (numpy is already loaded by the CLI).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from supertiny.models import LoadedModel
 from supertiny.runtime.engines.llamacpp import captured_llama_log, llama_cpp_module
 from supertiny.stages.export.carry import Carried, gguf_carried_blocks
 from supertiny.stages.export.gguf_vocab import vocab_from_tokenizer, write_vocab
+from supertiny.stages.export.imatrix import ImatrixArray
 
 Progress = Callable[[int, int], None]
 
@@ -210,8 +213,6 @@ def write(path: Path, source: Source, cfg: Any, spec: ArchSpec, tokenizer: Any, 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None,
               imatrix: dict[str, np.ndarray] | None = None) -> list[str]:
     """Quantize with llama.cpp; returns what llama.cpp printed (one line per fallback etc.)."""
-    from supertiny.stages.export.imatrix import ImatrixArray
-
     llama_cpp = llama_cpp_module()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")

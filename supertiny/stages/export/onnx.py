@@ -39,6 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from supertiny import schema
 from supertiny.errors import InvalidInputError
 from supertiny.evaluate import tokenize_text
@@ -48,6 +50,7 @@ from supertiny.outdir import check_output_dir
 from supertiny.readers import default_corpus_path, read_text
 from supertiny.runtime.engines.onnxrt import OnnxEngine, load_tokenizer, stop_ids
 from supertiny.settings import POS_INT, Settings, at_least, setting
+from supertiny.stages.export import onnx_graph as graph
 from supertiny.stages.export.parity import ExportVerificationError, check_export, describe_failure
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
@@ -135,8 +138,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _verify(stage: Path, lm: Any, text: str, config: OnnxExportConfig, strict: bool) -> dict[str, Any]:
-    import numpy as np
-
     engine = OnnxEngine(stage, threads=config.threads)
     tokenizer = load_tokenizer(stage)
     stop = stop_ids(tokenizer, stage)
@@ -166,7 +167,6 @@ def run(inputs: dict[str, str | None], out: Path, config: OnnxExportConfig, log:
         ) -> Manifest:
     """Export ``inputs["model"]`` to the verified ONNX directory ``out`` (see the module docstring)."""
     # onnx, optimum and onnxruntime (and torch for the export): heavy, an exporting process's only
-    from supertiny.stages.export import onnx_graph as graph
     from supertiny.stages.export.carry import carry_into_onnx, load_carried
 
     model = inputs["model"]
@@ -226,8 +226,6 @@ def run(inputs: dict[str, str | None], out: Path, config: OnnxExportConfig, log:
 def _weights(run: Any, onnx: Any, model_file: Path, config: OnnxExportConfig, carried: Any, carry_into_onnx: Any,
              log: Log) -> dict[str, Any] | None:
     """float16, the carried codes or onnxruntime's quantization, as asked (the genai builder did its own)."""
-    from supertiny.stages.export import onnx_graph as graph
-
     if config.format == "optimum" and config.fp16:
         log("converting to float16")
         with run.step("fp16"), graph.quiet():

@@ -18,6 +18,8 @@ The file's metadata holds ``format: supertiny-quant``, ``version``, the scheme (
 as JSON), ``tied`` (the embedding tensor that shares ``lm_head.weight``) and ``layers``
 (per weight: ``shape``, ``format``, ``group``). Exporters read it with :func:`read_coded`
 and carry the codes instead of re-quantizing (:mod:`supertiny.stages.export.carry`).
+
+safetensors (and through it torch) is imported inside the functions that read and write.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Example::
 
     distill("/tmp/student", "/tmp/kd", "factory-tickets", "teacher.jsonl",
             DistillConfig(loss="fkl", steps=200), teacher="/tmp/domain-teacher")
+
+torch and transformers are imported inside the functions that train (the CLI reads the Config without them).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ resume, and any change builds a new one. No pickle anywhere.
 >>> c = TopKCache(np.zeros((3, 2), np.float16), np.zeros((3, 2), np.int32), np.array([0, 1, 3]), {})
 >>> c.rows(1)[0].shape
 (2, 2)
+
+torch and safetensors are imported inside the functions that build, save and load.
 """
 
 from __future__ import annotations

@@ -25,10 +25,13 @@ return one value per row ``[N]``; they are registered by name with :func:`regist
 >>> q = torch.log(torch.tensor([[0.25, 0.75]]))
 >>> round(float(LOSSES["fkl"](q, p, 0.5)[0]), 6)  # 0.5*ln(0.5/0.25) + 0.5*ln(0.5/0.75)
 0.143841
+
+torch is imported inside the functions: the loss names are read without it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -83,8 +86,6 @@ def reverse_kl(student: torch.Tensor, teacher: torch.Tensor, beta: float = 0.5) 
 @register_loss("jsd")
 def generalized_jsd(student: torch.Tensor, teacher: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
     """``beta*KL(P_t ‖ M) + (1-beta)*KL(P_s ‖ M)`` with ``M = beta*P_t + (1-beta)*P_s``; 0 at beta 0 or 1."""
-    import math
-
     import torch
 
     if beta <= 0.0 or beta >= 1.0:  # M equals one side: both terms vanish

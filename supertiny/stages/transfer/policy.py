@@ -35,6 +35,8 @@ Training runs on transformers' Trainer like ``distill`` (:mod:`.trainer`): check
 ``OUT.work/`` every ``save_every`` steps, ``--resume`` continues bit-identically, a
 metrics JSONL (loss, reward mean/std, KL, tokens/s, dev evaluations), ``training.png``,
 and ``OUT`` is a plain Hugging Face directory with an ``rl`` manifest.
+
+torch and transformers are imported inside the functions: importing this module stays light.
 """
 
 from __future__ import annotations

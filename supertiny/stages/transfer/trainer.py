@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
@@ -77,8 +78,6 @@ class Collator:
 
 
 def _cat(arrays: list[Any]) -> Any:
-    import numpy as np
-
     return np.ascontiguousarray(np.concatenate(arrays))
 
 

@@ -8,11 +8,14 @@ folder). Checkpoints go to ``OUT.work/`` (``checkpoint-N/``: safetensors weights
 scheduler, RNG states, step) with ``metrics.jsonl``; ``--resume`` continues from the last
 one with bit-identical results. ``OUT`` is a plain Hugging Face directory with
 ``metrics.jsonl``, ``training.png`` and its manifest.
+
+torch and transformers are imported inside the functions that train (the Configs are read without them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,8 +69,6 @@ def training_args(config: TrainingConfig, work: Path, *, batch_size: int, lr: fl
                   epochs: float = 1.0, grad_accum: int = 1, warmup_ratio: float = 0.0, save_every: int = 0,
                   constant_lr: bool = False) -> Any:
     """transformers' ``TrainingArguments`` of a run (sets up the process group under torchrun / accelerate)."""
-    import os
-
     import torch
     from transformers import TrainingArguments
     from transformers.trainer_utils import SchedulerType
