@@ -31,6 +31,14 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
 
 
+def check_output_file(out: Path) -> None:
+    """Refuse a file output that is a folder or whose parent folder does not exist (checked before any work)."""
+    if out.is_dir():
+        raise InvalidInputError(f"the output {out} is a directory")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
+
+
 def staging_dir(out: Path) -> Path:
     """A fresh hidden folder next to ``out`` to build it in."""
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"

@@ -123,6 +123,8 @@ def test_export_gguf_then_eval_it_in_llama_cpp(make_tiny_dir, tmp_path):
         (["export", "onnx", "/no/model", "{tmp}/o"], "no such file or directory"),
         (["export", "onnx", "{model}", "{tmp}/no/o"], "parent folder"),
         (["eval", "{model}", "--backend", "onnxruntime"], "runs ONNX exports"),
+        (["eval", "{model}", "--out", "{tmp}/no/r.json"], "parent folder"),
+        (["bench", "{model}", "--out", "{tmp}/no/b.json"], "parent folder"),
         (["eval", "{model}", "--backend", "onnxruntime", "--provider", "cuda"], "runs ONNX exports"),
         (["export", "onnx", "{model}", "{tmp}/o", "--format", "genai", "--quant", "int8-dynamic"], "not int8-dynamic"),
         (["prune", "{model}", "{tmp}/p"], "nothing to prune"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ import click
 from supertiny.cli.core import main
 from supertiny.cli.options import config_from, config_options
 from supertiny.errors import InvalidInputError
+from supertiny.outdir import check_output_file
 from supertiny.runtime.bench.measure import BenchConfig, bench
 from supertiny.runtime.bench.report import check_plot_path, format_comparison, format_result, plot
 from supertiny.stages.bench import write_report
@@ -40,6 +42,8 @@ def bench_cmd(artifacts: tuple[str, ...], target: str | None, out: str | None, p
     config = config_from(BenchConfig, params)
     if out is not None and len(artifacts) != 1:
         raise InvalidInputError(f"--out writes one artifact's report; {len(artifacts)} were given")
+    if out is not None:
+        check_output_file(Path(out))
     profile = load_target(target) if target else None
     if plot_path:
         check_plot_path(plot_path)  # a bad path fails now, not after minutes of measuring

@@ -4,12 +4,14 @@ replies, or its score on a structured-output task (the stage: :mod:`supertiny.st
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
 from supertiny.cli.core import human, main, quiet_transformers
 from supertiny.cli.options import config_from, config_options, input_params, inputs_from, progress_bar
+from supertiny.outdir import check_output_file
 from supertiny.stages.eval import EvalConfig, EvalReport, TaskReport, check_inputs, evaluate, write_report
 from supertiny.stages.registry import get
 
@@ -26,6 +28,8 @@ def eval_cmd(out: str | None, as_json: bool, **params: Any) -> None:
     inputs = inputs_from(STAGE, params)
     config = config_from(EvalConfig, params)
     check_inputs(inputs, config)
+    if out is not None:
+        check_output_file(Path(out))
     quiet_transformers()
     label = (f"task {inputs['task']}" if inputs["task"] else
              "perplexity" if inputs["teacher"] is None else "teacher vs student")

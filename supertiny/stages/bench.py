@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest
+from supertiny.outdir import check_output_file
 from supertiny.runtime.bench.measure import BenchConfig, bench
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
@@ -40,8 +40,7 @@ def run(inputs: dict[str, str | None], out: Path, config: BenchConfig, log: Log,
 
     artifact = inputs["artifact"]
     assert artifact is not None
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
+    check_output_file(out)
     profile = load_target(inputs["target"]) if inputs["target"] else None
 
     def step(_artifact: str, what: str, done: int, total: int) -> None:

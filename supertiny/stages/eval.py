@@ -34,6 +34,7 @@ from supertiny.errors import InvalidInputError, UserError
 from supertiny.evaluate import Agreement, Generation, Progress, TextScore
 from supertiny.manifest import Manifest, ManifestError, read_manifest
 from supertiny.models import DEFAULT_TEACHER, resolve
+from supertiny.outdir import check_output_file
 from supertiny.runtime.engines.base import EngineOptions, open_engine
 from supertiny.settings import POS_INT, Settings, at_least, setting
 from supertiny.stages.registry import Input, Log, get, stage
@@ -127,8 +128,7 @@ def check_inputs(inputs: dict[str, str | None], config: EvalConfig) -> None:
 def run(inputs: dict[str, str | None], out: Path, config: EvalConfig, log: Log, progress: Progress | None
         ) -> Manifest:
     """Evaluate ``inputs["model"]`` and write the report (the command's ``--json``) to ``out`` with its manifest."""
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
+    check_output_file(out)
     return write_report(evaluate(inputs, config, progress), out, inputs, config)
 
 

@@ -29,6 +29,7 @@ from supertiny.evaluate import tokenize_text
 from supertiny.gguf_file import GGUFFile
 from supertiny.manifest import Manifest, manifest_path
 from supertiny.models import describe, load_model, resolve
+from supertiny.outdir import check_output_file
 from supertiny.readers import default_corpus_path, read_text, spans
 from supertiny.runtime.engines.llamacpp import LlamaCppEngine
 from supertiny.settings import POS_INT, Settings, at_least, setting
@@ -115,10 +116,7 @@ def quant_summary(path: Path, quant: str | None) -> dict[str, Any]:
 def _check_out(out: Path) -> None:
     if out.suffix != ".gguf":
         raise InvalidInputError(f"the output must end in .gguf, got {out}")
-    if out.is_dir():
-        raise InvalidInputError(f"the output {out} is a directory")
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"the output folder {out.parent} does not exist")
+    check_output_file(out)
 
 
 @stage(STAGE, version=STAGE_VERSION, config=GGUFExportConfig, inputs=(MODEL, TEXT), output="file",

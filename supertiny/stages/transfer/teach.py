@@ -54,6 +54,7 @@ from supertiny import schema
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest, StageRun
 from supertiny.models import resolve
+from supertiny.outdir import check_output_file
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.settings import NON_NEG, NON_NEG_INT, POS_INT, UNIT, identity, setting
 from supertiny.stages.registry import Input, Log, Progress, stage
@@ -261,8 +262,7 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
     config = config or TeachConfig()
     overwrite = overwrite or config.overwrite
     out = Path(out)
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"the output's parent folder {out.parent} does not exist")
+    check_output_file(out)
     spec = task_for(task, teacher, config.prompt)
     records = read_task_data(prompts, spec)[: config.limit]  # a bad file fails before any model loads
     settings = _settings(teacher, spec, config, judge)
