@@ -117,6 +117,17 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_exports(tiny_artifacts, tmp_path_factory) -> dict[str, Path]:
+    """:func:`tiny_artifacts` plus the same model as an fp32 ONNX export (``onnxruntime``): one model on
+    every engine."""
+    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
+
+    out = tmp_path_factory.mktemp("engines") / "onnx"
+    export_onnx(tiny_artifacts["torch"], out, OnnxExportConfig(verify=False))
+    return {**tiny_artifacts, "onnxruntime": out}
+
+
+@pytest.fixture(scope="session")
 def teacher():
     """The real default teacher (SmolLM2-135M-Instruct), loaded once per test session."""
     from supertiny.models import load_model

@@ -15,18 +15,8 @@ CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "conte
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_artifacts, tmp_path_factory):
-    """The same tiny model as a Hugging Face directory, an F32 GGUF file and an fp32 ONNX export."""
-    from supertiny.stages.export.onnx import OnnxExportConfig, export_onnx
-
-    out = tmp_path_factory.mktemp("engines") / "onnx"
-    export_onnx(tiny_artifacts["torch"], out, OnnxExportConfig(verify=False))
-    return {**tiny_artifacts, "onnxruntime": out}
-
-
-@pytest.fixture(scope="module")
-def engines(artifacts):
-    opened = {name: open_engine(path, threads=2, n_ctx=256, logits=True) for name, path in artifacts.items()}
+def engines(tiny_exports):
+    opened = {name: open_engine(path, threads=2, n_ctx=256, logits=True) for name, path in tiny_exports.items()}
     yield opened
     for e in opened.values():
         e.close()
@@ -92,7 +82,8 @@ def test_prompt_and_budget_errors(engines):
     assert e.complete(list(range(3, 253)), max_tokens=50, ignore_eos=True).completion_tokens == 6
 
 
-def test_open_engine_errors(artifacts):
+def test_open_engine_errors(tiny_exports):
+    artifacts = tiny_exports
     with pytest.raises(InvalidInputError, match="unknown backend 'vllm'"):
         open_engine(artifacts["torch"], "vllm")
     with pytest.raises(InvalidInputError, match="llama.cpp backend runs GGUF files"):

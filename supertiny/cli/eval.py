@@ -58,7 +58,8 @@ def _print_task_report(r: TaskReport) -> None:
     s = r.evaluation.score
     _print_model(r.model, r.manifest)
     click.echo(f"task        {s.task} on {r.data}: {s.n} records, {r.seconds:.1f} s "
-               f"(greedy, up to {r.max_new_tokens} new tokens, {r.prompt} prompt)")
+               f"(greedy{', constrained to the schema' if r.constrained else ''}, up to {r.max_new_tokens} new tokens, "
+               f"{r.prompt} prompt)")
     click.echo(f"task score  {s.task_score:.3f}   JSON valid {s.json_valid:.1%}   schema valid {s.schema_valid:.1%}")
     click.echo("fields      " + "   ".join(f"{name} {acc:.1%}" for name, acc in s.fields.items()))
 

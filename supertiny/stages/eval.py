@@ -36,11 +36,19 @@ from supertiny.manifest import Manifest, ManifestError, read_manifest
 from supertiny.models import DEFAULT_TEACHER, resolve
 from supertiny.outdir import check_output_file
 from supertiny.runtime.engines.base import EngineOptions, open_engine
+from supertiny.runtime.engines.constrain import answer_grammar
 from supertiny.settings import POS_INT, Settings, at_least, setting
 from supertiny.stages.registry import Input, Log, get, stage
 from supertiny.stages.runs import model_run, settings
 from supertiny.stages.transfer.training import prompt_setting
-from supertiny.tasks import MAX_ANSWER_TOKENS, engine_complete, evaluate_task, read_task_data, task_for
+from supertiny.tasks import (
+    MAX_ANSWER_TOKENS,
+    engine_complete,
+    evaluate_task,
+    read_task_data,
+    task_for,
+    trained_on,
+)
 
 if TYPE_CHECKING:
     from supertiny.tasks import TaskEvaluation
@@ -76,8 +84,12 @@ class EvalConfig(EngineSettings):
                                          f"--task {MAX_ANSWER_TOKENS}, a whole JSON answer].", check=at_least(0))
     limit: int | None = setting(None, "With --task: score only the first N records.", check=at_least(1))
     prompt: str = prompt_setting("the one MODEL was trained with (its manifest), else full")
-    batch_size: int = setting(8, "With --task: records decoded together (torch backend; 1: one at a time).",
-                              check=POS_INT)
+    batch_size: int = setting(8, "With --task: records decoded together (torch backend, free decoding; 1: one "
+                              "at a time).", check=POS_INT)
+    constrained: bool | None = setting(None, "With --task: hold every answer to the task's JSON schema "
+                                       "(constrained decoding), or decode freely [default: constrained for a model "
+                                       "trained on the task (its manifest says so), free otherwise].",
+                                       flag="--constrained", off="--free", example=True)
 
     def problems(self) -> list[str]:
         if self.prompts and self.max_new_tokens == 0:
@@ -242,10 +254,12 @@ class TaskReport:
     max_new_tokens: int
     manifest: dict[str, Any] | None = None
     prompt: str = "full"
+    constrained: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = {"model": self.model, "data": self.data, **self.evaluation.to_dict(),
-             "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "seconds": self.seconds}
+             "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "seconds": self.seconds,
+             "decoding": "constrained" if self.constrained else "free"}
         if self.manifest is not None:
             d["manifest"] = self.manifest
         return d
@@ -263,7 +277,8 @@ def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[s
         config: :class:`EvalConfig`: the engine (backend, threads, provider, dtype) and the task's settings
             (``max_new_tokens``: the reply limit, an answer cut short is JSON-invalid; ``limit``: the first N
             records; ``prompt``: the task prompt, ``auto`` = the one the model was trained with, else full;
-            ``batch_size``: records decoded together where the backend batches).
+            ``batch_size``: records decoded together where the backend batches; ``constrained``: answers held
+            to the task's JSON schema, None = when the model was trained on the task).
         progress: called with (records done, records in all).
         settings: :class:`EvalConfig` fields replacing ``config``'s (``limit=5``).
 
@@ -285,14 +300,16 @@ def evaluate_task_model(model: str | os.PathLike[str], task: str | os.PathLike[s
     resolve(model)
     options = EngineOptions(threads=config.threads, provider=config.provider, dtype=config.dtype)
     start = time.perf_counter()
+    constrained = config.constrained if config.constrained is not None else trained_on(model, spec)
     with open_engine(model, config.backend, options) as engine:
         many = getattr(engine, "complete_batch", None)
         evaluation = evaluate_task(engine_complete(engine, max_new_tokens), spec, records, progress,
                                    complete_batch=many and partial(many, max_tokens=max_new_tokens),
-                                   batch_size=config.batch_size)
+                                   batch_size=config.batch_size, grammar=answer_grammar(spec) if constrained else None)
         info = engine.info
     return TaskReport(model=info, data=str(data), evaluation=evaluation, seconds=time.perf_counter() - start,
-                      max_new_tokens=max_new_tokens, manifest=manifest_summary(model), prompt=spec.prompt)
+                      max_new_tokens=max_new_tokens, manifest=manifest_summary(model), prompt=spec.prompt,
+                      constrained=constrained)
 
 
 def manifest_summary(model: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ path to their own file. See :mod:`supertiny.tasks.spec` for the file format.
 from __future__ import annotations
 
 from supertiny.tasks.fields import NORMALIZE, TYPES, OutputField, check_value
+from supertiny.tasks.json_schema import task_json_schema
 from supertiny.tasks.output import ParsedOutput, extract_json, parse_output
-from supertiny.tasks.prompts import PROMPT_CHOICES, RECORD_KEY, prompt_record, recorded_prompt, task_for
+from supertiny.tasks.prompts import PROMPT_CHOICES, RECORD_KEY, prompt_record, recorded_prompt, task_for, trained_on
 from supertiny.tasks.scoring import (
     MAX_ANSWER_TOKENS,
     Complete,
@@ -48,5 +49,5 @@ __all__ = [
     "TYPES", "Complete", "OutputField", "ParsedOutput", "Progress", "Task", "TaskEvaluation", "TaskExample",
     "TaskRecord", "TaskScore", "check_value", "engine_complete", "evaluate_task", "extract_json", "field_matches",
     "list_tasks", "load_task", "parse_output", "parse_task", "prompt_record", "read_task_data", "recorded_prompt",
-    "score", "score_parsed", "task_for",
+    "score", "score_parsed", "task_for", "task_json_schema", "trained_on",
 ]

@@ -24,13 +24,15 @@ from typing import Any
 
 TYPES = ("string", "bool", "enum")
 NORMALIZE = ("upper", "lower", "strip")
+SOURCES = ("input",)  # where a string's value comes from: "input" = copied from the record's input
 _NORMALIZERS = {"upper": lambda s: s.strip().upper(), "lower": lambda s: s.strip().lower(),
                 "strip": lambda s: s.strip(), None: lambda s: s}
 
 
 @dataclass(frozen=True)
 class OutputField:
-    """One key of the task's JSON output; ``values`` only for ``enum``, ``pattern`` only for ``string``."""
+    """One key of the task's JSON output; ``values`` only for ``enum``, ``pattern`` and ``source`` only for
+    ``string`` (``source="input"``: the value is a span of the input that matches ``pattern``)."""
 
     name: str
     type: str
@@ -38,6 +40,22 @@ class OutputField:
     values: tuple[str, ...] = ()
     pattern: str | None = None
     normalize: str | None = None
+    source: str | None = None
+
+    def spans(self, text: str) -> list[str]:
+        """The values this field can take from ``text`` (``source="input"``): each span of it that matches
+        ``pattern`` and is not part of a longer word (case-insensitively where the field normalizes case),
+        normalized, in order of first appearance.
+
+        >>> f = OutputField("asset", "string", pattern="[A-Z]{2,6}-[0-9]{1,4}", normalize="upper", source="input")
+        >>> f.spans("Press-3 leaks oil near cnc-07; XCNC-0712345 and PRESS-3 again")
+        ['PRESS-3', 'CNC-07']
+        """
+        assert self.pattern is not None
+        flags = re.IGNORECASE if self.normalize in ("upper", "lower") else 0
+        found = (m.group(0) for m in re.finditer(rf"(?<!\w)(?:{self.pattern})(?!\w)", text, flags))
+        values = (self.normalized(s) for s in found)
+        return list(dict.fromkeys(v for v in values if re.fullmatch(self.pattern, v)))
 
     def normalized(self, text: str) -> str:
         """``text`` in the field's canonical form (what predictions and labels are compared in)."""

@@ -42,6 +42,12 @@ def recorded_prompt(model: str | os.PathLike[str] | None) -> dict[str, Any] | No
     return None
 
 
+def trained_on(model: str | os.PathLike[str] | None, task: Task) -> bool:
+    """Whether ``model``'s manifest says it was trained on ``task`` (what makes decoding constrained by default)."""
+    record = recorded_prompt(model)
+    return record is not None and record["task"] == task.name
+
+
 def task_for(task: str | os.PathLike[str] | Task, model: str | os.PathLike[str] | None = None,
              prompt: str = "auto", training: bool = False) -> Task:
     """The task with the prompt ``model`` should be run (or, with ``training``, trained) with.

@@ -28,7 +28,7 @@ from supertiny.tasks.spec import Message, Task
 MAX_ANSWER_TOKENS = 128
 
 Progress = Callable[[int, int], None]  # (records done, records in all)
-Complete = Callable[[list[Message]], str]  # chat messages -> the model's greedy reply
+Complete = Callable[..., str]  # chat messages (and grammar= where held to one) -> the model's greedy reply
 _RECORD_KEYS = ("input", "label")
 
 
@@ -176,14 +176,15 @@ def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = Fa
 
 
 def engine_complete(engine: Any, max_tokens: int = 128) -> Complete:
-    """A :data:`Complete` over a :class:`supertiny.runtime.engines.base.Engine` (greedy, its chat template)."""
-    return lambda messages: engine.complete(messages, max_tokens=max_tokens).text
+    """A :data:`Complete` over a :class:`supertiny.runtime.engines.base.Engine` (greedy, its chat template;
+    ``grammar=`` holds a reply to a grammar)."""
+    return lambda messages, **kw: engine.complete(messages, max_tokens=max_tokens, **kw).text
 
 
 def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
                   progress: Progress | None = None,
                   complete_batch: Callable[[list[list[Message]]], list[str]] | None = None,
-                  batch_size: int = 1) -> TaskEvaluation:
+                  batch_size: int = 1, grammar: Callable[[str], Any] | None = None) -> TaskEvaluation:
     """Run a model on labelled records and score it with the task metric.
 
     Args:
@@ -193,6 +194,8 @@ def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
         progress: called with (records done, records in all).
         complete_batch, batch_size: with both (``batch_size`` > 1), records go ``batch_size`` at a
             time through ``complete_batch`` (several chats -> their replies) instead of ``complete``.
+        grammar: a record's input -> the grammar its answer is held to, passed to ``complete`` as
+            ``grammar=`` (constrained decoding, one record at a time; see :func:`engine_complete`).
 
     Returns:
         A :class:`TaskEvaluation`: the :class:`TaskScore` and each record's output and parse.
@@ -203,11 +206,14 @@ def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
         if r.label is None:
             raise InvalidInputError(f"{r.source or 'records'}:{r.line}: label: required for evaluation")
     outputs, parsed = [], []
-    step = batch_size if complete_batch is not None and batch_size > 1 else 1
+    step = batch_size if complete_batch is not None and batch_size > 1 and grammar is None else 1
     for start in range(0, len(records), step):
         chunk = records[start:start + step]
-        texts = complete_batch([task.messages(r.input) for r in chunk]) if step > 1 else \
-            [complete(task.messages(chunk[0].input))]
+        if step > 1:
+            texts = complete_batch([task.messages(r.input) for r in chunk])
+        else:
+            held = {} if grammar is None else {"grammar": grammar(chunk[0].input)}
+            texts = [complete(task.messages(chunk[0].input), **held)]
         outputs += texts
         parsed += [task.parse(t) for t in texts]
         if progress:

@@ -45,7 +45,7 @@ from typing import Any
 
 from supertiny import schema
 from supertiny.errors import TaskError
-from supertiny.tasks.fields import NORMALIZE, TYPES, OutputField, check_value
+from supertiny.tasks.fields import NORMALIZE, SOURCES, TYPES, OutputField, check_value
 from supertiny.tasks.output import ParsedOutput, parse_output
 
 SCHEMA_VERSION = 1
@@ -163,7 +163,7 @@ severity, line_stopped.'
     def to_dict(self) -> dict[str, Any]:
         """The task as plain data (the TOML schema), plus ``source``."""
         out = {f.name: {"type": f.type, "description": f.description, "values": list(f.values),
-                        "pattern": f.pattern, "normalize": f.normalize} for f in self.fields}
+                        "pattern": f.pattern, "normalize": f.normalize, "source": f.source} for f in self.fields}
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
                 "input": self.input, "instruction": self.instruction, **({"brief": self.brief} if self.brief else {}),
                 "output": {k: {a: b for a, b in v.items() if b not in (None, "", [])} for k, v in out.items()},
@@ -201,9 +201,9 @@ _TOP: dict[str, Callable[[Any], Any]] = {
 }
 _FIELD: dict[str, Callable[[Any], Any]] = {
     "type": schema.one_of(*TYPES), "description": schema.TEXT, "values": _values, "pattern": _regex,
-    "normalize": schema.one_of(*NORMALIZE),
+    "normalize": schema.one_of(*NORMALIZE), "source": schema.one_of(*SOURCES),
 }
-_ONLY_FOR = {"values": ("enum",), "pattern": ("string",), "normalize": ("string", "enum")}
+_ONLY_FOR = {"values": ("enum",), "pattern": ("string",), "normalize": ("string", "enum"), "source": ("string",)}
 _EXAMPLE: dict[str, Callable[[Any], Any]] = {"input": _non_empty, "output": schema.TABLE}
 
 
@@ -219,13 +219,15 @@ def _output_field(name: str, spec: Any, problems: list[str]) -> OutputField | No
     kind = got.get("type")
     if kind == "enum" and "values" not in spec:
         problems.append(f"{where}.values: an enum needs its allowed values, e.g. values = [\"a\", \"b\"]")
+    if kind == "string" and got.get("source") == "input" and "pattern" not in spec:
+        problems.append(f"{where}.source: a value taken from the input needs the pattern that finds it there")
     for key, types in _ONLY_FOR.items():
         if kind and key in spec and kind not in types:
             problems.append(f"{where}.{key}: only a {' or '.join(types)} field takes {key}, this one is {kind}")
     if len(problems) > n:
         return None
     f = OutputField(name, kind, got.get("description", ""), got.get("values", ()), got.get("pattern"),
-                    got.get("normalize"))
+                    got.get("normalize"), got.get("source"))
     # a value that normalizing changes could never be matched: the schema would be unsatisfiable
     if changed := [v for v in f.values if f.normalized(v) != v]:
         problems.append(f"{where}.values: {changed[0]!r} is not in its normalized form "

@@ -40,6 +40,7 @@ from supertiny.backends import DTYPES, PROVIDER_ALIASES, PROVIDERS
 from supertiny.errors import InvalidInputError
 from supertiny.models import resolve
 from supertiny.runtime.engines.chat import chat_template_ids
+from supertiny.runtime.engines.constrain import Constraint, Grammar, Vocabulary
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.engines.text import Chunk, Completion, text_chunks
 
@@ -138,8 +139,9 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
-        """Token ids one at a time; a stop id ends the stream and is not yielded."""
+               stop_ids: Sequence[int] | None = None, constraint: Constraint | None = None) -> Iterator[int]:
+        """Token ids one at a time; a stop id ends the stream and is not yielded. With ``constraint``
+        every token is one its grammar allows, and the stream ends when the grammar is complete."""
 
     @abc.abstractmethod
     def _load_tokenizer(self) -> tuple[Any, str]:
@@ -175,6 +177,15 @@ class Engine(abc.ABC):
     def backend_label(self) -> str:
         """The backend as reports show it (with the device where there is a choice)."""
         return self.name
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        """The tokenizer as the grammar engine sees it (built on the first constrained reply)."""
+        return Vocabulary(self.tokenizer, self.stop_ids)
+
+    def constraint(self, grammar: Grammar) -> Constraint:
+        """A fresh :class:`~supertiny.runtime.engines.constrain.Constraint` for one reply of this engine."""
+        return Constraint(grammar, self.vocabulary)
 
     @cached_property
     def stop_ids(self) -> list[int]:
@@ -218,7 +229,7 @@ class Engine(abc.ABC):
 
     def stream_text(self, prompt: Prompt, max_tokens: int = 256, sampling: Sampling | None = None,
                     stop: Sequence[str] = (), ignore_eos: bool = False,
-                    cancel: threading.Event | None = None) -> Iterator[Chunk]:
+                    cancel: threading.Event | None = None, grammar: Grammar | None = None) -> Iterator[Chunk]:
         """Generate text, a chunk at a time; the last chunk has the finish reason.
 
         Args:
@@ -228,6 +239,7 @@ class Engine(abc.ABC):
             stop: strings that end the reply; they are not part of the text.
             ignore_eos: keep going past the eos token (benchmarks).
             cancel: set it from another thread to stop after the current token.
+            grammar: hold the reply to it (constrained decoding); it ends when the grammar is complete.
 
         ``finish_reason`` is ``stop`` (eos or a stop string), ``length`` (max_tokens or
         the context) or ``cancelled``.
@@ -237,7 +249,8 @@ class Engine(abc.ABC):
         if budget == 0:
             yield Chunk("", [], "length")
             return
-        tokens = self.stream(ids, budget, sampling=sampling, stop_ids=[] if ignore_eos else self.stop_ids)
+        extra = {"constraint": self.constraint(grammar)} if grammar is not None else {}
+        tokens = self.stream(ids, budget, sampling=sampling, stop_ids=[] if ignore_eos else self.stop_ids, **extra)
         yield from text_chunks(tokens, self.tokenizer, budget, stop, cancel)
 
     def complete(self, prompt: Prompt, max_tokens: int = 256, **kw: Any) -> Completion:

@@ -48,6 +48,7 @@ import numpy as np
 
 from supertiny.errors import InvalidInputError, SupertinyError
 from supertiny.runtime.engines.base import EngineOptions
+from supertiny.runtime.engines.constrain import Constraint
 from supertiny.runtime.engines.llamacpp import LlamaCppEngine, captured_llama_log, llama_cpp_module
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 
@@ -68,6 +69,7 @@ class _Seq:
     next_token: int | None = None  # sampled, not yet fed
     produced: int = 0
     row: int = -1  # this step's batch index whose logits are the sequence's
+    constraint: Constraint | None = None  # the grammar the reply is held to
 
 
 class BatchedLlamaEngine(LlamaCppEngine):
@@ -159,8 +161,9 @@ class BatchedLlamaEngine(LlamaCppEngine):
         return len(self._seqs)
 
     def add(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-            stop_ids: Sequence[int] | None = None) -> int:
-        """Start a sequence; returns its slot. Its prompt is fed by the next steps.
+            stop_ids: Sequence[int] | None = None, constraint: Constraint | None = None) -> int:
+        """Start a sequence; returns its slot. Its prompt is fed by the next steps; with a
+        ``constraint`` its tokens are picked among those the grammar allows, and it ends with the grammar.
 
         Raises:
             InvalidInputError: the prompt is empty or the prompt plus reply exceed ``n_ctx``.
@@ -182,7 +185,8 @@ class BatchedLlamaEngine(LlamaCppEngine):
         del self._kv[slot][reused:]
         sampling = sampling or Sampling()
         self._seqs[slot] = _Seq(prompt, max_new_tokens, sampling, frozenset(stop_ids or ()),
-                                np.random.default_rng(sampling.seed), fed=reused, reused=reused)
+                                np.random.default_rng(sampling.seed), fed=reused, reused=reused,
+                                constraint=constraint)
         self._order.append(slot)
         return slot
 
@@ -285,14 +289,15 @@ class BatchedLlamaEngine(LlamaCppEngine):
                 continue
             ptr = llama_cpp.llama_get_logits_ith(self._ctx, seq.row)
             logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._vocab,))
-            token = int(logits.argmax()) if seq.sampling.temperature == 0 else pick_token(logits, seq.sampling,
-                                                                                          seq.rng)
+            greedy = seq.sampling.temperature == 0 and seq.constraint is None
+            token = int(logits.argmax()) if greedy else pick_token(logits, seq.sampling, seq.rng, seq.constraint)
             if token in seq.stop:
                 events.append((slot, None, True))
                 self.release(slot)
                 continue
             seq.produced += 1
-            done = seq.produced >= seq.budget  # the last token is not fed: nothing would read it
+            # the last token is not fed: nothing would read it
+            done = seq.produced >= seq.budget or (seq.constraint is not None and seq.constraint.finished)
             events.append((slot, token, done))
             if done:
                 self.release(slot)
@@ -303,13 +308,13 @@ class BatchedLlamaEngine(LlamaCppEngine):
     # -- the Engine API on one sequence ----------------------------------------------------
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+               stop_ids: Sequence[int] | None = None, constraint: Constraint | None = None) -> Iterator[int]:
         """One sequence on its own (the engine must be idle): token ids one at a time."""
         if max_new_tokens <= 0:
             return
         if self._seqs:
             raise RuntimeError("stream() runs one sequence on an idle engine; a scheduler is using this one")
-        slot = self.add(prompt_ids, max_new_tokens, sampling, stop_ids)
+        slot = self.add(prompt_ids, max_new_tokens, sampling, stop_ids, constraint)
         try:
             while slot in self._seqs:
                 for _, token, _ in self.step():

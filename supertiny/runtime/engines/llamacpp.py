@@ -23,6 +23,7 @@ from supertiny.gguf_file import GGUFFile
 from supertiny.gguf_tokenizer import tokenizer_from_gguf
 from supertiny.models import describe_gguf
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
+from supertiny.runtime.engines.constrain import Constraint
 from supertiny.runtime.engines.sampling import Sampling
 
 
@@ -154,11 +155,12 @@ class LlamaCppEngine(Engine):
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+               stop_ids: Sequence[int] | None = None, constraint: Constraint | None = None) -> Iterator[int]:
         """Generate token ids one at a time with llama.cpp's sampler (greedy by default).
 
         A token in ``stop_ids`` ends the stream and is not yielded (default: none).
-        A prompt that starts like the previous one reuses its cached prefix.
+        A prompt that starts like the previous one reuses its cached prefix. A ``constraint``
+        masks the logits first in llama.cpp's sampler chain (llama-cpp-python's logits processor).
         """
         sampling = sampling or Sampling()
         stop = set(stop_ids or ())
@@ -169,14 +171,18 @@ class LlamaCppEngine(Engine):
             self.llm.set_seed(sampling.seed)
         kwargs = {"temp": sampling.temperature, "top_k": 1 if greedy else sampling.top_k,
                   "top_p": sampling.top_p, "min_p": 0.0, "repeat_penalty": 1.0, "reset": True}
+        if constraint is not None:
+            kwargs["logits_processor"] = [lambda _ids, scores: constraint.mask(scores)]
         produced = 0
         for token in self.llm.generate(list(prompt_ids), **kwargs):
+            if constraint is not None:
+                constraint.accept(token)
             if token in stop:
                 return
             yield token
             produced += 1
-            if produced >= max_new_tokens:  # stop before llama.cpp decodes one token too many
-                return
+            if produced >= max_new_tokens or (constraint is not None and constraint.finished):
+                return  # stop before llama.cpp decodes one token too many
 
     def reset(self) -> None:
         """Forget the evaluated tokens: the next call prefills its whole prompt.

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from supertiny.errors import InvalidInputError
+from supertiny.runtime.engines.constrain import Constraint, Grammar
 from supertiny.runtime.engines.onnxrt import OnnxEngine
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 
@@ -55,10 +56,12 @@ class StaticBatch:
         budgets: most tokens to generate per row (already cut to the context).
         samplings: per row (greedy when omitted).
         stop_ids: per row, the ids that end it (not emitted).
+        constraints: per row, the grammar it is held to (None: free); a row ends with its grammar.
     """
 
     def __init__(self, engine: OnnxEngine, prompts: Sequence[Sequence[int]], budgets: Sequence[int],
-                 samplings: Sequence[Sampling] | None = None, stop_ids: Sequence[Sequence[int]] | None = None):
+                 samplings: Sequence[Sampling] | None = None, stop_ids: Sequence[Sequence[int]] | None = None,
+                 constraints: Sequence[Constraint | None] | None = None):
         check_batchable(engine)
         if not prompts or len(budgets) != len(prompts):
             raise InvalidInputError(f"a batch needs prompts and one budget each, got {len(prompts)} and {len(budgets)}")
@@ -66,6 +69,7 @@ class StaticBatch:
         n = len(prompts)
         self._samplings = list(samplings or [Sampling()] * n)
         self._stops = [frozenset(s) for s in (stop_ids or [()] * n)]
+        self._constraints = list(constraints or [None] * n)
         self._rngs = [np.random.default_rng(s.seed) for s in self._samplings]
         self._budgets, self._produced = list(budgets), [0] * n
         self._lengths = [len(p) for p in prompts]  # tokens in each row's cache (its next position)
@@ -113,14 +117,14 @@ class StaticBatch:
         """
         events, going, tokens = [], [], []
         for pos, row in enumerate(self._rows):
-            s = self._samplings[row]
-            token = int(self._logits[pos].argmax()) if s.temperature == 0 else pick_token(
-                self._logits[pos], s, self._rngs[row])
+            s, constraint = self._samplings[row], self._constraints[row]
+            token = int(self._logits[pos].argmax()) if s.temperature == 0 and constraint is None else pick_token(
+                self._logits[pos], s, self._rngs[row], constraint)
             if token in self._stops[row]:
                 events.append((row, None, True))
                 continue
             self._produced[row] += 1
-            done = self._produced[row] >= self._budgets[row]
+            done = self._produced[row] >= self._budgets[row] or (constraint is not None and constraint.finished)
             events.append((row, token, done))
             if not done:
                 going.append(row)
@@ -170,7 +174,8 @@ def check_batchable(engine: OnnxEngine) -> None:
 
 
 def generate_batch(engine: OnnxEngine, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   sampling: Sampling | None = None, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+                   sampling: Sampling | None = None, stop_ids: Sequence[int] | None = None,
+                   grammar: Grammar | None = None) -> list[list[int]]:
     """Generate for several prompts in one static batch; per prompt the ids of its reply.
 
     Greedy replies equal :meth:`OnnxEngine.generate`'s one prompt at a time (tested).
@@ -184,7 +189,8 @@ def generate_batch(engine: OnnxEngine, prompts: Sequence[Sequence[int]], max_new
     if not any(budgets):
         return out
     batch = StaticBatch(engine, prompts, [max(b, 1) for b in budgets], [sampling or Sampling()] * len(prompts),
-                        [list(stop_ids or ())] * len(prompts))
+                        [list(stop_ids or ())] * len(prompts),
+                        [engine.constraint(grammar) if grammar else None for _ in prompts])
     while batch.active:
         for row, token, _ in batch.step():
             if token is not None and budgets[row]:

@@ -31,6 +31,7 @@ from supertiny.backends import PROVIDER_ALIASES, PROVIDERS, threads_for
 from supertiny.errors import InvalidInputError, MissingExtraError, NotAModelError
 from supertiny.models import ONNX_MODEL_FILE, describe_onnx
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
+from supertiny.runtime.engines.constrain import Constraint
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -251,7 +252,7 @@ class OnnxEngine(Engine):
             raise InvalidInputError(f"{n} tokens exceed the context of {self.n_ctx}")
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+               stop_ids: Sequence[int] | None = None, constraint: Constraint | None = None) -> Iterator[int]:
         """Generate token ids one at a time; the stop token itself is not yielded.
 
         Args:
@@ -273,11 +274,11 @@ class OnnxEngine(Engine):
         length = len(ids)
         step = self._in_place_step(past, length, capacity, logits.shape[-1]) if self.shared_cache else None
         for produced in range(budget):
-            token = pick_token(logits[-1], sampling, rng)
+            token = pick_token(logits[-1], sampling, rng, constraint)
             if token in stop:
                 return
             yield token
-            if produced + 1 == budget:
+            if produced + 1 == budget or (constraint is not None and constraint.finished):
                 return
             if step is not None:
                 logits = step(token)

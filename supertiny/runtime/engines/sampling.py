@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from supertiny.errors import InvalidInputError
+from supertiny.runtime.engines.constrain import Constraint
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,14 @@ class Sampling:
             raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    """The next token from one row of logits (greedy, or temperature/top-k/top-p sampling)."""
+def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator,
+               constraint: Constraint | None = None) -> int:
+    """The next token from one row of logits (greedy, or temperature/top-k/top-p sampling); with a
+    ``constraint``, among the tokens its grammar allows (and the constraint advances past it)."""
+    if constraint is not None:
+        token = pick_token(constraint.mask(np.array(logits, dtype=np.float32)), sampling, rng)
+        constraint.accept(token)
+        return token
     if sampling.temperature == 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / sampling.temperature

@@ -17,6 +17,7 @@ import numpy as np
 from supertiny.errors import InvalidInputError
 from supertiny.models import load_model
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
+from supertiny.runtime.engines.constrain import Constraint
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 from supertiny.runtime.engines.text import text_chunks
 
@@ -73,7 +74,7 @@ class TorchEngine(Engine):
         return self._forward(ids)[0].float().cpu().numpy()
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None,
-               stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+               stop_ids: Sequence[int] | None = None, constraint: Constraint | None = None) -> Iterator[int]:
         """Token ids one at a time with the KV cache; a stop id ends the stream unyielded."""
         sampling = sampling or Sampling()
         stop = set(stop_ids or ())
@@ -83,11 +84,11 @@ class TorchEngine(Engine):
         rng = np.random.default_rng(sampling.seed)
         logits, past = self._forward(prompt_ids)
         for produced in range(budget):
-            token = pick_token(logits[-1].float().cpu().numpy(), sampling, rng)
+            token = pick_token(logits[-1].float().cpu().numpy(), sampling, rng, constraint)
             if token in stop:
                 return
             yield token
-            if produced + 1 == budget:
+            if produced + 1 == budget or (constraint is not None and constraint.finished):
                 return
             logits, past = self._forward([token], past)
 

@@ -273,7 +273,7 @@ async def _submit(scheduler: Scheduler, params: Params, chat: bool) -> Job:
 
     try:
         return await run_in_threadpool(scheduler.submit, params.prompt, params.max_tokens, params.sampling,
-                                       params.stop, params.ignore_eos)
+                                       params.stop, params.ignore_eos, params.grammar)
     except QueueFull as exc:
         raise ApiError(429, str(exc), type="rate_limit_error", code="queue_full",
                        headers={"Retry-After": "1"}) from None

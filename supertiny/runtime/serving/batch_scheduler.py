@@ -89,7 +89,9 @@ class BatchScheduler(Scheduler):
             self.job_ended(job)
             return
         try:
-            slot = engine.add(job.prompt_ids, budget, job.sampling, [] if job.ignore_eos else engine.stop_ids)
+            constraint = engine.constraint(job.grammar) if job.grammar is not None else None
+            slot = engine.add(job.prompt_ids, budget, job.sampling, [] if job.ignore_eos else engine.stop_ids,
+                              constraint)
         except Exception as exc:
             job.finish(None, exc)
             self.job_ended(job)

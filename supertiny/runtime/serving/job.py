@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from supertiny.errors import SupertinyError
+from supertiny.runtime.engines.constrain import Grammar
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.engines.text import Chunk, Completion
 
@@ -64,10 +65,11 @@ class Job:
     """
 
     def __init__(self, prompt_ids: list[int], max_tokens: int, sampling: Sampling, stop: list[str],
-                 ignore_eos: bool, timeout_s: float | None, discard: Callable[[Job], None]):
+                 ignore_eos: bool, timeout_s: float | None, discard: Callable[[Job], None],
+                 grammar: Grammar | None = None):
         self.id = f"{next(_ids):06d}{time.time_ns() & 0xFFFFFFFF:08x}"
         self.prompt_ids, self.max_tokens, self.sampling = prompt_ids, max_tokens, sampling
-        self.stop, self.ignore_eos = stop, ignore_eos
+        self.stop, self.ignore_eos, self.grammar = stop, ignore_eos, grammar
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.submitted = time.perf_counter()

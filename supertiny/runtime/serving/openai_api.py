@@ -8,6 +8,7 @@ tested without a socket.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supertiny.errors import InvalidInputError
+from supertiny.runtime.engines.constrain import Grammar, schema_grammar
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.serving.scheduler import Job, SchedulerStats
 
@@ -108,6 +111,7 @@ class Params:
     stream: bool = False
     include_usage: bool = False
     ignore_eos: bool = False
+    grammar: Grammar | None = None  # response_format's, when it asks for JSON
 
 
 def parse_request(body: Any, chat: bool, config: ServeConfig, model_name: str) -> Params:
@@ -139,8 +143,7 @@ def parse_request(body: Any, chat: bool, config: ServeConfig, model_name: str) -
                    "functions": bool(body.get("functions")), "top_logprobs": body.get("top_logprobs") is not None,
                    "logprobs": body.get("logprobs") not in (None, False),
                    "echo": bool(body.get("echo")), "suffix": bool(body.get("suffix")),
-                   "best_of": body.get("best_of") not in (None, 1),
-                   "response_format": body.get("response_format") not in (None, {"type": "text"})}
+                   "best_of": body.get("best_of") not in (None, 1)}
     for name, used in unsupported.items():
         if used:
             raise _bad(name, f"{name} is not supported by this server")
@@ -166,7 +169,31 @@ def parse_request(body: Any, chat: bool, config: ServeConfig, model_name: str) -
     if options is not None and not isinstance(options, dict):
         raise _bad("stream_options", "stream_options must be an object")
     return Params(prompt, max_tokens, sampling, stops, stream=_bool(body, "stream"),
-                  include_usage=_bool(options or {}, "include_usage"), ignore_eos=_bool(body, "ignore_eos"))
+                  include_usage=_bool(options or {}, "include_usage"), ignore_eos=_bool(body, "ignore_eos"),
+                  grammar=response_grammar(body.get("response_format")))
+
+
+def response_grammar(response_format: Any) -> Grammar | None:
+    """The grammar of OpenAI's ``response_format`` (None for ``text`` or none): ``json_object`` is any JSON
+    object, ``json_schema`` the value of ``json_schema.schema``. A schema that cannot be enforced is a 400
+    naming what is unsupported, never a free decode."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Grammar.json_object()
+    if kind != "json_schema":
+        raise _bad("response_format", "response_format.type must be text, json_object or json_schema")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise _bad("response_format", "response_format.json_schema.schema must be a JSON Schema object")
+    try:
+        return schema_grammar(json.dumps(schema))  # key order kept: it is the order written
+    except InvalidInputError as exc:
+        raise _bad("response_format", str(exc)) from None
 
 
 # -- metrics ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from supertiny.errors import InvalidInputError
 from supertiny.runtime.engines.base import Engine, Prompt
+from supertiny.runtime.engines.constrain import Grammar
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.engines.text import Chunk, TextStream
 from supertiny.runtime.serving.job import Job, JobTimeout, QueueFull, SchedulerStats, ShuttingDown
@@ -88,7 +89,7 @@ class Scheduler:
         return self._closing
 
     def submit(self, prompt: Prompt, max_tokens: int = 256, sampling: Sampling | None = None,
-               stop: str | Sequence[str] = (), ignore_eos: bool = False) -> Job:
+               stop: str | Sequence[str] = (), ignore_eos: bool = False, grammar: Grammar | None = None) -> Job:
         """Queue a request; the prompt is checked here so a bad one fails in the caller.
 
         Args:
@@ -97,6 +98,7 @@ class Scheduler:
             sampling: greedy by default.
             stop: strings that end the reply.
             ignore_eos: keep going past the eos token (benchmarks).
+            grammar: hold the reply to it (constrained decoding; every scheduler supports it).
 
         Returns:
             The :class:`Job`; read it once.
@@ -115,7 +117,8 @@ class Scheduler:
             ids = self.engines[0].prompt_ids(prompt)  # ids checked against the vocabulary there
         self._smallest.check_request(len(ids), max_tokens)  # empty, fits the context, max_tokens
         # The worker gets token ids, so the prompt is tokenized once.
-        job = Job(ids, max_tokens, sampling or Sampling(), stops, ignore_eos, self.request_timeout_s, self._discard)
+        job = Job(ids, max_tokens, sampling or Sampling(), stops, ignore_eos, self.request_timeout_s, self._discard,
+                  grammar)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -200,7 +203,7 @@ class Scheduler:
             return
         try:
             for chunk in engine.stream_text(job.prompt_ids, job.max_tokens, sampling=job.sampling, stop=job.stop,
-                                            ignore_eos=job.ignore_eos, cancel=job.cancelled):
+                                            ignore_eos=job.ignore_eos, cancel=job.cancelled, grammar=job.grammar):
                 job.push(chunk)
         except Exception as exc:  # handed to the reader; the slot keeps serving
             job.finish(None, exc)

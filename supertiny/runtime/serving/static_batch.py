@@ -54,7 +54,7 @@ class StaticBatchScheduler(Scheduler):
 
     def _run_batch(self, jobs: list[Job]) -> None:
         live: dict[int, tuple[Job, TextStream]] = {}
-        prompts, budgets, samplings, stops = [], [], [], []
+        prompts, budgets, samplings, stops, constraints = [], [], [], [], []
         for job in jobs:
             if not job.begin():
                 continue
@@ -67,10 +67,11 @@ class StaticBatchScheduler(Scheduler):
             budgets.append(budget)
             samplings.append(job.sampling)
             stops.append([] if job.ignore_eos else self.engine.stop_ids)
+            constraints.append(self.engine.constraint(job.grammar) if job.grammar is not None else None)
         if not live:
             return
         try:
-            batch = StaticBatch(self.engine, prompts, budgets, samplings, stops)
+            batch = StaticBatch(self.engine, prompts, budgets, samplings, stops, constraints)
             while batch.active:
                 for row in batch.active:
                     job, _ = live[row]
