@@ -78,6 +78,7 @@ def version(number: int) -> Check:
 
 TEXT = expect(lambda v: isinstance(v, str), "a string")
 TABLE = expect(lambda v: isinstance(v, dict), "a table")
+BOOL = expect(lambda v: isinstance(v, bool), "true or false")
 NAME = expect(lambda v: isinstance(v, str) and _NAME.fullmatch(v) is not None,
               "a name of a-z, 0-9, '.', '_', '-' starting with a letter or digit")
 

@@ -88,7 +88,7 @@ def test_an_extractive_field_takes_only_what_the_input_holds(vocab):
 
 @pytest.mark.parametrize("field,why", [
     ({"type": "string", "source": "input"}, "output.a.source: a value taken from the input needs the pattern"),
-    ({"type": "enum", "values": ["x"], "source": "input"}, "output.a.source: only a string field takes source"),
+    ({"type": "enum", "values": ["x"], "source": "input"}, "output.a.source: only string fields take source"),
     ({"type": "string", "pattern": "x", "source": "output"}, "output.a.source: expected one of input, got 'output'"),
 ])
 def test_an_extractive_field_is_checked_when_the_task_loads(field, why):
@@ -180,6 +180,26 @@ def test_eval_decodes_constrained_on_request_and_free_by_default(tmp_path, tiny_
         if valid is not None:
             assert report["schema_valid"] == valid
     assert not trained_on(tiny_exports["llama.cpp"], TICKETS)  # no manifest: not trained on the task
+
+
+@pytest.mark.parametrize("kind,batched", [("torch", False), ("llama.cpp", False), ("llama.cpp", True)])
+def test_teach_held_to_the_schema_accepts_what_a_free_teacher_cannot_write(tmp_path, tiny_exports, kind, batched):
+    """A random tiny teacher writes no JSON freely (0 accepted); held to the task's schema every answer is
+    valid, and without labels or a judge schema validity accepts it."""
+    write_color_task(tmp_path, records=4, dev=0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"input": f"the thing number {i}"}) + "\n" for i in range(4)))
+    args = ["teach", str(tiny_exports[kind]), "--task", str(tmp_path / "task.toml"), "--prompts", str(prompts),
+            "--samples", "2", "--max-new-tokens", "80", "--concurrency", "2", "--threads", "1", "--json",
+            *(["--batched"] if batched else [])]
+    run = CliRunner().invoke
+    free = run(main, [*args, "--out", str(tmp_path / "free.jsonl")])
+    held = run(main, [*args, "--out", str(tmp_path / "held.jsonl"), "--constrained"])
+    assert free.exit_code == 0 and held.exit_code == 0, free.output + held.output
+    assert json.loads(free.stdout)["accepted"] == 0 and json.loads(held.stdout)["accepted"] == 4
+    task = load_task(tmp_path / "task.toml")
+    for line in (tmp_path / "held.jsonl").read_text().splitlines():
+        assert task.parse(json.loads(line)["response"]).schema_valid
 
 
 @pytest.mark.parametrize("kind,parallel", [("llama.cpp", 0), ("llama.cpp", 2), ("onnxruntime", 2), ("torch", 0)])

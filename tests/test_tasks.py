@@ -79,7 +79,7 @@ def test_unknown_key_suggests_the_known_one():
 def test_wrong_types_and_missing_keys():
     assert "schema_version: expected 1, got 2" in errors(valid(schema_version=2))
     assert "instruction: expected a non-empty string, got ''" in errors(valid(instruction=""))
-    assert "output.x.type: expected one of string, bool, enum, got 'int'" in errors(
+    assert "output.x.type: expected one of string, bool, enum, number, list, got 'int'" in errors(
         valid(output={"x": {"type": "int"}}))
     assert "output.x.type: required key is missing" in errors(valid(output={"x": {}}))
     assert "output: expected a table with at least one field" in errors(valid(output={}))
@@ -94,9 +94,9 @@ def test_enum_needs_values_and_field_specific_keys():
     assert "output.x.values: an enum needs its allowed values" in errors(valid(output={"x": {"type": "enum"}}))
     assert "output.x.values: expected a non-empty list" in errors(valid(output={"x": {"type": "enum", "values": []}}))
     assert "expected no repeated values" in errors(valid(output={"x": {"type": "enum", "values": ["a", "a"]}}))
-    assert "output.x.values: only a enum field takes values, this one is bool" in errors(
+    assert "output.x.values: only enum or list fields take values, this one is bool" in errors(
         valid(output={"x": {"type": "bool", "values": ["a"]}}))
-    assert "output.x.pattern: only a string field takes pattern" in errors(
+    assert "output.x.pattern: only string fields take pattern" in errors(
         valid(output={"x": {"type": "enum", "values": ["a"], "pattern": "a"}}))
     # normalize lower could never produce "Yes", so the schema would be unsatisfiable
     assert "output.x.values: 'Yes' is not in its normalized form" in errors(

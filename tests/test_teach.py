@@ -192,6 +192,24 @@ def test_stub_server_scores_accepts_and_keeps_the_best(tmp_path):
     assert not progress_path(out).exists()
 
 
+def test_constrained_teach_sends_each_prompt_its_schema(tmp_path):
+    """--constrained: a server teacher gets OpenAI's response_format with the task's schema, its extractive
+    asset narrowed to the tags of that prompt's ticket; the judge is asked freely."""
+    prompts = write_prompts(tmp_path / "p.jsonl", list(SCRIPT)[:2])
+    with StubServer() as stub:
+        result = CliRunner().invoke(main, ["teach", stub.url, "--task", "factory-tickets", "--prompts", str(prompts),
+                                           "--out", str(tmp_path / "d.jsonl"), "--samples", "1", "--constrained"])
+        assert result.exit_code == 0, result.output
+    formats = {b["messages"][-1]["content"].split("\n", 1)[1]: b["response_format"] for b in stub.bodies}
+    for ticket, tag in (("A: press-3 hose split, press off", "PRESS\\-3"),
+                        ("B: CNC-07 encoder dead, cell stopped", "CNC\\-07")):
+        f = formats[ticket]
+        assert f["type"] == "json_schema" and f["json_schema"]["strict"] is True
+        schema = f["json_schema"]["schema"]
+        assert list(schema["properties"]) == list(TASK.field_names) and schema["additionalProperties"] is False
+        assert schema["properties"]["asset"]["pattern"] == f"^ {{0,2}}(?i:{tag}) {{0,2}}$"
+
+
 def test_stop_when_perfect_keeps_the_same_answer_with_fewer_samples(tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", ["A: press-3 hose split, press off", "E: box-12 oil"])
     outs = {}

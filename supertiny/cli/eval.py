@@ -62,6 +62,8 @@ def _print_task_report(r: TaskReport) -> None:
                f"{r.prompt} prompt)")
     click.echo(f"task score  {s.task_score:.3f}   JSON valid {s.json_valid:.1%}   schema valid {s.schema_valid:.1%}")
     click.echo("fields      " + "   ".join(f"{name} {acc:.1%}" for name, acc in s.fields.items()))
+    if s.f1:
+        click.echo("list F1     " + "   ".join(f"{name} {f1:.3f}" for name, f1 in s.f1.items()))
 
 
 def _print_report(r: EvalReport) -> None:

@@ -95,6 +95,9 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     primary = next(iter(exports.values()))
     measure = {"task": t["name"], "data": t["test"]}
     ev = _section(recipe, "eval")
+    # The bundle answers held to the task's schema (the default for a task-trained model); the teacher is
+    # measured the same way, so the ratio compares the models, not two ways of decoding.
+    ev.setdefault("constrained", True)
     stages.append(_invoke("eval-teacher", "eval", {"model": teaching, **measure}, out / "eval-teacher" / "report.json",
                           ev))
     stages.append(_invoke("eval-student", "eval", {"model": primary, **measure}, out / "eval-student" / "report.json",

@@ -2,7 +2,11 @@
 
 A field is ``string`` (optionally normalized, then matched against a regex ``pattern``),
 ``bool`` (JSON ``true``/``false`` only: the string ``"true"`` is a wrong type, so a model
-is held to the schema it was shown), or ``enum`` (a string from ``values``). ``normalize``
+is held to the schema it was shown), ``enum`` (a string from ``values``), ``number`` (a JSON
+number, int or float; a prediction within ``tolerance`` of the label is right) or ``list``
+(multi-label: a JSON array of strings from ``values``, order and repeats not counted; its
+canonical form is the set in ``values`` order, scored by exact set and reported with F1).
+``nullable`` lets any field be ``null`` (the input has no such value). ``normalize``
 (``upper``, ``lower`` or ``strip``; upper and lower strip too) applies to predictions and
 labels alike, so both are compared in the same canonical form.
 
@@ -13,16 +17,23 @@ labels alike, so both are compared in the same canonical form.
 (None, "expected a string matching '[A-Z]{2,6}-[0-9]{1,4}', got 'CNC07'")
 >>> check_value(OutputField("ok", "bool"), "true")
 (None, "expected true or false, got 'true'")
+>>> check_value(OutputField("tags", "list", values=("a", "b", "c")), ["c", "a", "c"])
+(['a', 'c'], None)
+>>> check_value(OutputField("order", "string", nullable=True), None)
+(None, None)
+>>> OutputField("qty", "number", tolerance=0.5).matches(2.4, 2)
+True
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-TYPES = ("string", "bool", "enum")
+TYPES = ("string", "bool", "enum", "number", "list")
 NORMALIZE = ("upper", "lower", "strip")
 SOURCES = ("input",)  # where a string's value comes from: "input" = copied from the record's input
 _NORMALIZERS = {"upper": lambda s: s.strip().upper(), "lower": lambda s: s.strip().lower(),
@@ -41,6 +52,14 @@ class OutputField:
     pattern: str | None = None
     normalize: str | None = None
     source: str | None = None
+    nullable: bool = False
+    tolerance: float = 0.0  # number: how far a right prediction may be from the label
+
+    def matches(self, predicted: Any, label: Any) -> bool:
+        """Whether a canonical prediction is right for a canonical label (a number within ``tolerance``)."""
+        if self.type == "number" and predicted is not None and label is not None:
+            return abs(predicted - label) <= self.tolerance
+        return bool(predicted == label)
 
     def spans(self, text: str) -> list[str]:
         """The values this field can take from ``text`` (``source="input"``): each span of it that matches
@@ -67,10 +86,14 @@ class OutputField:
             kind = "true or false (JSON boolean)"
         elif self.type == "enum":
             kind = "one of " + ", ".join(json.dumps(v) for v in self.values)
+        elif self.type == "number":
+            kind = "a number (JSON number)"
+        elif self.type == "list":
+            kind = "a list of any of " + ", ".join(json.dumps(v) for v in self.values) + " (JSON array, [] for none)"
         else:
             case = {"upper": " in upper case", "lower": " in lower case"}.get(self.normalize or "", "")
             kind = f"a string{case}" + (f" matching the regex {self.pattern}" if self.pattern else "")
-        text = f"- {json.dumps(self.name)}: {kind}."
+        text = f"- {json.dumps(self.name)}: {kind}" + (", or null when the text has none." if self.nullable else ".")
         return f"{text} {self.description}" if self.description else text
 
 
@@ -81,6 +104,19 @@ def _show(value: Any) -> str:
 
 def check_value(field: OutputField, value: Any) -> tuple[Any, str | None]:
     """``(canonical value, None)`` when ``value`` is valid for ``field``, else ``(None, why not)``."""
+    if value is None and field.nullable:
+        return None, None
+    if field.type == "number":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return value, None
+        return None, f"expected a number, got {_show(value)}"
+    if field.type == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, f"expected a list of strings, got {_show(value)}"
+        chosen = {field.normalized(v) for v in value}
+        if unknown := sorted(chosen - set(field.values)):
+            return None, f"expected items from {', '.join(field.values)}, got {_show(unknown[0])}"
+        return [v for v in field.values if v in chosen], None
     if field.type == "bool":
         if isinstance(value, bool):
             return value, None

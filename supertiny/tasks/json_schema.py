@@ -38,23 +38,39 @@ PAD = 2  # spaces a normalized value may have around it (the parser strips any: 
 # any would let a small model write spaces until its token budget ends)
 
 
+def _value_schema(field: OutputField) -> dict[str, Any]:
+    """The schema of one (non-null) value: a string, an enum value or a list item."""
+    if field.normalize is None:
+        out: dict[str, Any] = {"enum": list(field.values)} if field.values else {"type": "string"}
+        if field.pattern is not None:  # the parser matches the whole value (re.fullmatch)
+            out["pattern"] = f"^(?:{field.pattern})$"
+        return out
+    body = "|".join(re.escape(v) for v in field.values) if field.values else field.pattern or ".*"
+    flags = "?i:" if field.normalize in ("upper", "lower") else "?:"
+    return {"type": "string", "pattern": rf"^ {{0,{PAD}}}({flags}{body}) {{0,{PAD}}}$"}
+
+
 def field_schema(field: OutputField, input_text: str | None = None) -> dict[str, Any]:
     """One field's JSON Schema (a ``description`` where the task gives one); an extractive field
     (``source="input"``) given the record's ``input_text`` allows only the spans found there (all its pattern
-    allows when there is none)."""
+    allows when there is none, or only ``null`` when the field is nullable). A list holds each value at most
+    once in the parser's eyes; the schema bounds it to as many items as there are values (JSON Schema's
+    ``uniqueItems`` is not enforceable token by token)."""
     spans = field.spans(input_text) if field.source == "input" and input_text is not None else []
     if spans:
         field = dataclasses.replace(field, pattern="|".join(re.escape(v) for v in spans))
+    elif field.source == "input" and input_text is not None and field.nullable:
+        return {"type": "null", **({"description": field.description} if field.description else {})}
     if field.type == "bool":
         out: dict[str, Any] = {"type": "boolean"}
-    elif field.normalize is None:
-        out = {"enum": list(field.values)} if field.type == "enum" else {"type": "string"}
-        if field.pattern is not None:  # the parser matches the whole value (re.fullmatch)
-            out["pattern"] = f"^(?:{field.pattern})$"
+    elif field.type == "number":
+        out = {"type": "number"}
+    elif field.type == "list":
+        out = {"type": "array", "items": _value_schema(field), "maxItems": len(field.values)}
     else:
-        body = "|".join(re.escape(v) for v in field.values) if field.type == "enum" else field.pattern or ".*"
-        flags = "?i:" if field.normalize in ("upper", "lower") else "?:"
-        out = {"type": "string", "pattern": rf"^ {{0,{PAD}}}({flags}{body}) {{0,{PAD}}}$"}
+        out = _value_schema(field)
+    if field.nullable:
+        out = {"anyOf": [out, {"type": "null"}]}
     if field.description:
         out["description"] = field.description
     return out

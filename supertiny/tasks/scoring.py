@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class TaskScore:
     json_valid: float
     schema_valid: float
     fields: dict[str, float]
+    f1: dict[str, float] = field(default_factory=dict)  # list fields: mean per-record F1 of the chosen values
 
     @property
     def task_score(self) -> float:
@@ -58,8 +59,9 @@ class TaskScore:
         return sum(self.fields.values()) / len(self.fields)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "task_score": self.task_score, "n": self.n, "json_valid": self.json_valid,
-                "schema_valid": self.schema_valid, "fields": dict(self.fields)}
+        out = {"task": self.task, "task_score": self.task_score, "n": self.n, "json_valid": self.json_valid,
+               "schema_valid": self.schema_valid, "fields": dict(self.fields)}
+        return {**out, "f1": dict(self.f1)} if self.f1 else out
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class TaskEvaluation:
 
 def field_matches(task: Task, parsed: ParsedOutput, label: dict[str, Any]) -> dict[str, bool]:
     """Per field: does the parsed answer equal the (canonical) label? The seam a reward can use."""
-    return {f.name: f.name in parsed.values and parsed.values[f.name] == label[f.name] for f in task.fields}
+    return {f.name: f.name in parsed.values and f.matches(parsed.values[f.name], label[f.name]) for f in task.fields}
 
 
 def score(task: Task, predictions: Sequence[str | None], labels: Sequence[dict[str, Any]]) -> TaskScore:
@@ -110,15 +112,33 @@ def score_parsed(task: Task, parsed: Sequence[ParsedOutput], labels: Sequence[di
     if not labels:
         raise TaskError(f"{task.name}: nothing to score (no records)")
     hits = dict.fromkeys(task.field_names, 0)
+    lists = [f.name for f in task.fields if f.type == "list"]
+    f1 = dict.fromkeys(lists, 0.0)
     for i, (p, raw) in enumerate(zip(parsed, labels, strict=True)):
         label, why = task.check_label(raw, f"labels[{i}]")
         if label is None:
             raise TaskError(f"{task.name}: " + "; ".join(why))
         for name, ok in field_matches(task, p, label).items():
             hits[name] += ok
+        for name in lists:
+            f1[name] += set_f1(p.values.get(name), label[name])
     n = len(labels)
     return TaskScore(task.name, n, sum(p.json_valid for p in parsed) / n, sum(p.schema_valid for p in parsed) / n,
-                     {name: k / n for name, k in hits.items()})
+                     {name: k / n for name, k in hits.items()}, {name: total / n for name, total in f1.items()})
+
+
+def set_f1(predicted: Sequence[str] | None, label: Sequence[str] | None) -> float:
+    """F1 of a predicted set of values against the label's (both empty, or both null: 1; a missing or null
+    prediction for a list, or a list for a null label: 0).
+
+    >>> set_f1(["a", "b"], ["b", "c"]), set_f1([], []), set_f1(None, ["a"])
+    (0.5, 1.0, 0.0)
+    """
+    p, g = set(predicted or ()), set(label or ())
+    if not p and not g:
+        return 1.0 if (predicted is None) == (label is None) else 0.0
+    hit = len(p & g)
+    return 2 * hit / (len(p) + len(g))
 
 
 def _record(task: Task, obj: Any, path: Path, number: int) -> TaskRecord:

@@ -163,7 +163,8 @@ severity, line_stopped.'
     def to_dict(self) -> dict[str, Any]:
         """The task as plain data (the TOML schema), plus ``source``."""
         out = {f.name: {"type": f.type, "description": f.description, "values": list(f.values),
-                        "pattern": f.pattern, "normalize": f.normalize, "source": f.source} for f in self.fields}
+                        "pattern": f.pattern, "normalize": f.normalize, "source": f.source,
+                        "nullable": f.nullable or None, "tolerance": f.tolerance or None} for f in self.fields}
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
                 "input": self.input, "instruction": self.instruction, **({"brief": self.brief} if self.brief else {}),
                 "output": {k: {a: b for a, b in v.items() if b not in (None, "", [])} for k, v in out.items()},
@@ -201,9 +202,12 @@ _TOP: dict[str, Callable[[Any], Any]] = {
 }
 _FIELD: dict[str, Callable[[Any], Any]] = {
     "type": schema.one_of(*TYPES), "description": schema.TEXT, "values": _values, "pattern": _regex,
-    "normalize": schema.one_of(*NORMALIZE), "source": schema.one_of(*SOURCES),
+    "normalize": schema.one_of(*NORMALIZE), "source": schema.one_of(*SOURCES), "nullable": schema.BOOL,
+    "tolerance": schema.expect(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                               "a number >= 0"),
 }
-_ONLY_FOR = {"values": ("enum",), "pattern": ("string",), "normalize": ("string", "enum"), "source": ("string",)}
+_ONLY_FOR = {"values": ("enum", "list"), "pattern": ("string",), "normalize": ("string", "enum", "list"),
+             "source": ("string",), "tolerance": ("number",)}
 _EXAMPLE: dict[str, Callable[[Any], Any]] = {"input": _non_empty, "output": schema.TABLE}
 
 
@@ -217,17 +221,18 @@ def _output_field(name: str, spec: Any, problems: list[str]) -> OutputField | No
     n = len(problems)
     got = schema.check_keys(spec, _FIELD, {"type"}, where, problems)
     kind = got.get("type")
-    if kind == "enum" and "values" not in spec:
-        problems.append(f"{where}.values: an enum needs its allowed values, e.g. values = [\"a\", \"b\"]")
+    if kind in ("enum", "list") and "values" not in spec:
+        problems.append(f"{where}.values: {'an enum' if kind == 'enum' else 'a list'} needs its allowed values, "
+                        f"e.g. values = [\"a\", \"b\"]")
     if kind == "string" and got.get("source") == "input" and "pattern" not in spec:
         problems.append(f"{where}.source: a value taken from the input needs the pattern that finds it there")
     for key, types in _ONLY_FOR.items():
         if kind and key in spec and kind not in types:
-            problems.append(f"{where}.{key}: only a {' or '.join(types)} field takes {key}, this one is {kind}")
+            problems.append(f"{where}.{key}: only {' or '.join(types)} fields take {key}, this one is {kind}")
     if len(problems) > n:
         return None
     f = OutputField(name, kind, got.get("description", ""), got.get("values", ()), got.get("pattern"),
-                    got.get("normalize"), got.get("source"))
+                    got.get("normalize"), got.get("source"), got.get("nullable", False), got.get("tolerance", 0.0))
     # a value that normalizing changes could never be matched: the schema would be unsatisfiable
     if changed := [v for v in f.values if f.normalized(v) != v]:
         problems.append(f"{where}.values: {changed[0]!r} is not in its normalized form "

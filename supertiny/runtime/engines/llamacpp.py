@@ -172,7 +172,11 @@ class LlamaCppEngine(Engine):
         kwargs = {"temp": sampling.temperature, "top_k": 1 if greedy else sampling.top_k,
                   "top_p": sampling.top_p, "min_p": 0.0, "repeat_penalty": 1.0, "reset": True}
         if constraint is not None:
-            kwargs["logits_processor"] = [lambda _ids, scores: constraint.mask(scores)]
+            def held(_ids: Any, scores: np.ndarray) -> np.ndarray:  # greedy: mask only if the argmax is refused
+                if greedy and constraint.allows(int(scores.argmax()), scores.shape[-1]):
+                    return scores
+                return constraint.mask(scores)
+            kwargs["logits_processor"] = [held]
         produced = 0
         for token in self.llm.generate(list(prompt_ids), **kwargs):
             if constraint is not None:

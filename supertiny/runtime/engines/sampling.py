@@ -40,8 +40,11 @@ def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator,
                constraint: Constraint | None = None) -> int:
     """The next token from one row of logits (greedy, or temperature/top-k/top-p sampling); with a
     ``constraint``, among the tokens its grammar allows (and the constraint advances past it)."""
-    if constraint is not None:
-        token = pick_token(constraint.mask(np.array(logits, dtype=np.float32)), sampling, rng)
+    if constraint is not None:  # pick freely, then mask only if the grammar refuses that pick
+        plain = sampling.temperature == 0 or (sampling.top_k == 0 and sampling.top_p == 1.0)
+        token = pick_token(logits, sampling, rng) if plain else -1
+        if token < 0 or not constraint.allows(token, logits.shape[-1]):
+            token = pick_token(constraint.mask(np.array(logits, dtype=np.float32)), sampling, rng)
         constraint.accept(token)
         return token
     if sampling.temperature == 0:

@@ -72,7 +72,15 @@ from supertiny.stages.transfer.teach_records import (
 )
 from supertiny.stages.transfer.teachers import PromptError, Teacher, TeacherOptions, is_url, open_teacher
 from supertiny.stages.transfer.training import prompt_setting
-from supertiny.tasks import Task, TaskRecord, field_matches, read_task_data, recorded_prompt, task_for
+from supertiny.tasks import (
+    Task,
+    TaskRecord,
+    field_matches,
+    read_task_data,
+    recorded_prompt,
+    task_for,
+    task_json_schema,
+)
 from supertiny.tasks.prompts import RECORD_KEY
 
 
@@ -96,6 +104,9 @@ class TeachConfig(TeacherOptions):
                                check=POS_INT, short="-n")
     limit: int | None = setting(None, "Use only the first N prompts.", check=POS_INT)
     prompt: str = prompt_setting("the one TEACHER was trained with (its manifest), else full")
+    constrained: bool = setting(False, "Hold every answer to the task's JSON schema (constrained decoding; a "
+                                "server gets it as response_format), its extractive fields to the prompt's own "
+                                "spans [default: free].", flag="--constrained", off="--free", example=True)
     overwrite: bool = setting(False, "Replace the output and drop an unfinished run's progress.", off="", role="run")
 
     def problems(self) -> list[str]:
@@ -146,6 +157,7 @@ class _Sampler:
 
     def run(self, index: int, record: TaskRecord) -> PromptResult:
         task, messages = self.task, self.task.messages(record.input)
+        held = {"schema": task_json_schema(task, record.input)} if self.config.constrained else {}
         scores: list[float] = []
         judged: list[dict[str, Any] | None] = []
         grades: dict[str, Judgement] = {}  # a repeated answer is graded once
@@ -153,7 +165,7 @@ class _Sampler:
         for k in range(self.config.samples):
             try:
                 text = self.teacher.complete(messages, self.sampling(index, k), self.config.max_new_tokens,
-                                             until_json=True)
+                                             until_json=True, **held)
             except PromptError as exc:
                 raise PromptError(f"{record.source}:{record.line}: {exc}") from None
             with self._lock:

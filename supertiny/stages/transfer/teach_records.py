@@ -26,7 +26,7 @@ PROGRESS_FORMAT = 1
 
 # The settings a prompt's result depends on: a rerun resumes only when they are equal.
 RESUME_KEYS = ("teacher", "model_name", "task", "task_sha256", "prompt", "samples", "temperature", "top_p",
-               "max_new_tokens", "seed", "greedy_first", "judge", "judge_model_name", "judge_threshold")
+               "max_new_tokens", "seed", "greedy_first", "judge", "judge_model_name", "judge_threshold", "constrained")
 
 
 @dataclass

@@ -50,6 +50,7 @@ from supertiny.backends import BACKENDS, batching, threads_for
 from supertiny.errors import InvalidInputError, UserError
 from supertiny.models import resolve
 from supertiny.runtime.engines.base import EngineOptions, open_engine
+from supertiny.runtime.engines.constrain import Grammar, schema_grammar
 from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.serving.pool import open_engines
 from supertiny.settings import NON_NEG, NON_NEG_INT, POS_INT, POSITIVE, Settings, setting
@@ -120,12 +121,14 @@ class Teacher(abc.ABC):
 
     @abc.abstractmethod
     def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
-                 until_json: bool = False) -> str:
+                 until_json: bool = False, schema: dict[str, Any] | None = None) -> str:
         """The reply to ``messages`` (raises :class:`TeacherError` when there is none).
 
         ``until_json``: the caller reads only the first JSON object of the reply, so a backend
         may stop once the text from the first ``{`` on is a complete object (see
         :func:`json_done`); the parse is the same as that of the whole reply.
+        ``schema``: hold the reply to this JSON schema (constrained decoding: a local model masks its
+        logits, a server gets it as ``response_format``).
         """
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int | None:
@@ -178,12 +181,13 @@ class LocalTeacher(Teacher):
         return engine
 
     def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
-                 until_json: bool = False) -> str:
-        engine = self._engine()
+                 until_json: bool = False, schema: dict[str, Any] | None = None) -> str:
+        engine, grammar = self._engine(), _grammar(schema)
         try:
             if not until_json:
-                return engine.complete(list(messages), max_tokens=max_tokens, sampling=sampling).text
-            return _read_reply(engine.stream_text(list(messages), max_tokens, sampling=sampling), until_json)
+                return engine.complete(list(messages), max_tokens=max_tokens, sampling=sampling, grammar=grammar).text
+            return _read_reply(engine.stream_text(list(messages), max_tokens, sampling=sampling, grammar=grammar),
+                               until_json)
         except InvalidInputError as exc:
             raise PromptError(f"the teacher cannot run this prompt: {exc}") from None
 
@@ -223,9 +227,9 @@ class BatchedTeacher(Teacher):
         self.info = self.engine.info
 
     def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
-                 until_json: bool = False) -> str:
+                 until_json: bool = False, schema: dict[str, Any] | None = None) -> str:
         try:
-            job = self.scheduler.submit(list(messages), max_tokens, sampling=sampling)
+            job = self.scheduler.submit(list(messages), max_tokens, sampling=sampling, grammar=_grammar(schema))
         except InvalidInputError as exc:
             raise PromptError(f"the teacher cannot run this prompt: {exc}") from None
         return _read_reply(iter(job), until_json)  # closing the job's reader early cancels the rest
@@ -242,6 +246,10 @@ class BatchedTeacher(Teacher):
         scheduler = self.__dict__.pop("scheduler", None)
         if scheduler is not None and scheduler.close(cancel=True, timeout=30.0):
             self.pool.close()
+
+
+def _grammar(schema: dict[str, Any] | None) -> Grammar | None:
+    return None if schema is None else schema_grammar(json.dumps(schema))
 
 
 def _read_reply(chunks: Generator[Any, None, None], until_json: bool) -> str:
@@ -278,7 +286,7 @@ class HttpTeacher(Teacher):
         return None
 
     def complete(self, messages: Sequence[Message], sampling: Sampling, max_tokens: int,
-                 until_json: bool = False) -> str:
+                 until_json: bool = False, schema: dict[str, Any] | None = None) -> str:
         payload: dict[str, Any] = {"model": self.model_name, "messages": list(messages), "n": 1,
                                    "max_tokens": max_tokens, "temperature": sampling.temperature,
                                    "top_p": sampling.top_p}
@@ -286,6 +294,9 @@ class HttpTeacher(Teacher):
             payload["seed"] = sampling.seed
         if sampling.top_k:
             payload["top_k"] = sampling.top_k  # llama.cpp's and vLLM's extension
+        if schema is not None:  # OpenAI's structured outputs (llama.cpp's server, vLLM and supertiny's take it too)
+            payload["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": schema.get("title") or "answer", "schema": schema, "strict": True}}
         body = self._request("POST", "/chat/completions", payload)
         try:
             content = body["choices"][0]["message"]["content"]

@@ -1,0 +1,140 @@
+"""Constrained vs free decoding: decode tokens/s on the same GGUF file, single engine and continuous batch.
+
+The same task records (factory-tickets' test split) go through each engine twice, the two
+modes taking turns record by record (batch by batch) so drift on a shared machine hits both:
+
+* ``constrained``: held to the task's JSON schema (:mod:`supertiny.runtime.engines.constrain`;
+  the asset narrowed to the ticket's tags), ending when the object closes;
+* ``free``: the same prompt decoded without a grammar for exactly as many tokens (eos ignored),
+  so both modes decode the same number of tokens at the same positions.
+
+Only decoding is timed (from the first reply token to the last; prefill is the same work in
+both modes and would hide the difference). Single: :class:`LlamaCppEngine.stream`. Batched:
+:class:`BatchedLlamaEngine` with ``--parallel`` sequences, timed from the step where every
+sequence has its first token. ``mask`` is the time llguidance takes to compute a step's mask (unpacked to a
+boolean row), per token. Target (issue 24): constrained >= 0.9x free, single and batched.
+
+Run:  .venv/bin/python benchmarks/constrained_decoding.py [--model BUNDLE.gguf] [--records 16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from supertiny.models import DEFAULT_TEACHER, resolve  # noqa: E402
+from supertiny.runtime.engines import constrain  # noqa: E402
+from supertiny.runtime.engines.batched import BatchedLlamaEngine  # noqa: E402
+from supertiny.runtime.engines.llamacpp import LlamaCppEngine  # noqa: E402
+from supertiny.tasks import read_task_data, task_for  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MASK_SECONDS = [0.0]
+
+
+def _timed_allowed(original):
+    def allowed(self, width):
+        start = time.perf_counter()
+        try:
+            return original(self, width)
+        finally:
+            MASK_SECONDS[0] += time.perf_counter() - start
+    return allowed
+
+
+def single(engine: LlamaCppEngine, prompt: list[int], budget: int, constraint=None) -> tuple[int, float]:
+    """Tokens decoded after the first, and the seconds they took."""
+    first = None
+    n = 0
+    for _ in engine.stream(prompt, budget, stop_ids=engine.stop_ids if constraint else [], constraint=constraint):
+        n += 1
+        if first is None:
+            first = time.perf_counter()
+    return n - 1, time.perf_counter() - first
+
+
+def batched(engine: BatchedLlamaEngine, prompts: list[list[int]], budgets: list[int],
+            constraints: list | None) -> tuple[list[int], int, float]:
+    """Per sequence its reply length; tokens decoded once every sequence had its first; their seconds."""
+    slots = {engine.add(p, b, None, engine.stop_ids if constraints else [], constraints[i] if constraints else None):
+             i for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))}
+    produced = [0] * len(prompts)
+    start, counted = None, 0
+    while engine.active:
+        events = engine.step()
+        for slot, token, _ in events:
+            if token is not None:
+                produced[slots[slot]] += 1
+                if start is not None:
+                    counted += 1
+        if start is None and all(produced):
+            start = time.perf_counter()
+    return produced, counted, time.perf_counter() - (start or time.perf_counter())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=DEFAULT_TEACHER, help="a .gguf file (default: the default teacher)")
+    ap.add_argument("--records", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    constrain.Constraint.allowed = _timed_allowed(constrain.Constraint.allowed)
+
+    path = resolve(args.model)[1]
+    spec = task_for("factory-tickets", path)
+    records = read_task_data(ROOT / "examples/factory_tickets/data/test.jsonl", spec, labelled=True)[:args.records]
+    grammar = constrain.answer_grammar(spec)
+    rows = []
+
+    engine = LlamaCppEngine(path, n_ctx=2048, n_threads=args.threads)
+    totals = {"constrained": [0, 0.0], "free": [0, 0.0]}
+    mask = 0.0
+    for r in records:
+        prompt = engine.chat_ids(spec.messages(r.input))
+        MASK_SECONDS[0] = 0.0
+        n, secs = single(engine, prompt, args.max_new_tokens, engine.constraint(grammar(r.input)))
+        mask += MASK_SECONDS[0]
+        totals["constrained"][0] += n
+        totals["constrained"][1] += secs
+        m, secs = single(engine, prompt, n + 1)
+        totals["free"][0] += m
+        totals["free"][1] += secs
+    rows.append(("single", totals, mask))
+    engine.close()
+
+    engine = BatchedLlamaEngine(path, n_ctx=2048 * args.parallel, n_threads=args.threads, parallel=args.parallel)
+    totals = {"constrained": [0, 0.0], "free": [0, 0.0]}
+    mask = 0.0
+    for start in range(0, len(records), args.parallel):
+        chunk = records[start:start + args.parallel]
+        prompts = [engine.chat_ids(spec.messages(r.input)) for r in chunk]
+        MASK_SECONDS[0] = 0.0
+        lengths, n, secs = batched(engine, prompts, [args.max_new_tokens] * len(chunk),
+                                   [engine.constraint(grammar(r.input)) for r in chunk])
+        mask += MASK_SECONDS[0]
+        totals["constrained"][0] += n
+        totals["constrained"][1] += secs
+        _, m, secs = batched(engine, prompts, lengths, None)
+        totals["free"][0] += m
+        totals["free"][1] += secs
+    rows.append((f"batched x{args.parallel}", totals, mask))
+    engine.close()
+
+    print(f"model {path.name}, {len(records)} records, {args.threads} threads, decode only (prefill excluded)")
+    print(f"{'engine':<12} {'free tok/s':>11} {'constrained tok/s':>18} {'ratio':>6} {'tokens':>7} "
+          f"{'mask ms/token':>14}")
+    for name, t, mask in rows:
+        free = t["free"][0] / t["free"][1]
+        held = t["constrained"][0] / t["constrained"][1]
+        print(f"{name:<12} {free:>11.1f} {held:>18.1f} {held / free:>6.2f} {t['constrained'][0]:>7} "
+              f"{1000 * mask / max(t['constrained'][0], 1):>14.3f}")
+
+
+if __name__ == "__main__":
+    main()
