@@ -42,6 +42,7 @@ MANIFEST = "supertiny.json"  # inside a directory artifact
 SIDECAR_SUFFIX = ".supertiny.json"  # appended to a single-file artifact's name
 SCHEMA = 1
 BUNDLE_STAGE = "bundle"  # a deployment bundle's manifest names this stage; its primary artifact: bundle_primary()
+BUNDLE_TASK_FILE = "task.toml"  # the task a bundle answers (its prompt, schema and metric), beside the model
 
 
 class ManifestError(UserError):

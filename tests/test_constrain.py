@@ -2,6 +2,8 @@
 
 import json
 import re
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -16,7 +18,7 @@ from supertiny.runtime.engines.batched import BatchedLlamaEngine
 from supertiny.runtime.engines.constrain import Constraint, Grammar, Vocabulary, answer_grammar
 from supertiny.runtime.serving.app import create_app
 from supertiny.runtime.serving.pool import open_engines
-from supertiny.runtime.serving.server import ServeConfig, bind_socket, build_server
+from supertiny.runtime.serving.server import ServeConfig, bind_socket, build_server, served_task
 from supertiny.tasks import load_task, parse_task, read_task_data, task_json_schema, trained_on
 
 from conftest import start_server, write_color_task
@@ -243,3 +245,52 @@ def test_the_server_speaks_openai_structured_outputs(tiny_exports, kind, paralle
         sock.close()
         scheduler.close()
         pool.close()
+
+
+def post(url, body):
+    """``(status, JSON body)`` of a POST (an HTTP error's too)."""
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_served_task_answers_with_its_validated_object(tmp_path, tiny_exports):
+    """POST /v1/task: the input text in, the task's JSON answer out (held to the schema); a bad body is a 400,
+    an answer cut off before it is valid a 502, never an invalid object."""
+    write_color_task(tmp_path, records=1, dev=0)
+    task = load_task(tmp_path / "task.toml")
+    artifact_kind, path = resolve(tiny_exports["llama.cpp"])
+    config = ServeConfig(port=0, model_name="tiny", parallel=2, max_tokens_limit=150)
+    pool = open_engines(path, artifact_kind, "llama.cpp", EngineOptions(threads=1, n_ctx=256), parallel=2)
+    scheduler = pool.scheduler()
+    sock = bind_socket("127.0.0.1", 0)
+    server = build_server(create_app(scheduler, "tiny", config, task), config)
+    thread = start_server(server, sock)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/task"
+    try:
+        for text in ("the red one, bright", "a dark blue one"):
+            status, body = post(url, {"input": text})
+            assert status == 200, body
+            assert body["task"] == "tiny-colors" and task.parse(json.dumps(body["answer"])).schema_valid
+            assert body["answer"] == task.parse(body["text"]).answer and body["usage"]["completion_tokens"] > 0
+        assert post(url, {"text": "x"})[0] == 400
+        status, body = post(url, {"input": "red", "max_tokens": 2})
+        assert status == 502 and body["error"]["code"] == "invalid_answer"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        scheduler.close()
+        pool.close()
+
+
+def test_serving_a_bundle_answers_its_bundled_task(tmp_path, tiny_exports):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    assert served_task(bundle, tiny_exports["llama.cpp"], None) is None
+    write_color_task(bundle, records=1, dev=0)  # writes bundle/task.toml
+    assert served_task(bundle, tiny_exports["llama.cpp"], None).name == "tiny-colors"
+    assert served_task(bundle, tiny_exports["llama.cpp"], "factory-tickets").name == "factory-tickets"

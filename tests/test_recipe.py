@@ -36,10 +36,13 @@ epochs = 0.5
 """
 
 
+LABEL = {"asset": "CNC-07", "category": "electrical", "severity": "high", "line_stopped": True}
+
+
 def write(tmp_path: Path, text: str = BASE, data: bool = True) -> Path:
     if data:
         for name in ("train", "test", "dev", "rl"):
-            (tmp_path / f"{name}.jsonl").write_text('{"input": "x", "label": {}}\n')
+            (tmp_path / f"{name}.jsonl").write_text(json.dumps({"input": "x", "label": LABEL}) + "\n")
     p = tmp_path / "r.toml"
     p.write_text(text)
     return p
@@ -146,6 +149,28 @@ def test_dry_run_prints_the_commands(tmp_path):
     bad = CliRunner().invoke(main, ["run", str(write(tmp_path, BASE.replace("layers", "layer")))])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "did you mean 'layers'" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_dry_run_names_every_bad_record_of_every_split(tmp_path):
+    """A bad label in test or dev fails before any stage runs, not at evaluation after the training: every
+    problem of every split, one line each with its file and line; train may be unlabelled."""
+    recipe = write(tmp_path, BASE.replace('test = "test.jsonl"', 'test = "test.jsonl"\ndev = "dev.jsonl"'))
+    (tmp_path / "train.jsonl").write_text('{"input": "no label: a prompt for teach"}\n')
+    (tmp_path / "test.jsonl").write_text("\n".join([
+        json.dumps({"input": "ok", "label": LABEL}),
+        json.dumps({"input": "a", "label": {**LABEL, "severity": "urgent"}}),
+        json.dumps({"input": "b"}),
+        "{broken"]) + "\n")
+    (tmp_path / "dev.jsonl").write_text(json.dumps({"input": "c", "label": {**LABEL, "colour": "red"}}) + "\n")
+    r = CliRunner().invoke(main, ["run", str(recipe), "--dry-run", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and r.output.startswith(f"error: {recipe}: 4 problem(s) in the task's data:")
+    lines = r.output.strip().splitlines()[1:]
+    assert lines[0].startswith(f"{tmp_path / 'dev.jsonl'}:1: label: unknown key 'colour'")
+    assert lines[1:] == [
+        f"{tmp_path / 'test.jsonl'}:2: label.severity: expected one of critical, high, medium, low, got 'urgent'",
+        f"{tmp_path / 'test.jsonl'}:3: label: required here (evaluation needs the answers)",
+        f"{tmp_path / 'test.jsonl'}:4: not valid JSON: Expecting property name enclosed in double quotes "
+        "(column 2)"]
 
 
 def test_shipped_recipes_validate():

@@ -40,16 +40,19 @@ from supertiny.runtime.serving.pool import parse_parallel
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="torch dtype (torch backend).")
 @click.option("--model-name", default=None, help="The model name clients send (default: the artifact's name).")
+@click.option("--task", default=None, help="Also answer this task at POST /v1/task ({\"input\": text} in, the "
+              "validated JSON answer out): a shipped task's name or a task .toml [default: a bundle's task.toml].")
 def serve_cmd(artifact: str, host: str, port: int, api_key: str | None, slots: int, parallel: str, max_queue: int,
               max_tokens_limit: int, timeout_s: float, threads: int | None, n_ctx: int | None, gpu_layers: int,
-              provider: str, device: str, dtype: str, backend: str, model_name: str | None) -> None:
-    """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+              provider: str, device: str, dtype: str, backend: str, model_name: str | None, task: str | None) -> None:
+    """Serve ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions with response_format,
+    /v1/completions; /v1/task for a bundle or with --task)."""
     # Every option is checked here, before the model loads.
     engine = EngineOptions(threads=threads, n_ctx=n_ctx, gpu_layers=gpu_layers, provider=provider, device=device,
                            dtype=dtype)
     config = server.ServeConfig(host=host, port=port, api_key=api_key, slots=slots, parallel=parse_parallel(parallel),
                          max_queue=max_queue, max_tokens_limit=max_tokens_limit, request_timeout_s=timeout_s,
-                         engine=engine, backend=backend, model_name=model_name)
+                         engine=engine, backend=backend, model_name=model_name, task=task)
     keep_torch_out(artifact, backend)  # a GGUF/ONNX server has no use for torch's ~220 MB
     quiet_transformers()
     try:

@@ -28,12 +28,21 @@ from typing import Any
 
 from supertiny.backends import threads_for
 from supertiny.errors import RecipeError
-from supertiny.manifest import BUNDLE_STAGE, Manifest, StageRun, bundle_primary, hash_path, manifest_path, read_manifest
+from supertiny.manifest import (
+    BUNDLE_STAGE,
+    BUNDLE_TASK_FILE,
+    Manifest,
+    StageRun,
+    bundle_primary,
+    hash_path,
+    manifest_path,
+    read_manifest,
+)
 from supertiny.models import resolve
 from supertiny.runtime.bench.measure import BenchConfig, bench
 from supertiny.runtime.bench.report import save_figure
 from supertiny.targets import load_target
-from supertiny.tasks import RECORD_KEY, recorded_prompt
+from supertiny.tasks import RECORD_KEY, load_task, recorded_prompt
 
 STAGE, VERSION = BUNDLE_STAGE, 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -120,6 +129,7 @@ def build_bundle(recipe: Any, stages: list[Any], layout: Any, out: Path) -> Mani
                     shutil.copy2(tok / f, d / "tokenizer" / f)
             (d / "recipe.toml").write_text(to_toml(settings), encoding="utf-8")
             shutil.copy2(target.source, d / "target.toml")
+            shutil.copy2(load_task(recipe.task["name"]).source, d / BUNDLE_TASK_FILE)  # serve/eval read it
             chain = _chain(stages, recipe.teacher)
             (d / "chain.json").write_text(json.dumps(chain, indent=2) + "\n", encoding="utf-8")
             (d / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
@@ -130,6 +140,7 @@ def build_bundle(recipe: Any, stages: list[Any], layout: Any, out: Path) -> Mani
         details = {"primary": names[next(iter(layout.exports))], "artifacts": names, "bytes": sizes,
                    "teacher": chain[0], "domain_teacher": layout.domain_teacher,
                    "teacher_scored_on": layout.teacher_for_eval, "task": recipe.task["name"],
+                   "task_file": BUNDLE_TASK_FILE,
                    "budget": budget, "recipe": recipe.name}
         with run.step("readme"):
             (d / "README.md").write_text(readme(recipe, details, quality, target), encoding="utf-8")
@@ -162,9 +173,14 @@ target `{target.name}` ({target.description}). Made by `supertiny run` from the 
 
 ```bash
 supertiny verify .            # re-hash every file, then re-run the budget check on this machine
-supertiny serve . --port 8000 # OpenAI-compatible API (POST /v1/chat/completions)
-supertiny eval . --task {details['task']} --data test.jsonl   # task score on your own labelled data
+supertiny serve . --port 8000 # OpenAI-compatible API, and the task: POST /v1/task {{"input": "..."}}
+supertiny eval . --task task.toml --data test.jsonl   # task score on your own labelled data
 ```
+
+`task.toml` is the task `{details['task']}` (its prompt, output schema and metric). The server answers
+`POST /v1/task` with `{{"input": "<text>"}}` by the task's validated JSON object (`answer`), decoded held
+to the task's schema; `/v1/chat/completions` takes OpenAI's `response_format` (`json_object`,
+`json_schema`).
 
 ## Measured when it was built
 

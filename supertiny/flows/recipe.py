@@ -34,7 +34,7 @@ from supertiny.errors import RecipeError
 from supertiny.settings import TEXT, build, recipe_checks
 from supertiny.stages.registry import get
 from supertiny.targets import load_target
-from supertiny.tasks import load_task
+from supertiny.tasks import load_task, task_data_problems
 
 Check = schema.Check
 
@@ -85,6 +85,8 @@ SECTIONS: dict[str, Section] = {
 REQUIRED_SECTIONS = ("prune", "distill")  # without [teach], distill learns the labelled train split
 TASK_KEYS: dict[str, Check] = {"name": TEXT, "train": TEXT, "dev": TEXT, "test": TEXT, "rl": TEXT}
 TASK_FILES = ("train", "dev", "test", "rl")
+LABELLED_FILES = ("dev", "test", "rl")  # evaluation and reward read the labels; teach's prompts may have none
+MAX_DATA_PROBLEMS = 50
 _TOP: dict[str, Check] = {"schema_version": schema.version(SCHEMA_VERSION), "name": schema.NAME,
                           "description": schema.TEXT, "teacher": TEXT, "target": TEXT, "task": schema.TABLE,
                           **{s: schema.TABLE for s in SECTIONS}}
@@ -203,12 +205,22 @@ def check_references(recipe: Recipe) -> None:
                 if k in recipe.task and not Path(recipe.task[k]).is_file()]
     if recipe.teacher != "default" and not Path(recipe.teacher).exists():
         problems.append(f"teacher: no such file or directory: {recipe.teacher}")
+    task = None
     for what, load, value in (("task.name", load_task, recipe.task["name"]), ("target", load_target, recipe.target)):
         try:
-            load(value)
+            loaded = load(value)
         except Exception as exc:  # noqa: BLE001 - a TaskError/TargetError: its one line is the problem
             problems.append(f"{what}: {exc}")
+        else:
+            task = loaded if what == "task.name" else task
     schema.raise_problems(problems, recipe.source, RecipeError)
+    # every record of every split against the task, before any stage runs: all problems, one line each
+    data = [line for k in TASK_FILES if k in recipe.task
+            for line in task_data_problems(recipe.task[k], task, labelled=k in LABELLED_FILES)]
+    if data:
+        shown = data[:MAX_DATA_PROBLEMS] + ([f"... and {len(data) - MAX_DATA_PROBLEMS} more"]
+                                           if len(data) > MAX_DATA_PROBLEMS else [])
+        raise RecipeError(f"{recipe.source}: {len(data)} problem(s) in the task's data:\n" + "\n".join(shown))
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -32,6 +32,7 @@ from supertiny.tasks.scoring import (
     read_task_data,
     score,
     score_parsed,
+    task_data_problems,
 )
 from supertiny.tasks.spec import (
     PROMPTS,
@@ -49,5 +50,5 @@ __all__ = [
     "TYPES", "Complete", "OutputField", "ParsedOutput", "Progress", "Task", "TaskEvaluation", "TaskExample",
     "TaskRecord", "TaskScore", "check_value", "engine_complete", "evaluate_task", "extract_json", "field_matches",
     "list_tasks", "load_task", "parse_output", "parse_task", "prompt_record", "read_task_data", "recorded_prompt",
-    "score", "score_parsed", "task_for", "task_json_schema", "trained_on",
+    "score", "score_parsed", "task_data_problems", "task_for", "task_json_schema", "trained_on",
 ]

@@ -162,6 +162,41 @@ def _record(task: Task, obj: Any, path: Path, number: int) -> TaskRecord:
     return TaskRecord(text, label, number, str(path))
 
 
+def task_data_problems(path: str | os.PathLike[str], task: Task, labelled: bool = False) -> list[str]:
+    """Every problem of a data file, one line each (``FILE:LINE: ...``), where :func:`read_task_data` stops at the
+    first: what ``supertiny run --dry-run`` reports before any stage runs.
+
+    >>> import tempfile, pathlib
+    >>> from supertiny.tasks import load_task
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "d.jsonl"
+    >>> _ = p.write_text('{"input": "a", "label": {"asset": "CNC-07"}}\\nnot json\\n{"input": "b"}\\n')
+    >>> [x.split(": ", 1)[1] for x in task_data_problems(p, load_task("factory-tickets"), labelled=True)][1:]
+    ['not valid JSON: Expecting value (column 1)', 'label: required here (evaluation needs the answers)']
+    """
+    path = Path(path)
+    try:
+        with reading(path, InvalidInputError, directory="a .jsonl file"), path.open(encoding="utf-8-sig") as fh:
+            lines = fh.readlines()
+    except InvalidInputError as exc:
+        return [str(exc)]
+    problems = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = _record(task, json.loads(line), path, number)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON: {exc.msg} (column {exc.colno})")
+        except InvalidInputError as exc:
+            problems.append(str(exc))
+        else:
+            if labelled and record.label is None:
+                problems.append(f"{path}:{number}: label: required here (evaluation needs the answers)")
+    if not any(line.strip() for line in lines):
+        problems.append(f"{path}: no records (the file is empty); expected one JSON object a line")
+    return problems
+
+
 def read_task_data(path: str | os.PathLike[str], task: Task, labelled: bool = False) -> list[TaskRecord]:
     """The records of a JSON Lines data file, checked against ``task``.
 

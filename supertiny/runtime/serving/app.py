@@ -25,9 +25,12 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from supertiny.errors import MissingExtraError, UserError
+from supertiny.runtime.engines.constrain import answer_grammar
+from supertiny.runtime.engines.sampling import Sampling
 from supertiny.runtime.engines.text import Chunk
 from supertiny.runtime.serving.openai_api import ApiError, CountRequests, Metrics, Params, check_json, parse_request
 from supertiny.runtime.serving.scheduler import Job, JobTimeout, QueueFull, Scheduler, ShuttingDown
+from supertiny.tasks import MAX_ANSWER_TOKENS, Task
 
 if TYPE_CHECKING:
     from starlette.exceptions import HTTPException
@@ -50,13 +53,15 @@ def require_extra() -> None:
             from None
 
 
-def create_app(scheduler: Scheduler, model_name: str, config: ServeConfig) -> Any:
+def create_app(scheduler: Scheduler, model_name: str, config: ServeConfig, task: Task | None = None) -> Any:
     """The ASGI app (a ``Starlette``) answering OpenAI's API from ``scheduler``.
 
     Args:
         scheduler: runs the jobs; the app's lifespan closes it (gracefully) on shutdown.
         model_name: the name ``/v1/models`` lists and requests must use.
         config: limits and the API key (the engine options in it are not used here).
+        task: answered at ``POST /v1/task`` (``{"input": text}`` in, the task's validated JSON answer
+            out), so a device-side program never builds prompts.
     """
     require_extra()
     from starlette.applications import Starlette  # the serve extra, checked just above
@@ -71,10 +76,13 @@ def create_app(scheduler: Scheduler, model_name: str, config: ServeConfig) -> An
               Route("/v1/models/{name:path}", model, methods=["GET"]),
               Route("/health", health, methods=["GET"]),
               Route("/metrics", prometheus, methods=["GET"])]
+    if task is not None:
+        routes.append(Route("/v1/task", task_answer, methods=["POST"]))
     app = Starlette(routes=routes, lifespan=_lifespan, middleware=[Middleware(CountRequests, metrics=metrics)],
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.state.scheduler, app.state.model_name, app.state.config = scheduler, model_name, config
     app.state.metrics, app.state.created, app.state.draining = metrics, int(time.time()), False
+    app.state.task, app.state.task_grammar = task, answer_grammar(task) if task is not None else None
     return app
 
 
@@ -122,6 +130,48 @@ async def prometheus(request: Request) -> Response:
     _check_auth(request)
     state = request.app.state
     return PlainTextResponse(state.metrics.render(state.scheduler.stats()), media_type="text/plain; version=0.0.4")
+
+
+async def task_answer(request: Request) -> Response:
+    """``{"input": text[, "max_tokens": n]}`` -> ``{"task", "answer", "text", "finish_reason", "usage"}``: the
+    model's greedy answer held to the task's schema (its extractive fields to this input's spans), parsed
+    and checked. An answer that still is not valid (cut off at ``max_tokens``) is a 502, never a bad object."""
+    from starlette.concurrency import run_in_threadpool  # the serve extra, checked by create_app
+
+    state = request.app.state
+    _check_auth(request)
+    if (error := _refused(state)) is not None:
+        raise error
+    body = await _read_json(request)
+    text = body.get("input") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "the request body must be {\"input\": \"<the text>\"}", param="input",
+                       code="invalid_value")
+    limit = body.get("max_tokens", MAX_ANSWER_TOKENS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= state.config.max_tokens_limit:
+        raise ApiError(400, f"max_tokens must be an integer in 1..{state.config.max_tokens_limit}",
+                       param="max_tokens", code="invalid_value")
+    task: Task = state.task
+    grammar = await run_in_threadpool(state.task_grammar, text)
+    job = await _submit(state.scheduler, Params(task.messages(text), limit, Sampling(), grammar=grammar), True)
+    try:
+        chunks = await _until_disconnect(request, _collect(job.aiter()))
+    except Exception as exc:
+        raise _job_error(exc) from None
+    finally:
+        job.cancel()
+        state.metrics.job(job)
+    if chunks is None:
+        from starlette.responses import Response
+
+        return Response(status_code=499)
+    reply, reason = "".join(c.text for c in chunks), chunks[-1].finish_reason
+    parsed = task.parse(reply)
+    if not parsed.schema_valid:
+        raise ApiError(502, f"the model's answer is not a valid {task.name} answer ({reason}): "
+                       + "; ".join(f"{k}: {v}" for k, v in parsed.problems.items()), code="invalid_answer")
+    return _json({"task": task.name, "answer": parsed.answer, "text": reply, "finish_reason": reason,
+                  "usage": _usage(job)})
 
 
 # -- errors as OpenAI's error objects -----------------------------------------------------

@@ -30,11 +30,13 @@ from typing import Any
 
 from supertiny.backends import BACKENDS, batching
 from supertiny.errors import InvalidInputError, UserError
+from supertiny.manifest import BUNDLE_TASK_FILE
 from supertiny.models import resolve
 from supertiny.runtime.engines.base import EngineOptions
 from supertiny.runtime.serving.app import create_app, require_extra
 from supertiny.runtime.serving.pool import EnginePool, batching_mode, open_engines
 from supertiny.runtime.serving.scheduler import Scheduler
+from supertiny.tasks import Task, task_for
 
 __all__ = ["ServeConfig", "bind_socket", "build_server", "create_app", "serve"]
 
@@ -65,6 +67,8 @@ class ServeConfig:
             the CPU cores shared out between the slots).
         backend: passed to :func:`~supertiny.runtime.engines.base.open_engine`.
         model_name: the ``model`` clients send (default: the artifact's file or folder name).
+        task: a task (shipped name or ``.toml``) to answer at ``POST /v1/task`` (default: a bundle's
+            ``task.toml``, else none).
     """
 
     host: str = "127.0.0.1"
@@ -80,6 +84,7 @@ class ServeConfig:
     engine: EngineOptions = EngineOptions()
     backend: str = "auto"
     model_name: str | None = None
+    task: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -168,6 +173,15 @@ def parallel_for(config: ServeConfig, kind: str) -> int:
     return AUTO_PARALLEL if batching(kind, config.backend) == "continuous" and config.slots == 1 else 0
 
 
+def served_task(artifact: str | os.PathLike[str], path: Path, task: str | None) -> Task | None:
+    """The task ``POST /v1/task`` answers: ``task`` (a name or file), else a bundle's ``task.toml``; with the
+    prompt the model was trained with."""
+    bundled = Path(artifact) / BUNDLE_TASK_FILE
+    if task is None and not bundled.is_file():
+        return None
+    return task_for(task if task is not None else bundled, path)
+
+
 def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[str], None] | None = None) -> None:
     """Open the engines on ``artifact`` (``config.slots`` copies, or one batching ``config.parallel``
     sequences) and serve them until SIGINT/SIGTERM.
@@ -179,6 +193,7 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
     """
     require_extra()
     kind, path = resolve(artifact)
+    task = served_task(artifact, path, config.task)  # a bad task fails before the model loads
     config = dataclasses.replace(config, parallel=parallel_for(config, kind))
     batching_mode(path, kind, config.backend, config.slots, config.parallel)  # refused before the port is taken
     name = config.model_name or Path(path).name
@@ -189,7 +204,7 @@ def serve(artifact: str | os.PathLike[str], config: ServeConfig, log: Callable[[
         pool = open_engines(path, kind, config.backend, config.engine, config.slots, config.parallel)
         scheduler = pool.scheduler(config.max_queue, config.request_timeout_s)
         server_config = dataclasses.replace(config, model_name=name)
-        build_server(create_app(scheduler, name, server_config), server_config, log).run(sockets=[sock])
+        build_server(create_app(scheduler, name, server_config, task), server_config, log).run(sockets=[sock])
     finally:
         # After a graceful stop this finds nothing to do; after a forced one it cancels what
         # still runs. An engine a worker is still inside must not be freed under it.
