@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +15,7 @@ from supertiny.flows.pipeline import run
 from supertiny.flows.recipe import load_recipe
 from supertiny.manifest import bundle_primary, read_manifest, verify_artifact
 from supertiny.models import resolve
+from supertiny.runtime.serving.server import served_task
 
 from conftest import write_color_task
 
@@ -133,6 +135,10 @@ def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_
     recipe_back = load_recipe(bundle / "recipe.toml")
     assert recipe_back.to_dict() == load_recipe(recipe_file).to_dict()
     assert "supertiny verify ." in (bundle / "README.md").read_text()
+    # the task travels with the bundle: serve answers it at /v1/task, eval reads it from there
+    assert (bundle / "task.toml").read_bytes() == (tmp_path / "task.toml").read_bytes() and "task.toml" in m.files
+    assert served_task(bundle, bundle_primary(bundle), None).name == "tiny-colors"
+    assert student_eval["decoding"] == teacher_eval["decoding"] == "constrained"  # both measured alike
 
     # a rerun with nothing changed runs nothing
     again = run(load_recipe(recipe_file), out, said.append)
@@ -148,6 +154,31 @@ def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_
     fourth = run(load_recipe(recipe_file, sets=["eval.limit=2"]), out, said.append)
     assert {r.name for r in fourth["stages"] if r.status == "ran"} == {"eval-teacher", "eval-student", "bundle"}
     assert read_manifest(bundle).quality["records"] == 2
+
+
+def test_the_support_emails_example_runs_end_to_end(tmp_path, make_tiny_dir):
+    """examples/support_emails (a user's task: list, nullable number, nullable extractive string) through every
+    stage on a tiny teacher, with a few of its hand-written records; the bundle answers it."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "support_emails"
+    for split, n in (("train", 6), ("dev", 2), ("test", 3)):
+        lines = (example / "data" / f"{split}.jsonl").read_text().splitlines()[:n]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    # the full prompt (every definition, for the teacher that was not trained on the task) is ~1,300 tokens
+    # of the tiny tokenizer: a longer context than the other tests' teacher
+    make_tiny_dir(tied=True, seed=1, name="teacher", num_hidden_layers=4, max_position_embeddings=2048)
+    (tmp_path / "tiny-box.toml").write_text(TARGET)
+    recipe = RECIPE.replace('name = "task.toml"', f'name = "{example / "task.toml"}"').replace(
+        'train = "data.jsonl"', 'train = "train.jsonl"').replace('test = "data.jsonl"', 'test = "test.jsonl"')
+    (tmp_path / "r.toml").write_text(recipe.replace("limit = 3\n", ""))
+    result = run(load_recipe(tmp_path / "r.toml"), tmp_path / "run", lambda _: None)
+    assert all(r.status == "ran" for r in result["stages"])
+    bundle = tmp_path / "run" / "bundle"
+    m = read_manifest(bundle)
+    assert verify_artifact(bundle).ok and m.details["task"].endswith("task.toml")
+    assert set(m.quality["fields"]) == {"intent", "topics", "amount", "order_id", "urgent"}
+    report = json.loads((tmp_path / "run" / "eval-student" / "report.json").read_text())
+    assert report["n"] == 3 and set(report["f1"]) == {"topics"}  # the list field's F1 is reported
+    assert served_task(bundle, bundle_primary(bundle), None).name == "support-emails"
 
 
 def test_verify_catches_a_modified_bundle_and_checks_the_budget(recipe_file, tmp_path):
