@@ -19,9 +19,10 @@ from supertiny.runtime.engines.constrain import Constraint, Grammar, Vocabulary,
 from supertiny.runtime.serving.app import create_app
 from supertiny.runtime.serving.pool import open_engines
 from supertiny.runtime.serving.server import ServeConfig, bind_socket, build_server, served_task
+from supertiny.stages.transfer.policy import sample_answers
 from supertiny.tasks import load_task, parse_task, read_task_data, task_json_schema, trained_on
 
-from conftest import start_server, write_color_task
+from conftest import build_tiny_model, start_server, write_color_task
 
 TICKETS = load_task("factory-tickets")
 SCHEMA = Grammar.from_json_schema(task_json_schema(TICKETS))
@@ -294,3 +295,34 @@ def test_serving_a_bundle_answers_its_bundled_task(tmp_path, tiny_exports):
     write_color_task(bundle, records=1, dev=0)  # writes bundle/task.toml
     assert served_task(bundle, tiny_exports["llama.cpp"], None).name == "tiny-colors"
     assert served_task(bundle, tiny_exports["llama.cpp"], "factory-tickets").name == "factory-tickets"
+
+
+def test_rl_samples_held_to_the_schema(tmp_path, tiny_tokenizer):
+    """Group sampling through generate with one constraint per answer: every sampled answer is valid, and
+    the samples still differ (sampling among the allowed tokens, not a forced greedy path)."""
+    write_color_task(tmp_path, records=1, dev=0)
+    task = load_task(tmp_path / "task.toml")
+    model = build_tiny_model(tied=False, seed=4)
+    grammar = answer_grammar(task)("the red one")
+    vocab = Vocabulary(tiny_tokenizer, [tiny_tokenizer.eos_token_id])
+    prompts = [tiny_tokenizer.encode("the red one"), tiny_tokenizer.encode("a blue thing")]
+    held = [Constraint(grammar, vocab) for _ in range(6)]
+    answers = sample_answers(model, tiny_tokenizer, prompts, 3, 1.0, 60, seed=5, constraints=held)
+    texts = tiny_tokenizer.batch_decode(answers, skip_special_tokens=True)
+    assert all(task.parse(t).schema_valid for t in texts), texts
+    assert len(set(texts)) > 1
+    free = tiny_tokenizer.batch_decode(sample_answers(model, tiny_tokenizer, prompts, 3, 1.0, 60, seed=5),
+                                       skip_special_tokens=True)
+    assert not any(task.parse(t).schema_valid for t in free)
+
+
+def test_torch_batched_task_eval_is_held_like_one_at_a_time(engines):
+    """The torch engine's batched completion (task eval's fast path) with a grammar per row gives the replies
+    of one-at-a-time constrained decoding."""
+    e = engines["torch"]
+    grammars = [SCHEMA, Grammar.from_regex("(yes|no), because [a-z ]{1,30}\\."), SCHEMA, None]
+    batched = e.complete_batch(CHATS, max_tokens=150, grammars=grammars)
+    alone = [e.complete(c, max_tokens=150, **({"grammar": g} if g else {})).text
+             for c, g in zip(CHATS, grammars, strict=True)]
+    assert batched == alone
+    assert TICKETS.parse(batched[0]).schema_valid and TICKETS.parse(batched[2]).schema_valid

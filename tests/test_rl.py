@@ -229,3 +229,16 @@ def test_cli_rl_writes_a_student(setup):
     m = json.loads(r.output[r.output.index("{"):])
     assert m["stage"] == "rl" and m["details"]["steps"] == 1 and m["settings"]["kl"] == "full"
     assert m["settings"]["group"] == 2
+
+
+def test_constrained_rl_rewards_content_not_format(setup):
+    """--constrained: every sampled answer is schema-valid, so the reward (the fraction of fields right) is
+    never 0 for a format slip; free, the random student's answers are not JSON and earn nothing."""
+    tmp, student = setup
+    rewards = {}
+    for constrained in (False, True):
+        out = tmp / f"out-{constrained}"
+        rl(student, out, tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=1, max_new_tokens=60, group=2,
+                                                                      constrained=constrained))
+        rewards[constrained] = [r["reward_mean"] for r in read_metrics_lines(out) if "loss" in r]
+    assert rewards[False] == [0.0] and rewards[True][0] > 0

@@ -84,8 +84,8 @@ class EvalConfig(EngineSettings):
                                          f"--task {MAX_ANSWER_TOKENS}, a whole JSON answer].", check=at_least(0))
     limit: int | None = setting(None, "With --task: score only the first N records.", check=at_least(1))
     prompt: str = prompt_setting("the one MODEL was trained with (its manifest), else full")
-    batch_size: int = setting(8, "With --task: records decoded together (torch backend, free decoding; 1: one "
-                              "at a time).", check=POS_INT)
+    batch_size: int = setting(8, "With --task: records decoded together (torch backend; 1: one at a time).",
+                              check=POS_INT)
     constrained: bool | None = setting(None, "With --task: hold every answer to the task's JSON schema "
                                        "(constrained decoding), or decode freely [default: constrained for a model "
                                        "trained on the task (its manifest says so), free otherwise].",

@@ -250,7 +250,7 @@ def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
         complete_batch, batch_size: with both (``batch_size`` > 1), records go ``batch_size`` at a
             time through ``complete_batch`` (several chats -> their replies) instead of ``complete``.
         grammar: a record's input -> the grammar its answer is held to, passed to ``complete`` as
-            ``grammar=`` (constrained decoding, one record at a time; see :func:`engine_complete`).
+            ``grammar=`` (see :func:`engine_complete`), to ``complete_batch`` as ``grammars=`` (one each).
 
     Returns:
         A :class:`TaskEvaluation`: the :class:`TaskScore` and each record's output and parse.
@@ -261,11 +261,12 @@ def evaluate_task(complete: Complete, task: Task, records: Sequence[TaskRecord],
         if r.label is None:
             raise InvalidInputError(f"{r.source or 'records'}:{r.line}: label: required for evaluation")
     outputs, parsed = [], []
-    step = batch_size if complete_batch is not None and batch_size > 1 and grammar is None else 1
+    step = batch_size if complete_batch is not None and batch_size > 1 else 1
     for start in range(0, len(records), step):
         chunk = records[start:start + step]
         if step > 1:
-            texts = complete_batch([task.messages(r.input) for r in chunk])
+            held = {} if grammar is None else {"grammars": [grammar(r.input) for r in chunk]}
+            texts = complete_batch([task.messages(r.input) for r in chunk], **held)
         else:
             held = {} if grammar is None else {"grammar": grammar(chunk[0].input)}
             texts = [complete(task.messages(chunk[0].input), **held)]

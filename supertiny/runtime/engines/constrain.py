@@ -166,3 +166,40 @@ class Constraint:
     def finished(self) -> bool:
         """The grammar is complete and allows nothing more (the reply ends here)."""
         return self._matcher is not None and self._matcher.is_stopped()
+
+
+class HeldRows:
+    """A ``transformers`` logits processor holding each row of a ``generate`` batch to its own constraint.
+
+    Hugging Face's ``generate`` calls it once per step with the sequences so far and the next-token
+    scores: it advances each row's constraint past the token the row took last step, then masks
+    the row's scores. A row whose grammar is complete may only end (its stop ids). Rows are in
+    ``generate``'s order (with ``num_return_sequences``, each prompt's copies one after another).
+    Used by the torch engine's batched completion (``greedy``: a row whose argmax the grammar allows is
+    left unmasked) and RL's group sampling (every row masked: a sample may be any allowed token).
+    """
+
+    def __init__(self, constraints: Sequence[Constraint | None], stop_ids: Sequence[int], greedy: bool = False):
+        self.constraints, self.stop_ids, self.greedy = list(constraints), list(stop_ids), greedy
+        self._started = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        width = scores.shape[-1]
+        for row, constraint in enumerate(self.constraints):
+            if constraint is None:
+                continue
+            last = int(input_ids[row, -1])
+            if self._started and last not in self.stop_ids and not constraint.finished:
+                constraint.accept(last)
+            if last in self.stop_ids and self._started or constraint.finished:
+                allowed = np.zeros(width, dtype=bool)  # done (padding follows): only a stop id
+                allowed[self.stop_ids] = True
+            elif self.greedy and constraint.allows(int(scores[row].argmax()), width):
+                continue  # the greedy pick is allowed: masking would not change it
+            else:
+                allowed = constraint.allowed(width)
+            scores[row, ~torch.from_numpy(allowed).to(scores.device)] = -torch.inf
+        self._started = True
+        return scores

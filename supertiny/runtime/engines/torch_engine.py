@@ -17,7 +17,7 @@ import numpy as np
 from supertiny.errors import InvalidInputError
 from supertiny.models import load_model
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
-from supertiny.runtime.engines.constrain import Constraint
+from supertiny.runtime.engines.constrain import Constraint, Grammar, HeldRows
 from supertiny.runtime.engines.sampling import Sampling, pick_token
 from supertiny.runtime.engines.text import text_chunks
 
@@ -92,14 +92,17 @@ class TorchEngine(Engine):
                 return
             logits, past = self._forward([token], past)
 
-    def complete_batch(self, prompts: Sequence[Any], max_tokens: int = 256) -> list[str]:
+    def complete_batch(self, prompts: Sequence[Any], max_tokens: int = 256,
+                       grammars: Sequence[Grammar | None] | None = None) -> list[str]:
         """Greedy replies to several prompts at once: one left-padded batch through ``generate``.
 
         The fast path of task evaluation on CPU, where one sequence leaves the matrix units
         idle. Each reply ends at a stop id like :meth:`complete`'s; on near-tied logits a
         padded batch can pick another token than one sequence alone (float rounding).
+        ``grammars``: per prompt, the grammar its reply is held to (None: free).
         """
         import torch
+        from transformers import LogitsProcessorList
 
         ids = [self.prompt_ids(p) for p in prompts]
         budget = min(self.check_request(len(x), max_tokens) for x in ids)
@@ -111,10 +114,12 @@ class TorchEngine(Engine):
         width = max(len(x) for x in ids)
         rows = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        held = LogitsProcessorList([HeldRows([self.constraint(g) if g is not None else None for g in grammars],
+                                             stop, greedy=True)]) if grammars else None
         with torch.inference_mode():
             out = self.model.generate(input_ids=rows, attention_mask=mask, max_new_tokens=budget, do_sample=False,
                                       temperature=None, top_p=None, top_k=None, eos_token_id=stop or None,
-                                      pad_token_id=pad)
+                                      pad_token_id=pad, logits_processor=held)
         texts = []
         for row in out[:, width:].tolist():
             end = next((i for i, t in enumerate(row) if t in stop), len(row))

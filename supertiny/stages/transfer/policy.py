@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.runtime.engines.constrain import HeldRows
 from supertiny.tasks import field_matches
 
 KL_ESTIMATORS = ("k3", "full")
@@ -135,11 +136,12 @@ class Rollout:
 
 
 def sample_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], group: int, temperature: float,
-                   max_new_tokens: int, seed: int) -> list[list[int]]:
+                   max_new_tokens: int, seed: int, constraints: Sequence[Any] | None = None) -> list[list[int]]:
     """``group`` sampled answers per prompt (ids, no padding; prompt-major order), each up to and including its
-    first eos; deterministic for a seed."""
+    first eos; deterministic for a seed. ``constraints``: one per answer (prompt-major; None: free), each
+    answer sampled from the tokens its grammar allows."""
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
@@ -158,7 +160,8 @@ def sample_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
     try:
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             torch.manual_seed(seed)
-            out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen)
+            held = LogitsProcessorList([HeldRows(constraints, [tokenizer.eos_token_id])]) if constraints else None
+            out = model.generate(input_ids=ids, attention_mask=att, generation_config=gen, logits_processor=held)
     finally:
         model.train(was_training)
     comp = out[:, width:].cpu()

@@ -63,6 +63,10 @@ class RLConfig(TrainingConfig):
     adv_eps: float = setting(1e-4, "Added to a group's reward deviation before dividing.", check=POSITIVE,
                              role="internal")
     save_every: int = setting(25, "Checkpoint every N steps (0: never).", check=NON_NEG_INT)
+    constrained: bool = setting(False, "Sample answers held to the task's JSON schema (its extractive fields to the "
+                                "prompt's spans): the reward then judges content, not format. The policy is "
+                                "updated on its own log-probabilities of the sampled answers [default: free].",
+                                flag="--constrained", off="--free", example=True)
 
 
 INPUTS = training_inputs("Labelled task data (input, label): the reward compares each sampled answer with the label.",
@@ -83,7 +87,8 @@ def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, pr
     s = setup(STAGE, STAGE_VERSION, inputs, out, config, log, lambda work: training_args(
         config, work, batch_size=config.batch_prompts, lr=config.lr, steps=config.steps,
         save_every=config.save_every, constant_lr=True))
-    prompts, counts = load_prompts(inputs["data"], s.spec, s.tokenizer, config.max_length, config.max_new_tokens)
+    prompts, counts = load_prompts(inputs["data"], s.spec, s.tokenizer, config.max_length, config.max_new_tokens,
+                                   config.constrained)
     if teacher is not None:
         ref_lm = load_model(teacher)
         check_same_tokenizer(ref_lm.tokenizer, s.tokenizer, ref_lm.model, s.model, (str(teacher), str(s.out)))

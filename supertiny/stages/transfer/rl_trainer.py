@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from supertiny.errors import InvalidInputError
+from supertiny.runtime.engines.constrain import Constraint, Grammar, Vocabulary, answer_grammar
 from supertiny.stages.transfer.policy import group_advantages, pack, policy_loss, rollout_logits, sample_answers
 from supertiny.stages.transfer.trainer import MeteredTrainer
 from supertiny.tasks import read_task_data
@@ -28,10 +29,11 @@ class Prompt:
     ids: tuple[int, ...]
     label: dict[str, Any]
     where: str
+    grammar: Grammar | None = None  # what its answers are held to (constrained sampling)
 
 
-def load_prompts(path: Any, task: Any, tokenizer: Any, max_length: int, max_new_tokens: int
-                 ) -> tuple[list[Prompt], dict[str, Any]]:
+def load_prompts(path: Any, task: Any, tokenizer: Any, max_length: int, max_new_tokens: int,
+                 constrained: bool = False) -> tuple[list[Prompt], dict[str, Any]]:
     """Tokenized labelled prompts; an unlabelled record is an error (the reward compares with the label)."""
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidInputError("the student's tokenizer has no chat template; rl samples chat answers")
@@ -48,7 +50,7 @@ def load_prompts(path: Any, task: Any, tokenizer: Any, max_length: int, max_new_
             counts["too_long"] += 1
             counts["first_too_long"] = counts["first_too_long"] or f"{where} ({len(ids)} tokens)"
             continue
-        prompts.append(Prompt(tuple(ids), r.label, where))
+        prompts.append(Prompt(tuple(ids), r.label, where, answer_grammar(task)(r.input) if constrained else None))
     if not prompts:
         raise InvalidInputError(f"{path}: no prompt to train on: all {counts['too_long']} are longer than "
                                 f"--max-length {max_length} minus --max-new-tokens {max_new_tokens} "
@@ -96,6 +98,7 @@ class RLTrainer(MeteredTrainer):
         super().__init__(*args, **kwargs)
         self.prompts, self.task, self.tok, self.reference, self.rl = prompts, task, tok, reference, config
         self.reward_fn = reward
+        self.vocabulary = Vocabulary(tok, [tok.eos_token_id]) if any(p.grammar for p in prompts) else None
         self.model_accepts_loss_kwargs = False
         self._reset()
 
@@ -110,8 +113,10 @@ class RLTrainer(MeteredTrainer):
         groups: list[_Group] = []
         todo = batch
         for round_ in range(c.resample + 1):
+            held = [Constraint(p.grammar, self.vocabulary) if p.grammar and self.vocabulary else None
+                    for p in todo for _ in range(g)]
             answers = sample_answers(policy, self.tok, [p.ids for p in todo], g, c.temperature, c.max_new_tokens,
-                                     seed + 7919 * round_)
+                                     seed + 7919 * round_, held if any(held) else None)
             texts = self.tok.batch_decode(answers, skip_special_tokens=True)
             rewards = torch.tensor([self.reward_fn(self.task, t, p.label)
                                     for p, t in zip([p for p in todo for _ in range(g)], texts, strict=True)])
