@@ -3,8 +3,9 @@
 The grammar → token-mask step is llguidance's (the Rust library llama.cpp can be built
 with, ``LLAMA_LLGUIDANCE``, and one of vLLM's structured-output backends): it
 builds its token trie from the model's own tokenizer (any Hugging Face fast tokenizer,
-ours from a GGUF included) and computes a step's mask in ~50 µs for a JSON schema on a
-49k vocabulary, with no per-schema compile pass over the vocabulary.
+ours from a GGUF included) and computes a step's mask in 20-200 µs for a task's JSON schema
+on a 49k vocabulary (``benchmarks/constrained_decoding.py`` prints the
+cost per token), with no per-schema compile pass over the vocabulary.
 
 A :class:`Grammar` is a compiled llguidance grammar (from a JSON schema or a regex); a
 :class:`Constraint` is one reply's state: :meth:`Constraint.mask` sets the logits of
