@@ -9,7 +9,9 @@ modes taking turns record by record (batch by batch) so drift on a shared machin
   so both modes decode the same number of tokens at the same positions.
 
 Only decoding is timed (from the first reply token to the last; prefill is the same work in
-both modes and would hide the difference). Single: :class:`LlamaCppEngine.stream`. Batched:
+both modes and would hide the difference), in wall time and in this process's CPU time (all
+its threads): on a shared machine other processes steal wall time, so the CPU-time ratio is
+the steadier figure. Single: :class:`LlamaCppEngine.stream`. Batched:
 :class:`BatchedLlamaEngine` with ``--parallel`` sequences, timed from the step where every
 sequence has its first token. ``mask`` is the time spent computing full masks (llguidance, unpacked to a
 boolean row) per token; most steps need none (the free pick is checked first). ``valid`` counts the
@@ -47,24 +49,26 @@ def _timed_allowed(original):
     return allowed
 
 
-def single(engine: LlamaCppEngine, prompt: list[int], budget: int, constraint=None) -> tuple[int, float, str]:
-    """Tokens decoded after the first, the seconds they took, and the reply."""
-    first, tokens = None, []
+def single(engine: LlamaCppEngine, prompt: list[int], budget: int, constraint=None
+           ) -> tuple[int, float, float, str]:
+    """Tokens decoded after the first, the wall and CPU seconds they took, and the reply."""
+    first, cpu, tokens = None, 0.0, []
     for token in engine.stream(prompt, budget, stop_ids=engine.stop_ids if constraint else [],
                                constraint=constraint):
         tokens.append(token)
         if first is None:
-            first = time.perf_counter()
-    return len(tokens) - 1, time.perf_counter() - first, engine.tokenizer.decode(tokens)
+            first, cpu = time.perf_counter(), time.process_time()
+    return (len(tokens) - 1, time.perf_counter() - first, time.process_time() - cpu,
+            engine.tokenizer.decode(tokens))
 
 
 def batched(engine: BatchedLlamaEngine, prompts: list[list[int]], budgets: list[int],
-            constraints: list | None) -> tuple[list[list[int]], int, float]:
-    """Per sequence its reply; tokens decoded once every sequence had its first; their seconds."""
+            constraints: list | None) -> tuple[list[list[int]], int, float, float]:
+    """Per sequence its reply; tokens decoded once every sequence had its first; their wall and CPU seconds."""
     slots = {engine.add(p, b, None, engine.stop_ids if constraints else [], constraints[i] if constraints else None):
              i for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))}
     produced: list[list[int]] = [[] for _ in prompts]
-    start, counted = None, 0
+    start, cpu, counted = None, 0.0, 0
     while engine.active:
         events = engine.step()
         for slot, token, _ in events:
@@ -73,8 +77,14 @@ def batched(engine: BatchedLlamaEngine, prompts: list[list[int]], budgets: list[
                 if start is not None:
                     counted += 1
         if start is None and all(produced):
-            start = time.perf_counter()
-    return produced, counted, time.perf_counter() - (start or time.perf_counter())
+            start, cpu = time.perf_counter(), time.process_time()
+    return produced, counted, time.perf_counter() - (start or time.perf_counter()), time.process_time() - cpu
+
+
+def add(total: list, tokens: int, wall: float, cpu: float) -> None:
+    total[0] += tokens
+    total[1] += wall
+    total[2] += cpu
 
 
 def main() -> None:
@@ -95,51 +105,46 @@ def main() -> None:
 
     engine = LlamaCppEngine(path, n_ctx=2048, n_threads=args.threads)
     engine.vocabulary.for_width(engine.n_vocab)  # built once per engine (~0.5 s), not per reply: not timed
-    totals = {"constrained": [0, 0.0], "free": [0, 0.0]}
+    totals = {"constrained": [0, 0.0, 0.0], "free": [0, 0.0, 0.0]}
     mask = 0.0
     for r in records:
         prompt = engine.chat_ids(spec.messages(r.input))
         MASK_SECONDS[0] = 0.0
-        n, secs, text = single(engine, prompt, args.max_new_tokens, engine.constraint(grammar(r.input)))
+        n, secs, cpu, text = single(engine, prompt, args.max_new_tokens, engine.constraint(grammar(r.input)))
         valid["single"] += spec.parse(text).schema_valid
         mask += MASK_SECONDS[0]
-        totals["constrained"][0] += n
-        totals["constrained"][1] += secs
-        m, secs, _ = single(engine, prompt, n + 1)
-        totals["free"][0] += m
-        totals["free"][1] += secs
+        add(totals["constrained"], n, secs, cpu)
+        add(totals["free"], *single(engine, prompt, n + 1)[:3])
     rows.append(("single", totals, mask))
     engine.close()
 
     engine = BatchedLlamaEngine(path, n_ctx=2048 * args.parallel, n_threads=args.threads, parallel=args.parallel)
     engine.vocabulary.for_width(engine.n_vocab)
-    totals = {"constrained": [0, 0.0], "free": [0, 0.0]}
+    totals = {"constrained": [0, 0.0, 0.0], "free": [0, 0.0, 0.0]}
     mask = 0.0
     for start in range(0, len(records), args.parallel):
         chunk = records[start:start + args.parallel]
         prompts = [engine.chat_ids(spec.messages(r.input)) for r in chunk]
         MASK_SECONDS[0] = 0.0
-        replies, n, secs = batched(engine, prompts, [args.max_new_tokens] * len(chunk),
-                                   [engine.constraint(grammar(r.input)) for r in chunk])
+        replies, n, secs, cpu = batched(engine, prompts, [args.max_new_tokens] * len(chunk),
+                                        [engine.constraint(grammar(r.input)) for r in chunk])
         valid["batched"] += sum(spec.parse(engine.tokenizer.decode(t)).schema_valid for t in replies)
         lengths = [len(t) for t in replies]
         mask += MASK_SECONDS[0]
-        totals["constrained"][0] += n
-        totals["constrained"][1] += secs
-        _, m, secs = batched(engine, prompts, lengths, None)
-        totals["free"][0] += m
-        totals["free"][1] += secs
+        add(totals["constrained"], n, secs, cpu)
+        add(totals["free"], *batched(engine, prompts, lengths, None)[1:])
     rows.append((f"batched x{args.parallel}", totals, mask))
     engine.close()
 
     print(f"model {path.name}, {len(records)} records, {args.threads} threads, decode only (prefill excluded)")
-    print(f"{'engine':<12} {'free tok/s':>11} {'constrained tok/s':>18} {'ratio':>6} {'tokens':>7} "
-          f"{'mask µs/token':>14} {'valid':>8}")
+    print(f"{'engine':<12} {'free tok/s':>11} {'constrained':>12} {'ratio':>6} {'per CPU-s: free':>16} "
+          f"{'constrained':>12} {'ratio':>6} {'tokens':>7} {'mask µs/token':>14} {'valid':>8}")
     for (name, t, mask), ok in zip(rows, valid.values(), strict=True):
-        free = t["free"][0] / t["free"][1]
-        held = t["constrained"][0] / t["constrained"][1]
-        print(f"{name:<12} {free:>11.1f} {held:>18.1f} {held / free:>6.2f} {t['constrained'][0]:>7} "
-              f"{1e6 * mask / max(t['constrained'][0], 1):>14.1f} {ok:>4}/{len(records)}")
+        free, held = t["free"][0] / t["free"][1], t["constrained"][0] / t["constrained"][1]
+        free_cpu, held_cpu = t["free"][0] / t["free"][2], t["constrained"][0] / t["constrained"][2]
+        print(f"{name:<12} {free:>11.1f} {held:>12.1f} {held / free:>6.2f} {free_cpu:>16.1f} {held_cpu:>12.1f} "
+              f"{held_cpu / free_cpu:>6.2f} {t['constrained'][0]:>7} {1e6 * mask / max(t['constrained'][0], 1):>14.1f} "
+              f"{ok:>4}/{len(records)}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from supertiny.gguf_tokenizer import tokenizer_from_gguf
 from supertiny.models import describe_gguf
 from supertiny.runtime.engines.base import Engine, EngineOptions, register_engine
 from supertiny.runtime.engines.constrain import Constraint
-from supertiny.runtime.engines.sampling import Sampling
+from supertiny.runtime.engines.sampling import Sampling, pick_token
 
 
 @contextlib.contextmanager
@@ -172,21 +172,52 @@ class LlamaCppEngine(Engine):
         kwargs = {"temp": sampling.temperature, "top_k": 1 if greedy else sampling.top_k,
                   "top_p": sampling.top_p, "min_p": 0.0, "repeat_penalty": 1.0, "reset": True}
         if constraint is not None:
-            def held(_ids: Any, scores: np.ndarray) -> np.ndarray:  # greedy: mask only if the argmax is refused
-                if greedy and constraint.allows(int(scores.argmax()), scores.shape[-1]):
-                    return scores
-                return constraint.mask(scores)
-            kwargs["logits_processor"] = [held]
+            yield from self._held(list(prompt_ids), max_new_tokens, sampling, kwargs, stop, constraint)
+            return
         produced = 0
         for token in self.llm.generate(list(prompt_ids), **kwargs):
-            if constraint is not None:
-                constraint.accept(token)
             if token in stop:
                 return
             yield token
             produced += 1
-            if produced >= max_new_tokens or (constraint is not None and constraint.finished):
-                return  # stop before llama.cpp decodes one token too many
+            if produced >= max_new_tokens:  # stop before llama.cpp decodes one token too many
+                return
+
+    def _held(self, prompt: list[int], max_new_tokens: int, sampling: Sampling, kwargs: dict[str, Any],
+              stop: set[int], constraint: Constraint) -> Iterator[int]:
+        """:meth:`stream` held to ``constraint``: llama.cpp picks freely; a pick the grammar refuses is
+        replaced by a pick from the masked logits of that step, and decoding restarts from the corrected
+        sequence (llama-cpp-python reuses the cached prefix, so only the new token is evaluated). A
+        trained model is rarely refused, so decoding runs at llama.cpp's own speed (a logits processor
+        cost ~0.8 ms a token in llama-cpp-python's sampler wrapper). Exact for greedy and temperature-only
+        sampling (a refused draw redrawn from the allowed tokens); with top-k or top-p every step is masked
+        in the sampler chain instead, since their cut-offs change once tokens are masked."""
+        llama_cpp = llama_cpp_module()
+        if not (sampling.temperature == 0 or (sampling.top_k == 0 and sampling.top_p == 1.0)):
+            kwargs = {**kwargs, "logits_processor": [lambda _ids, scores: constraint.mask(scores)]}
+        rng, out = np.random.default_rng(sampling.seed), []
+        while True:
+            steps = self.llm.generate(prompt + out, **kwargs)
+            try:
+                for token in steps:
+                    refused = not constraint.allows(token, self.n_vocab)
+                    if refused:  # the logits this pick came from: the context's last row
+                        row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+                        logits = np.ctypeslib.as_array(row, shape=(self.n_vocab,)).astype(np.float32)
+                        token = pick_token(constraint.mask(logits), sampling, rng)
+                    constraint.accept(token)
+                    if token in stop:
+                        return
+                    yield token
+                    out.append(token)
+                    if len(out) >= max_new_tokens or constraint.finished:
+                        return
+                    if refused:
+                        break  # the sampled token is not what was kept: decode on from the corrected sequence
+                else:
+                    return
+            finally:
+                steps.close()
 
     def reset(self) -> None:
         """Forget the evaluated tokens: the next call prefills its whole prompt.
