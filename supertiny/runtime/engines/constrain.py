@@ -71,11 +71,6 @@ class Grammar:
 
         return cls(LLMatcher.grammar_from_regex(regex), f"regex {regex!r}").checked()
 
-    @classmethod
-    def json_object(cls) -> Grammar:
-        """Any JSON object (OpenAI's ``response_format: json_object``)."""
-        return cls.from_json_schema({"type": "object"})
-
     def checked(self) -> Grammar:
         """This grammar, or a one-line error naming what llguidance could not compile."""
         from llguidance import LLMatcher

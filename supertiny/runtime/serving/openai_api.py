@@ -183,7 +183,7 @@ def response_grammar(response_format: Any) -> Grammar | None:
     if kind == "text":
         return None
     if kind == "json_object":
-        return Grammar.json_object()
+        return schema_grammar('{"type": "object"}')  # any JSON object, compiled once
     if kind != "json_schema":
         raise _bad("response_format", "response_format.type must be text, json_object or json_schema")
     spec = response_format.get("json_schema")
