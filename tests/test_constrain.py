@@ -1,5 +1,6 @@
 """Constrained decoding (issue 24): a task's JSON schema, the grammar's masks, and every engine held to it."""
 
+import contextlib
 import json
 import re
 import urllib.error
@@ -205,19 +206,30 @@ def test_teach_held_to_the_schema_accepts_what_a_free_teacher_cannot_write(tmp_p
         assert task.parse(json.loads(line)["response"]).schema_valid
 
 
+@contextlib.contextmanager
+def served(artifact, backend, parallel, task=None):
+    """A server on ``artifact`` (``parallel`` > 0: one batched engine) over loopback; yields its ``/v1`` URL."""
+    kind, path = resolve(artifact)
+    config = ServeConfig(port=0, model_name="tiny", parallel=parallel, max_tokens_limit=150)
+    pool = open_engines(path, kind, backend, EngineOptions(threads=1, n_ctx=256), parallel=parallel)
+    scheduler = pool.scheduler()
+    sock = bind_socket("127.0.0.1", 0)
+    server = build_server(create_app(scheduler, "tiny", config, task), config)
+    thread = start_server(server, sock)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        scheduler.close()
+        pool.close()
+
+
 @pytest.mark.parametrize("kind,parallel", [("llama.cpp", 0), ("llama.cpp", 2), ("onnxruntime", 2), ("torch", 0)])
 def test_the_server_speaks_openai_structured_outputs(tiny_exports, kind, parallel):
     """response_format through the official client on every scheduler (engine copies, continuous batches,
     static batches): json_schema answers validate, json_object ones parse, an unenforceable schema is a 400."""
-    artifact_kind, path = resolve(tiny_exports[kind])
-    config = ServeConfig(port=0, model_name="tiny", parallel=parallel, max_tokens_limit=150)
-    pool = open_engines(path, artifact_kind, kind, EngineOptions(threads=1, n_ctx=256), parallel=parallel)
-    scheduler = pool.scheduler()
-    sock = bind_socket("127.0.0.1", 0)
-    server = build_server(create_app(scheduler, "tiny", config), config)
-    thread = start_server(server, sock)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="-", max_retries=0,
-                           timeout=60)
     ticket = {"type": "json_schema", "json_schema": {"name": "ticket", "strict": True,
                                                      "schema": task_json_schema(TICKETS)}}
 
@@ -225,7 +237,8 @@ def test_the_server_speaks_openai_structured_outputs(tiny_exports, kind, paralle
         ok: bool
         reason: str
 
-    try:
+    with served(tiny_exports[kind], kind, parallel) as base:
+        client = openai.OpenAI(base_url=base, api_key="-", max_retries=0, timeout=60)
         for chat in CHATS[:2]:
             r = client.chat.completions.create(model="tiny", messages=chat, max_tokens=150, temperature=0,
                                                response_format=ticket)
@@ -240,12 +253,6 @@ def test_the_server_speaks_openai_structured_outputs(tiny_exports, kind, paralle
         bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "bogus"}}}
         with pytest.raises(openai.BadRequestError, match="Unknown format: bogus"):
             client.chat.completions.create(model="tiny", messages=CHATS[0], response_format=bad)
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        scheduler.close()
-        pool.close()
 
 
 def post(url, body):
@@ -263,15 +270,8 @@ def test_a_served_task_answers_with_its_validated_object(tmp_path, tiny_exports)
     an answer cut off before it is valid a 502, never an invalid object."""
     write_color_task(tmp_path, records=1, dev=0)
     task = load_task(tmp_path / "task.toml")
-    artifact_kind, path = resolve(tiny_exports["llama.cpp"])
-    config = ServeConfig(port=0, model_name="tiny", parallel=2, max_tokens_limit=150)
-    pool = open_engines(path, artifact_kind, "llama.cpp", EngineOptions(threads=1, n_ctx=256), parallel=2)
-    scheduler = pool.scheduler()
-    sock = bind_socket("127.0.0.1", 0)
-    server = build_server(create_app(scheduler, "tiny", config, task), config)
-    thread = start_server(server, sock)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/task"
-    try:
+    with served(tiny_exports["llama.cpp"], "llama.cpp", 2, task) as base:
+        url = f"{base}/task"
         for text in ("the red one, bright", "a dark blue one"):
             status, body = post(url, {"input": text})
             assert status == 200, body
@@ -280,12 +280,6 @@ def test_a_served_task_answers_with_its_validated_object(tmp_path, tiny_exports)
         assert post(url, {"text": "x"})[0] == 400
         status, body = post(url, {"input": "red", "max_tokens": 2})
         assert status == 502 and body["error"]["code"] == "invalid_answer"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        scheduler.close()
-        pool.close()
 
 
 def test_serving_a_bundle_answers_its_bundled_task(tmp_path, tiny_exports):
