@@ -240,7 +240,20 @@ def fit(s: Setup, trainer: Any, evaluate: Callable[[Any], dict[str, Any]], progr
         truncate_metrics(s.work / "metrics.jsonl", trainer_step(last))
     s.say(f"training ({what}) from {'step ' + str(trainer_step(last)) if last else 'the start'}; "
           f"checkpoints in {s.work}")
-    return trainer.train(resume_from_checkpoint=last), evaluator
+    result = trainer.train(resume_from_checkpoint=last)
+    _leave_process_group()
+    return result, evaluator
+
+
+def _leave_process_group() -> None:
+    """End a data-parallel run's process group on every process once training is done: the other processes then
+    exit cleanly while the main one installs (one that exits holding a gloo group can abort in its destructor,
+    "terminate called without an active exception", and fail the launch)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def finish(s: Setup, title: str, keys: Sequence[str], details: Callable[[list[dict[str, Any]]], dict[str, Any]],
