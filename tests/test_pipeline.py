@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from supertiny.cli import main
+from supertiny.cli.run import summary_lines
 from supertiny.flows.pipeline import run
 from supertiny.flows.recipe import load_recipe
 from supertiny.manifest import bundle_primary, read_manifest, verify_artifact
@@ -169,13 +170,27 @@ def test_the_support_emails_example_runs_end_to_end(tmp_path, make_tiny_dir):
     (tmp_path / "tiny-box.toml").write_text(TARGET)
     recipe = RECIPE.replace('name = "task.toml"', f'name = "{example / "task.toml"}"').replace(
         'train = "data.jsonl"', 'train = "train.jsonl"').replace('test = "data.jsonl"', 'test = "test.jsonl"')
+    # a hold-out set (here two of the hand-written test emails): scored by both models beside the test split
+    (tmp_path / "real.jsonl").write_text("\n".join((example / "data" / "test.jsonl").read_text().splitlines()[-2:]))
+    recipe = recipe.replace('test = "test.jsonl"', 'test = "test.jsonl"\nholdout = ["real.jsonl"]')
     (tmp_path / "r.toml").write_text(recipe.replace("limit = 3\n", ""))
     result = run(load_recipe(tmp_path / "r.toml"), tmp_path / "run", lambda _: None)
     assert all(r.status == "ran" for r in result["stages"])
+    assert [r.name for r in result["stages"]][-4:] == ["eval-teacher-real", "eval-student-real", "bench", "bundle"]
     bundle = tmp_path / "run" / "bundle"
     m = read_manifest(bundle)
     assert verify_artifact(bundle).ok and m.details["task"].endswith("task.toml")
     assert set(m.quality["fields"]) == {"intent", "topics", "amount", "order_id", "urgent"}
+    real = json.loads((tmp_path / "run" / "eval-student-real" / "report.json").read_text())
+    teacher_real = json.loads((tmp_path / "run" / "eval-teacher-real" / "report.json").read_text())
+    h = m.quality["holdout"]["real"]
+    assert (h["task_score"], h["teacher_task_score"], h["records"], h["fields"]) == \
+        (real["task_score"], teacher_real["task_score"], 2, real["fields"])
+    readme = (bundle / "README.md").read_text()
+    assert "hold-out set `real`" in readme and "| field | test split: bundle | teacher | real: bundle | teacher |" \
+        in readme
+    assert any(line.startswith("hold-out    real: ") for line in summary_lines(result))
+    assert load_recipe(bundle / "recipe.toml").holdout() == {"real": str(tmp_path / "real.jsonl")}
     report = json.loads((tmp_path / "run" / "eval-student" / "report.json").read_text())
     assert report["n"] == 3 and set(report["f1"]) == {"topics"}  # the list field's F1 is reported
     assert served_task(bundle, bundle_primary(bundle), None).name == "support-emails"

@@ -69,6 +69,10 @@ def test_a_valid_recipe_resolves_paths_from_its_folder(tmp_path):
     (("layers = 4", "calib_tokens = 64"), "r.toml: prune: nothing to prune: give --layers/--drop-layers"),
     (("[distill]", "[rl]\nsteps = 2\n[distill]"), "r.toml: rl: needs task.rl"),
     (("test = \"test.jsonl\"\n", ""), "r.toml: task.test: required key is missing"),
+    (("test = \"test.jsonl\"\n", "test = \"test.jsonl\"\nholdout = \"dev.jsonl\"\n"),
+     "r.toml: task.holdout: expected a non-empty list of data files, got 'dev.jsonl'"),
+    (("test = \"test.jsonl\"\n", "test = \"test.jsonl\"\nholdout = [\"a/real.jsonl\", \"b/real.jsonl\"]\n"),
+     "r.toml: task.holdout: hold-out sets are named by their file's stem: real is given twice"),
     (("[distill]\nloss = \"fkl\"\nepochs = 0.5\n", "[export]\nformats = [\"tflite\"]\n"),
      "r.toml: distill: required key is missing; "
      "export.formats: expected a non-empty list of gguf | onnx without repeats, got ['tflite']"),
@@ -82,12 +86,14 @@ def test_mistakes_are_named_precisely(tmp_path, edit, message):
 
 
 def test_missing_files_unknown_task_and_target_are_all_listed(tmp_path):
-    text = BASE.replace('teacher = "default"', 'teacher = "nowhere/model.gguf"').replace(
+    text = BASE.replace('test = "test.jsonl"', 'test = "test.jsonl"\nholdout = ["real.jsonl"]').replace(
+        'teacher = "default"', 'teacher = "nowhere/model.gguf"').replace(
         'target = "factory-pc"', 'target = "toaster"').replace('name = "factory-tickets"', 'name = "no-such-task"')
     with pytest.raises(RecipeError) as exc:
         load_recipe(write(tmp_path, text, data=False))
     msg = str(exc.value)
     assert f"task.train: no such file: {tmp_path / 'train.jsonl'}" in msg
+    assert f"task.holdout: no such file: {tmp_path / 'real.jsonl'}" in msg
     assert f"task.test: no such file: {tmp_path / 'test.jsonl'}" in msg
     assert f"teacher: no such file or directory: {tmp_path / 'nowhere' / 'model.gguf'}" in msg
     assert "task.name: unknown task 'no-such-task'" in msg and "target: unknown target 'toaster'" in msg
@@ -154,7 +160,9 @@ def test_dry_run_prints_the_commands(tmp_path):
 def test_dry_run_names_every_bad_record_of_every_split(tmp_path):
     """A bad label in test or dev fails before any stage runs, not at evaluation after the training: every
     problem of every split, one line each with its file and line; train may be unlabelled."""
-    recipe = write(tmp_path, BASE.replace('test = "test.jsonl"', 'test = "test.jsonl"\ndev = "dev.jsonl"'))
+    recipe = write(tmp_path, BASE.replace('test = "test.jsonl"', 'test = "test.jsonl"\ndev = "dev.jsonl"\n'
+                                          'holdout = ["real.jsonl"]'))
+    (tmp_path / "real.jsonl").write_text(json.dumps({"input": "d", "label": {**LABEL, "line_stopped": "yes"}}) + "\n")
     (tmp_path / "train.jsonl").write_text('{"input": "no label: a prompt for teach"}\n')
     (tmp_path / "test.jsonl").write_text("\n".join([
         json.dumps({"input": "ok", "label": LABEL}),
@@ -163,14 +171,15 @@ def test_dry_run_names_every_bad_record_of_every_split(tmp_path):
         "{broken"]) + "\n")
     (tmp_path / "dev.jsonl").write_text(json.dumps({"input": "c", "label": {**LABEL, "colour": "red"}}) + "\n")
     r = CliRunner().invoke(main, ["run", str(recipe), "--dry-run", "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and r.output.startswith(f"error: {recipe}: 4 problem(s) in the task's data:")
+    assert r.exit_code == 2 and r.output.startswith(f"error: {recipe}: 5 problem(s) in the task's data:")
     lines = r.output.strip().splitlines()[1:]
     assert lines[0].startswith(f"{tmp_path / 'dev.jsonl'}:1: label: unknown key 'colour'")
-    assert lines[1:] == [
+    assert lines[1:4] == [
         f"{tmp_path / 'test.jsonl'}:2: label.severity: expected one of critical, high, medium, low, got 'urgent'",
         f"{tmp_path / 'test.jsonl'}:3: label: required here (evaluation needs the answers)",
         f"{tmp_path / 'test.jsonl'}:4: not valid JSON: Expecting property name enclosed in double quotes "
         "(column 2)"]
+    assert lines[4].startswith(f"{tmp_path / 'real.jsonl'}:1: label.line_stopped: expected")  # hold-out sets too
 
 
 def test_shipped_recipes_validate():
@@ -179,4 +188,6 @@ def test_shipped_recipes_validate():
     for path in found.values():
         r = load_recipe(path)
         assert r.teacher == "default" and Path(r.task["test"]).is_file()
+        if r.task["name"] == "factory-tickets":  # text no generator wrote, scored beside the test split
+            assert set(r.holdout()) == {"handwritten", "handwritten_dev"}
         json.dumps(r.to_dict())

@@ -163,7 +163,10 @@ def test_stub_server_scores_accepts_and_keeps_the_best(tmp_path):
     assert a == {"input": "A: press-3 hose split, press off", "accepted": True, "score": 1.0, "samples": 2,
                  "scores": [0.75, 1.0], "label": GOLD[a["input"]],
                  "response": TASK.format_answer(GOLD[a["input"]])}
-    assert (b["accepted"], b["response"], b["scores"], b["score"]) == (False, None, [0.0, 0.5], 0.5)
+    # b: labelled, no sample right: its gold answer is kept (distillation learns from every label)
+    assert (b["accepted"], b["response"], b["from"], b["scores"], b["score"]) == \
+        (False, TASK.format_answer(GOLD[b["input"]]), "label", [0.0, 0.5], 0.5)
+    assert "from" not in a and "from" not in c and "from" not in d  # d: unlabelled, rejected: nothing kept
     assert "judge" not in a and "judge" not in b  # a label decides; the judge is not asked
     assert (c["accepted"], c["response"], c["scores"]) == (True, TASK.format_answer(json.loads(Y)), [0.5, 1.0])
     assert "label" not in c and c["judge"][1] == {"score": 5.0, "reason": "all right"}
@@ -181,6 +184,7 @@ def test_stub_server_scores_accepts_and_keeps_the_best(tmp_path):
     assert seeds["C: box-12 seal leak"] == sample_seed(0, 2, 1)
     report = json.loads(result.stdout)
     assert report["accepted"] == 3 and report["acceptance_rate"] == 3 / 5
+    assert report["from_labels"] == 1 and report["training_examples"] == 4
     assert report["mean_score"] == pytest.approx((1.0 + 0.5 + 1.0 + 0.0 + 1.0) / 5)
     manifest = read_manifest(out)
     assert manifest.stage == "teach" and manifest.source == {"path": stub.url, "sha256": None,
@@ -190,6 +194,27 @@ def test_stub_server_scores_accepts_and_keeps_the_best(tmp_path):
     assert manifest.quality["samples_per_s"] > 0
     assert verify_artifact(out).ok
     assert not progress_path(out).exists()
+
+
+def test_reject_wrong_keeps_only_the_teachers_answers_and_switching_reinstalls(tmp_path):
+    """--reject-wrong: rejection sampling for labelled prompts too; the same finished output rerun with the other
+    setting is rewritten from its recorded results, asking the teacher nothing."""
+    prompts = write_prompts(tmp_path / "p.jsonl", list(SCRIPT)[:2])  # a: right on its 2nd sample, b: never right
+    out = tmp_path / "d.jsonl"
+    with StubServer() as stub:
+        args = ["teach", stub.url, "--task", "factory-tickets", "--prompts", str(prompts), "--out", str(out),
+                "--samples", "2"]
+        assert CliRunner().invoke(main, [*args, "--reject-wrong"]).exit_code == 0
+        a, b = read_lines(out)
+        assert a["response"] == TASK.format_answer(GOLD[a["input"]]) and b["response"] is None
+        assert "from" not in b and read_manifest(out).quality["from_labels"] == 0
+        asked = len(stub.bodies)
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert len(stub.bodies) == asked and "1 labelled prompts the teacher got wrong" in r.output
+        assert read_lines(out)[1]["response"] == TASK.format_answer(GOLD[b["input"]])
+        assert CliRunner().invoke(main, [*args, "--reject-wrong"]).exit_code == 0
+        assert read_lines(out)[1]["response"] is None and len(stub.bodies) == asked
 
 
 def test_constrained_teach_sends_each_prompt_its_schema(tmp_path):
@@ -434,13 +459,14 @@ def test_local_tiny_model_end_to_end(tmp_path, make_tiny_dir):
     assert result.exit_code == 0, result.output
     assert "0/4 prompts accepted" in result.output  # a random model writes no JSON
     lines = read_lines(out)
+    gold = '{"long": false}'  # the labelled prompts keep their gold answer
     assert [(line["samples"], line["scores"], line["accepted"], line["response"]) for line in lines] == \
-        [(2, [0.0, 0.0], False, None)] * 4
+        [(2, [0.0, 0.0], False, None), (2, [0.0, 0.0], False, gold)] * 2
     assert ["label" in line for line in lines] == [False, True, False, True]
     manifest = read_manifest(out)
     assert manifest.source["path"] == str(model.resolve()) and manifest.source["sha256"]
     assert manifest.source["info"]["backend"] == "torch"
-    assert "schema validity alone" in manifest.notes[0]
+    assert any("schema validity alone" in n for n in manifest.notes)
     # the same settings again: nothing left to generate, the same file
     before = out.read_bytes()
     result = runner.invoke(main, args)

@@ -21,12 +21,13 @@ def _say(text: str) -> None:
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The final summary: one row per stage, then the bundle's size, score and budget verdicts."""
-    rows = [f"{'stage':<14} {'status':<8} {'seconds':>8}  output"]
+    w = max(14, *(len(r.name) for r in result["stages"]))
+    rows = [f"{'stage':<{w}} {'status':<8} {'seconds':>8}  output"]
     for r in result["stages"]:
-        rows.append(f"{r.name:<14} {r.status:<8} {r.seconds:>8.0f}  {r.out}")
+        rows.append(f"{r.name:<{w}} {r.status:<8} {r.seconds:>8.0f}  {r.out}")
     ran = sum(r.seconds for r in result["stages"] if r.status == "ran")
     every = sum(r.seconds for r in result["stages"])
-    rows.append(f"{'this run':<14} {'':<8} {result['seconds']:>8.0f}  (stages run now: {ran:.0f} s; "
+    rows.append(f"{'this run':<{w}} {'':<8} {result['seconds']:>8.0f}  (stages run now: {ran:.0f} s; "
                 f"all stages as recorded: {every:.0f} s)")
     m = result["bundle"]
     q, d = m.quality, m.details
@@ -38,6 +39,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"({100 * (q['score_ratio'] or 0):.1f}%), {q['records']} test records"]
     fields = "  ".join(f"{k} {v:.3f}" for k, v in (q.get("fields") or {}).items())
     rows.append(f"fields      {fields}")
+    for name, h in q.get("holdout", {}).items():  # text no generator wrote
+        rows.append(f"hold-out    {name}: {h['task_score']:.3f} vs the teacher's {h['teacher_task_score']:.3f} "
+                    f"({100 * (h['score_ratio'] or 0):.1f}%), {h['records']} records; "
+                    + "  ".join(f"{k} {v:.3f}" for k, v in (h.get("fields") or {}).items()))
     rows += budget_lines(b)
     return rows
 
@@ -69,8 +74,9 @@ def run_cmd(ctx: click.Context, recipe: str, out: str | None, teacher: str | Non
         stages = run(r, folder, only_plan=True)["stages"]
         click.echo(f"recipe {r.source}: {r.name}, teacher {r.teacher}, target {r.target}, {len(stages)} stages "
                    f"+ bundle into {folder.resolve()}")
+        w = max(13, *(len(s.name) for s in stages))
         for i, s in enumerate(stages, 1):
-            click.echo(f"{i:>2}. {s.name:<13} $ {s.shown()}")
+            click.echo(f"{i:>2}. {s.name:<{w}} $ {s.shown()}")
         return
     try:
         result = run(r, folder, _say)

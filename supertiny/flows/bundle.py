@@ -134,6 +134,11 @@ def build_bundle(recipe: Any, stages: list[Any], layout: Any, out: Path) -> Mani
             (d / "chain.json").write_text(json.dumps(chain, indent=2) + "\n", encoding="utf-8")
             (d / "bench.json").write_text(json.dumps(bench, indent=2) + "\n", encoding="utf-8")
         quality = _quality(teacher_eval, student_eval)
+        holdout = {name: _quality(*(_report(by_name[f"eval-{who}-{name}"].out) for who in ("teacher", "student")))
+                   for name in recipe.holdout()}
+        if holdout:  # text no generator wrote, scored as the test split is
+            quality["holdout"] = {k: {kk: vv for kk, vv in v.items() if kk not in ("prompt", "seconds")}
+                                  for k, v in holdout.items()}
         budget = {"target": target.name, "passed": result.get("passed"), "verdicts": result.get("verdicts", []),
                   "machine": result.get("machine"), "threads": result.get("threads")}
         sizes = {fmt: _size(d / name) for fmt, name in names.items()}
@@ -157,9 +162,12 @@ def readme(recipe: Any, details: dict[str, Any], quality: dict[str, Any], target
     b = details["budget"]
     rows = "\n".join(f"| {v['label']} | {_fmt(v.get('measured'))} {v['unit']} | {_op(v)} {_fmt(v['limit'])} "
                      f"{v['unit']} | {v['status']} |" for v in b["verdicts"])
-    fields = quality.get("fields") or {}
-    field_rows = "\n".join(f"| {k} | {_fmt(v)} | {_fmt((quality.get('teacher_fields') or {}).get(k))} |"
-                           for k, v in fields.items())
+    sets = {"test split": quality, **quality.get("holdout", {})}
+    head = " | ".join(f"{name}: bundle | teacher" for name in sets)
+    fields = ["task", *(quality.get("fields") or {})]
+    field_rows = "\n".join(f"| {f} | " + " | ".join(f"{_fmt(_score(q, f))} | {_fmt(_score(q, f, 'teacher_'))}"
+                                                   for q in sets.values()) + " |" for f in fields)
+    counts = ", ".join(f"{name} {q.get('records')}" for name, q in sets.items())
     return f"""# {recipe.name}: deployment bundle
 
 {recipe.description}
@@ -186,10 +194,12 @@ to the task's schema; `/v1/chat/completions` takes OpenAI's `response_format` (`
 
 Task `{details['task']}`: score **{_fmt(quality['task_score'])}** vs the domain teacher's
 {_fmt(quality['teacher_task_score'])} ({_fmt(100 * (quality['score_ratio'] or 0))}%), on the recipe's test split.
-
-| field | this bundle | teacher |
-|---|---|---|
+{_holdout_line(quality)}
+| field | {head} |
+|---|{'---|---|' * len(sets)}
 {field_rows}
+
+Records: {counts}.
 
 Budget check (`{target.name}`, on the build machine, {b.get('threads')} threads):
 **{'PASS' if b['passed'] else 'FAIL'}**
@@ -198,6 +208,18 @@ Budget check (`{target.name}`, on the build machine, {b.get('threads')} threads)
 |---|---|---|---|
 {rows}
 """
+
+
+def _score(quality: dict[str, Any], field: str, who: str = "") -> Any:
+    """A set's task score (``field`` "task") or one field's, of the bundle or (``who`` "teacher_") the teacher."""
+    return quality.get(f"{who}task_score") if field == "task" else (quality.get(f"{who}fields") or {}).get(field)
+
+
+def _holdout_line(quality: dict[str, Any]) -> str:
+    """One sentence per hold-out set (text no generator wrote), or nothing without one."""
+    return "".join(f"On the hold-out set `{name}`: **{_fmt(q['task_score'])}** vs "
+                   f"{_fmt(q['teacher_task_score'])} ({_fmt(100 * (q['score_ratio'] or 0))}%).\n"
+                   for name, q in quality.get("holdout", {}).items())
 
 
 def _op(verdict: dict[str, Any]) -> str:
@@ -229,16 +251,18 @@ def plot_summary(details: dict[str, Any], quality: dict[str, Any], result: dict[
     ax_b.axvline(1.0, color="k", linestyle="--", linewidth=1)
     ax_b.set_xlabel("share of the budget used (< 1 passes)")
     ax_b.set_title(f"{target.name} budget on the build machine")
-    fields = list((quality.get("fields") or {}).keys())
-    xs = range(len(fields) + 1)
-    student = [quality["task_score"], *[quality["fields"][f] for f in fields]]
-    teacher = [quality["teacher_task_score"], *[(quality.get("teacher_fields") or {}).get(f, 0) for f in fields]]
-    ax_q.bar([x - 0.2 for x in xs], teacher, width=0.4, label="domain teacher")
-    ax_q.bar([x + 0.2 for x in xs], student, width=0.4, label="bundle")
-    ax_q.set_xticks(list(xs), ["task", *fields], fontsize=8)
-    ax_q.set_ylim(0, 1.18)
-    ax_q.set_title("task score (test split)")
-    ax_q.legend(loc="upper center", ncol=2)
+    fields = ["task", *(quality.get("fields") or {})]
+    sets = {"test": quality, **quality.get("holdout", {})}
+    bars = [(f"{name}: {label}", q, who) for name, q in sets.items()
+            for label, who in (("teacher", "teacher_"), ("bundle", ""))]
+    width = 0.8 / len(bars)
+    for i, (label, q, who) in enumerate(bars):
+        ax_q.bar([x - 0.4 + (i + 0.5) * width for x in range(len(fields))],
+                 [_score(q, f, who) or 0 for f in fields], width=width, label=label)
+    ax_q.set_xticks(list(range(len(fields))), fields, fontsize=8)
+    ax_q.set_ylim(0, 1.25)
+    ax_q.set_title("task score: test split" + (" and hold-out sets" if len(sets) > 1 else ""))
+    ax_q.legend(loc="upper center", ncol=min(len(bars), 4), fontsize=7)
     fig.tight_layout()
     save_figure(fig, out, dpi=100)
 

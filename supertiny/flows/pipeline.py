@@ -93,15 +93,16 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
         model = str(out / "quantize")
     exports = _exports(recipe, out, model, quantized, stages)
     primary = next(iter(exports.values()))
-    measure = {"task": t["name"], "data": t["test"]}
     ev = _section(recipe, "eval")
     # The bundle answers held to the task's schema (the default for a task-trained model); the teacher is
     # measured the same way, so the ratio compares the models, not two ways of decoding.
     ev.setdefault("constrained", True)
-    stages.append(_invoke("eval-teacher", "eval", {"model": teaching, **measure}, out / "eval-teacher" / "report.json",
-                          ev))
-    stages.append(_invoke("eval-student", "eval", {"model": primary, **measure}, out / "eval-student" / "report.json",
-                          ev))
+    # the test split, then each hold-out set (text no generator wrote), both models on each
+    for suffix, data in [("", t["test"]), *((f"-{name}", f) for name, f in recipe.holdout().items())]:
+        for who, model_of in (("teacher", teaching), ("student", primary)):
+            name = f"eval-{who}{suffix}"
+            stages.append(_invoke(name, "eval", {"model": model_of, "task": t["name"], "data": data},
+                                  out / name / "report.json", ev))
     bench = _section(recipe, "bench")
     bench.setdefault("threads", threads_for(load_target(recipe.target).runtime.threads, cap=True))
     stages.append(_invoke("bench", "bench", {"artifact": primary, "target": recipe.target},

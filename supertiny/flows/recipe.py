@@ -83,9 +83,28 @@ SECTIONS: dict[str, Section] = {
     "bench": Section("bench"),
 }
 REQUIRED_SECTIONS = ("prune", "distill")  # without [teach], distill learns the labelled train split
-TASK_KEYS: dict[str, Check] = {"name": TEXT, "train": TEXT, "dev": TEXT, "test": TEXT, "rl": TEXT}
+
+
+def _holdout(v: Any) -> tuple[str, ...]:
+    """``[task] holdout``: labelled data files scored beside ``test``, each named by its file's stem."""
+    if not (isinstance(v, list) and v and all(isinstance(f, str) and f for f in v)):
+        raise schema.Bad(f"expected a non-empty list of data files, got {schema.show(v)}")
+    stems = [holdout_name(f) for f in v]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise schema.Bad(f"hold-out sets are named by their file's stem: {', '.join(repeated)} is given twice")
+    return tuple(v)
+
+
+def holdout_name(path: str) -> str:
+    """A hold-out set's name: its file's stem (``data/handwritten.jsonl`` -> ``handwritten``)."""
+    return Path(path).name.split(".")[0]
+
+
+TASK_KEYS: dict[str, Check] = {"name": TEXT, "train": TEXT, "dev": TEXT, "test": TEXT, "rl": TEXT,
+                               "holdout": _holdout}
 TASK_FILES = ("train", "dev", "test", "rl")
-LABELLED_FILES = ("dev", "test", "rl")  # evaluation and reward read the labels; teach's prompts may have none
+LABELLED_FILES = ("dev", "test", "rl", "holdout")  # evaluation and reward read the labels; teach's need none
 MAX_DATA_PROBLEMS = 50
 _TOP: dict[str, Check] = {"schema_version": schema.version(SCHEMA_VERSION), "name": schema.NAME,
                           "description": schema.TEXT, "teacher": TEXT, "target": TEXT, "task": schema.TABLE,
@@ -121,7 +140,8 @@ class Recipe:
         name, description: what the run is called and is for.
         teacher: ``"default"``, or an absolute path to a HF directory or ``.gguf`` file.
         target: a target name or an absolute path to a profile.
-        task: ``{"name", "train", "test", ...}`` with the data files absolute.
+        task: ``{"name", "train", "test", ...}`` with the data files absolute; ``holdout`` (when given) is a tuple
+            of files.
         source: the file it was read from.
     """
 
@@ -129,7 +149,7 @@ class Recipe:
     description: str
     teacher: str
     target: str
-    task: dict[str, str]
+    task: dict[str, Any]
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: Path = Path("recipe.toml")
 
@@ -142,10 +162,20 @@ class Recipe:
         """A stage's table as given (empty when absent)."""
         return dict(self.values.get(name, {}))
 
+    def holdout(self) -> dict[str, str]:
+        """The hold-out sets by name (``[task] holdout``; none when not given)."""
+        return {holdout_name(f): f for f in self.task.get("holdout", ())}
+
+    def data_files(self) -> list[tuple[str, str]]:
+        """Every data file of ``[task]`` as ``(key, path)``, the hold-out sets last."""
+        return [(k, self.task[k]) for k in TASK_FILES if k in self.task] + \
+            [("holdout", f) for f in self.task.get("holdout", ())]
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as a TOML document (what the bundle records)."""
+        task = {k: list(v) if isinstance(v, tuple) else v for k, v in self.task.items()}
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "description": self.description,
-                "teacher": self.teacher, "target": self.target, "task": dict(self.task),
+                "teacher": self.teacher, "target": self.target, "task": task,
                 **{k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
                    for k, v in self.values.items()}}
 
@@ -176,6 +206,8 @@ def parse_recipe(data: Mapping[str, Any], source: str | os.PathLike[str], check_
     for key in TASK_FILES:
         if key in task:
             task[key] = _resolve(base, task[key])
+    if "holdout" in task:
+        task["holdout"] = tuple(_resolve(base, f) for f in task["holdout"])
     if task["name"].endswith(".toml") or "/" in task["name"]:
         task["name"] = _resolve(base, task["name"])
     teacher = top["teacher"] if top["teacher"] == "default" else _resolve(base, top["teacher"])
@@ -201,8 +233,7 @@ def check_settings(values: Mapping[str, Mapping[str, Any]], problems: list[str])
 
 def check_references(recipe: Recipe) -> None:
     """Every file the recipe names exists and the task and target load (one error listing them all)."""
-    problems = [f"task.{k}: no such file: {recipe.task[k]}" for k in TASK_FILES
-                if k in recipe.task and not Path(recipe.task[k]).is_file()]
+    problems = [f"task.{k}: no such file: {f}" for k, f in recipe.data_files() if not Path(f).is_file()]
     if recipe.teacher != "default" and not Path(recipe.teacher).exists():
         problems.append(f"teacher: no such file or directory: {recipe.teacher}")
     task = None
@@ -215,8 +246,8 @@ def check_references(recipe: Recipe) -> None:
             task = loaded if what == "task.name" else task
     schema.raise_problems(problems, recipe.source, RecipeError)
     # every record of every split against the task, before any stage runs: all problems, one line each
-    data = [line for k in TASK_FILES if k in recipe.task
-            for line in task_data_problems(recipe.task[k], task, labelled=k in LABELLED_FILES)]
+    data = [line for k, f in recipe.data_files()
+            for line in task_data_problems(f, task, labelled=k in LABELLED_FILES)]
     if data:
         shown = data[:MAX_DATA_PROBLEMS] + ([f"... and {len(data) - MAX_DATA_PROBLEMS} more"]
                                            if len(data) > MAX_DATA_PROBLEMS else [])

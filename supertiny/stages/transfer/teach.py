@@ -15,11 +15,15 @@ the task's parser and scored:
   (1.0) accepts.
 
 The best accepted answer (highest score, the earliest sample on a tie) is kept, written
-canonically with ``task.format_answer``. The output is JSON Lines, one line per prompt in
-file order, the contract ``supertiny distill`` reads::
+canonically with ``task.format_answer``. A labelled prompt with no accepted answer keeps its
+gold answer instead (``fill_from_labels``, the default; ``"from": "label"`` in its line), so that
+distillation learns from every label, the teacher's distribution taken on the gold answer:
+rejection sampling only decides for unlabelled prompts. The output is JSON Lines, one line per
+prompt in file order, the contract ``supertiny distill`` reads::
 
     {"input": str, "response": str | null, "accepted": bool, "score": float, "samples": K,
-     "scores": [float, ...], "label": {...} (only if the prompt had one),
+     "scores": [float, ...], "from": "label" (only when the response is the gold answer),
+     "label": {...} (only if the prompt had one),
      "judge": [{"score", "reason", "error"?} | null, ...] (only when a judge graded a sample)}
 
 ``score`` is the best sample score (the kept answer's when accepted). A manifest
@@ -107,6 +111,11 @@ class TeachConfig(TeacherOptions):
     constrained: bool = setting(False, "Hold every answer to the task's JSON schema (constrained decoding; a "
                                 "server gets it as response_format), its extractive fields to the prompt's own "
                                 "spans [default: free].", flag="--constrained", off="--free", example=True)
+    fill_from_labels: bool = setting(True, "A labelled prompt whose samples were all wrong keeps its gold answer "
+                                     "(written canonically, \"from\": \"label\" in its line): distillation learns "
+                                     "from every label, with the teacher's distribution on it. --reject-wrong: keep "
+                                     "only the teacher's accepted answers, as for unlabelled prompts.",
+                                     off="--reject-wrong", example=False)
     overwrite: bool = setting(False, "Replace the output and drop an unfinished run's progress.", off="", role="run")
 
     def problems(self) -> list[str]:
@@ -304,8 +313,11 @@ def teach(teacher: str, task: str | os.PathLike[str], prompts: str | os.PathLike
     else:
         run.info = {"teacher": settings["teacher"]}
     run.lap("generate")
+    results = [done[i] for i in range(len(records))]
+    if config.fill_from_labels:  # applied on install: resumed progress and outputs hold the teacher's own results
+        results = [r.filled(None if r.label is None else spec.format_answer(r.label)) for r in results]
     with run:
-        manifest = _install(run, [done[i] for i in range(len(records))], config, judge, sampler, resumed, prompts)
+        manifest = _install(run, results, config, judge, sampler, resumed, prompts)
     partial.unlink(missing_ok=True)
     return TeachReport(out, manifest.to_dict(), resumed, sampler.generated if sampler else 0,
                        time.perf_counter() - start, manifest)
@@ -329,13 +341,17 @@ def _install(run: StageRun, results: list[PromptResult], config: TeachConfig, ju
     generated = sampler.generated if sampler else 0
     n_acc = sum(r.accepted for r in results)
     gen_s = run.seconds["generate"]
+    filled = sum(r.gold is not None for r in results)
     quality = {"prompts": len(results), "accepted": n_acc, "acceptance_rate": n_acc / len(results),
+               "from_labels": filled, "training_examples": n_acc + filled,
                "mean_score": sum(r.score for r in results) / len(results),
                "sample_acceptance_rate": _sample_rate(results, config),
                "samples_per_s": round(generated / gen_s, 3) if generated else None}
     details = {"prompts_file": str(Path(prompts).resolve()), "labelled": sum(r.label is not None for r in results),
                "resumed": resumed, "samples_generated": generated,
                "judge_unparseable": sampler.judge_unparseable if sampler else 0}
+    if filled:
+        run.note(f"{filled} labelled prompts the teacher got wrong keep their gold answer (\"from\": \"label\")")
     if judge is None and any(r.label is None for r in results):
         run.note("no judge: unlabelled prompts were accepted on schema validity alone")
     if judge is not None and all(r.label is not None for r in results):

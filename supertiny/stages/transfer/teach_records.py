@@ -10,6 +10,7 @@ lines as done too (:func:`read_finished`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -41,10 +42,14 @@ class PromptResult:
     scores: list[float]
     label: dict[str, Any] | None = None
     judge: list[dict[str, Any] | None] | None = None
+    gold: str | None = None  # the label's canonical answer, kept in place of a rejected prompt's (--fill-from-labels)
 
     def line(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"input": self.input, "response": self.response, "accepted": self.accepted,
+        response = self.response if self.gold is None else self.gold
+        out: dict[str, Any] = {"input": self.input, "response": response, "accepted": self.accepted,
                                "score": self.score, "samples": len(self.scores), "scores": self.scores}
+        if self.gold is not None:
+            out["from"] = "label"
         if self.label is not None:
             out["label"] = self.label
         if self.judge is not None:
@@ -53,8 +58,13 @@ class PromptResult:
 
     @classmethod
     def from_line(cls, index: int, obj: dict[str, Any]) -> PromptResult:
-        return cls(index, obj["input"], obj["response"], obj["accepted"], obj["score"], obj["scores"],
-                   obj.get("label"), obj.get("judge"))
+        from_label = obj.get("from") == "label"  # the teacher's own answer was rejected: none is kept
+        return cls(index, obj["input"], None if from_label else obj["response"], obj["accepted"], obj["score"],
+                   obj["scores"], obj.get("label"), obj.get("judge"))
+
+    def filled(self, gold: str | None) -> PromptResult:
+        """This result with ``gold`` kept as its response when the teacher had none accepted (else as it is)."""
+        return dataclasses.replace(self, gold=gold if self.response is None else None)
 
 
 def progress_path(out: str | os.PathLike[str]) -> Path:
