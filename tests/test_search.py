@@ -208,6 +208,20 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     assert len(rows) == 4 and all(("*" in r.split()[0]) == (r.split()[1] in expect) for r in rows
                                   if r.split()[0] == "*") and sum(r.startswith("*") for r in rows) == len(expect)
 
+    # a hold-out set: only its scores are measured (the rest is cached), a column of the table
+    (tmp_path / "real.jsonl").write_text("\n".join((tmp_path / "data.jsonl").read_text().splitlines()[:3]) + "\n")
+    res = CliRunner().invoke(main, [*base, "--layers", "4,2", "--quant", "Q8_0,Q4_0", "--holdout",
+                                    str(tmp_path / "real.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "ran         measure 4;" in res.output and "task score on the hold-out set real" in res.output
+    head = next(line for line in res.stdout.splitlines() if "CANDIDATE" in line).split()
+    assert head[head.index("QUALITY") + 1] == "REAL"
+    report = json.loads((tmp_path / "work" / "search.json").read_text())
+    assert [set(p["holdout"]) for p in report["points"]] == [{"real"}] * 4
+    scored = json.loads(next(p for p in (tmp_path / "work" / "measures").glob("L2-Q4_0-gguf*-holdout-real-*.json")
+                             if not p.name.endswith(".supertiny.json")).read_text())
+    assert scored["n"] == 3 and report["points"][-1]["holdout"]["real"] == scored["task_score"]
+
 
 def test_search_usage_errors_stop_before_any_work(tiny_search):
     tmp_path, base = tiny_search
@@ -216,7 +230,10 @@ def test_search_usage_errors_stop_before_any_work(tiny_search):
                            (["--layers", ""], "--layers is empty"),
                            (["--layers", "a"], "--layers takes whole numbers"),
                            (["--layers", "2", "--target", "no-such-device"], "no-such-device"),
-                           (["--layers", "2", "--plot", "x.gif"], "--plot writes .png")):
+                           (["--layers", "2", "--plot", "x.gif"], "--plot writes .png"),
+                           (["--layers", "2", "--holdout", str(tmp_path / "none.jsonl")], "none.jsonl"),
+                           (["--layers", "2", "--holdout", str(tmp_path / "data.jsonl"), "--holdout",
+                             str(tmp_path / "data.jsonl")], "--holdout: two sets named data")):
         res = CliRunner().invoke(main, [*base, *extra])
         assert res.exit_code == 2, (extra, res.output)
         assert message in res.output and "Traceback" not in res.output

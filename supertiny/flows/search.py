@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny.errors import InvalidInputError, SupertinyError, UserError
+from supertiny.flows.recipe import holdout_name
 from supertiny.flows.runner import Invocation, Runner
 from supertiny.flows.search_grid import LATENCY, QUANTS, Candidate, SearchConfig, expand, pareto_front, recommend
 from supertiny.models import describe, resolve
@@ -122,6 +123,10 @@ class _Search:
                "task": self.invocation("measures", f"{name}-task", "eval",
                                        {"model": artifact, "task": self.task, "data": self.task_data},
                                        limit=c.task_limit, prompt=prompt, prompts=())}
+        for f in c.holdout:  # text no generator wrote, scored whole
+            out[f"holdout:{holdout_name(f)}"] = self.invocation(
+                "measures", f"{name}-holdout-{holdout_name(f)}", "eval", {"model": artifact, "task": self.task,
+                                                                           "data": f}, prompt=prompt, prompts=())
         if c.agreement_tokens:
             window = min(256, c.agreement_tokens)
             out["agreement"] = self.invocation("measures", f"{name}-agreement", "eval",
@@ -158,6 +163,8 @@ class _Search:
                     f"threads {c.threads or self.profile.runtime.threads})")
         if kind == "task":
             return f"task score on {self.config.task_limit} records"
+        if kind.startswith("holdout:"):
+            return f"task score on the hold-out set {kind.split(':', 1)[1]}"
         return f"agreement with the teacher on {self.config.agreement_tokens} held-out tokens"
 
     @staticmethod
@@ -167,6 +174,8 @@ class _Search:
         t = reports["task"]
         point["task"] = {k: t[k] for k in ("task_score", "json_valid", "schema_valid", "fields", "n", "seconds",
                                            "prompt") if k in t}
+        point["holdout"] = {k.split(":", 1)[1]: {f: r[f] for f in ("task_score", "fields", "n")}
+                            for k, r in reports.items() if k.startswith("holdout:")}
         if "agreement" in reports:
             a = reports["agreement"]
             point["agreement"] = {"tokens": a["score"]["tokens"], "top1_agreement": a["agreement"]["top1_agreement"],
@@ -194,13 +203,19 @@ def _row(c: Candidate, point: dict[str, Any], profile: Any) -> dict[str, Any]:
             "decode_tokens_per_s": measured.get("decode_tokens_per_s"),
             "p95_latency_ms": measured.get("p95_latency_ms"), "peak_rss_mb": b["peak_rss_mb"],
             "quality": point["task"]["task_score"], "json_valid": point["task"].get("json_valid"),
+            "holdout": {k: v["task_score"] for k, v in point.get("holdout", {}).items()},
             "top1_agreement": agreement.get("top1_agreement"), "kl_mean": agreement.get("kl_mean"),
             "verdicts": vs, "meets": all(v["passed"] is not False for v in vs), "cached": point.get("cached", False)}
 
 
 def _check(teacher: str, task: str, task_data: str, config: SearchConfig) -> tuple[int, dict[str, tuple[str, int]]]:
     """Everything a user passes, checked before any work; the teacher's depth and the students' (name, depth)."""
-    read_task_data(task_data, task_for(task), labelled=True)  # a bad line fails now, named FILE:LINE
+    for data in (task_data, *config.holdout):  # a bad line fails now, named FILE:LINE
+        read_task_data(data, task_for(task), labelled=True)
+    names = [holdout_name(f) for f in config.holdout]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidInputError(f"--holdout: two sets named {', '.join(twice)} (a set is named by its file's stem)")
     if config.distill_data is not None and not Path(config.distill_data).is_file():
         raise InvalidInputError(f"--distill-data {config.distill_data}: no such file")
     resolve(teacher)

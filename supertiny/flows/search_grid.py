@@ -130,6 +130,9 @@ class SearchConfig(Settings):
     latency: str = setting("ttft", "The latency objective: time to first token, or decode speed.",
                            choices=tuple(LATENCY), unknown="latency measure")
     task_limit: int = setting(20, "Records scored per candidate.")
+    holdout: tuple[str, ...] = setting((), "A hand-written labelled set every candidate is also scored on, whole, "
+                                       "beside --task-data (repeatable; a column per set, named by its file's "
+                                       "stem).", flag="--holdout", multiple=True, off="", example=("real.jsonl",))
     agreement_tokens: int = setting(256, "Held-out tokens on which each candidate is compared with the teacher "
                                     "(0: off).")
     bench_repeats: int = setting(1, "Measured runs at the target's prompt length.")

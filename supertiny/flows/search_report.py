@@ -26,16 +26,19 @@ def _num(value: float | None) -> str:
 
 def table_lines(report: dict[str, Any]) -> list[str]:
     """The candidates table (``*``: on the Pareto front), then the recommendation line."""
+    sets = list(dict.fromkeys(k for p in report["points"] for k in p.get("holdout", {})))
     head = ("", "CANDIDATE", "LAYERS", "QUANT", "FORMAT", "MB", "TTFT_MS", "DECODE_TOK/S", "P95_MS", "QUALITY",
-            "AGREE", "MEETS")
+            *(s.upper() for s in sets), "AGREE", "MEETS")
     rows = [head]
     for p in report["points"]:
         if "error" in p:
-            rows.append(("", p["name"], str(p["layers"]), p["quant"], p["format"], "failed", "", "", "", "", "", "no"))
+            rows.append(("", p["name"], str(p["layers"]), p["quant"], p["format"], "failed", "", "", "", "",
+                         *("" for _ in sets), "", "no"))
             continue
         rows.append(("*" if p["on_front"] else "", p["name"], str(p["layers"]), p["quant"], p["format"],
                      _num(p["size_mb"]), _num(p["ttft_ms"]), _num(p["decode_tokens_per_s"]),
-                     _num(p["p95_latency_ms"]), _cell(p["quality"], ".3f"), _cell(p["top1_agreement"], ".3f"),
+                     _num(p["p95_latency_ms"]), _cell(p["quality"], ".3f"),
+                     *(_cell(p["holdout"].get(s), ".3f") for s in sets), _cell(p["top1_agreement"], ".3f"),
                      "yes" if p["meets"] else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
