@@ -147,6 +147,16 @@ def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):
     assert layout.primary == run / "export-gguf" / "model.gguf"
     assert by["bench"].ok_codes == (0, 1) and by["eval-student"].argv[1] == str(layout.primary)
 
+    # [augment]: the train split and its variants, what the prototype learns and the teacher answers
+    stages, _ = plan(load_recipe(write(tmp_path, text + "\n[augment]\ncopies = 2\n")), tmp_path / "run")
+    by = {s.name: s for s in stages}
+    aug = str(run / "augment" / "train.jsonl")
+    assert [s.name for s in stages][:2] == ["augment", "prototype"]
+    assert by["augment"].argv == ["augment", str(tmp_path / "train.jsonl"), "--out", aug, "--task",
+                                  "factory-tickets", "--copies", "2"]
+    assert by["prototype"].argv[by["prototype"].argv.index("--data") + 1] == aug
+    assert by["teach"].argv[by["teach"].argv.index("--prompts") + 1] == aug
+
 
 def test_dry_run_prints_the_commands(tmp_path):
     r = CliRunner().invoke(main, ["run", str(write(tmp_path)), "--dry-run", "--out", str(tmp_path / "o")])

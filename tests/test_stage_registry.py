@@ -27,11 +27,11 @@ WITH = {
 # The smallest valid Config of each stage that has a required setting or a check across fields.
 BASE = {"prune": {"mlp": 0.5}, "quantize": {"scheme": "w4a16"}}
 # The recipe table that configures each stage (prototype, teacher-gguf and eval-teacher reuse these stages).
-TABLE = {"prune": "prune", "distill": "distill", "rl": "rl", "quantize": "quantize", "teach": "teach",
+TABLE = {"augment": "augment", "prune": "prune", "distill": "distill", "rl": "rl", "quantize": "quantize", "teach": "teach",
          "eval": "eval", "bench": "bench", "export-gguf": "export", "export-onnx": "export"}
 RECIPE = {"schema_version": 1, "name": "walk", "teacher": "default", "target": "factory-pc",
           "task": {"name": "factory-tickets", "train": "train.jsonl", "test": "test.jsonl", "rl": "rl.jsonl"},
-          "teach": {}, "prune": {"mlp": 0.5}, "distill": {}, "rl": {}, "export": {"formats": ["gguf", "onnx"]},
+          "augment": {}, "teach": {}, "prune": {"mlp": 0.5}, "distill": {}, "rl": {}, "export": {"formats": ["gguf", "onnx"]},
           "eval": {}, "bench": {}}  # no [quantize] but for its own settings: the exports would carry its codes
 
 
@@ -55,14 +55,14 @@ def _parse(argv: list[str], cls: type) -> Any:
 
 def test_every_stage_is_declared_once_with_its_command():
     found = stages()
-    assert set(found) == {"prune", "quantize", "teach", "distill", "rl", "export-gguf", "export-onnx", "eval", "bench"}
+    assert set(found) == {"augment", "prune", "quantize", "teach", "distill", "rl", "export-gguf", "export-onnx", "eval", "bench"}
     assert len(STAGE_MODULES) == len(set(STAGE_MODULES))
     for name, s in found.items():
         assert issubclass(s.config, Settings) and dataclasses.is_dataclass(s.config), name
         group: Any = main
         for word in s.command:  # the command the pipeline prints exists
             group = group.commands[word]
-        assert [i.name for i in s.inputs if i.argument], name  # every stage reads a model or an artifact
+        assert [i.name for i in s.inputs if i.argument], name  # every stage reads a model, an artifact or data
     with pytest.raises(InvalidInputError, match="unknown stage 'nope'; known: "):
         get("nope")
     with pytest.raises(AssertionError, match="declared twice"):

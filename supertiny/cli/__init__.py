@@ -1,6 +1,6 @@
 """The ``supertiny`` command: a thin click layer that parses, calls the library, prints.
 
-One module per command (group): :mod:`.inspect`, :mod:`.eval`, :mod:`.prune`, :mod:`.export`
+One module per command (group): :mod:`.augment`, :mod:`.inspect`, :mod:`.eval`, :mod:`.prune`, :mod:`.export`
 (gguf, onnx), :mod:`.quantize`, :mod:`.teach`, :mod:`.distill`, :mod:`.rl`, :mod:`.bench`,
 :mod:`.serve`, :mod:`.targets`, :mod:`.verify`, :mod:`.run` and :mod:`.search`; importing them
 registers them on :func:`main`. A stage's command is derived from its declaration
@@ -10,6 +10,7 @@ user can cause ends in a traceback.
 """
 
 from supertiny.cli import (  # noqa: F401  (registers the commands)
+    augment,
     bench,
     distill,
     eval,

@@ -60,13 +60,18 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     task = {"task": t["name"], "dev": t.get("dev")}
     stages: list[Invocation] = []
     teacher = recipe.teacher
+    train = t["train"]
+    if "augment" in recipe.values:  # the train split and variants of its records: what the models learn from
+        train = str(out / "augment" / "train.jsonl")
+        stages.append(_invoke("augment", "augment", {"task": t["name"], "data": t["train"]}, Path(train),
+                              _section(recipe, "augment")))
     if "prototype" in recipe.values:
         proto = out / "prototype"
-        stages.append(_invoke("prototype", "distill", {"student": teacher, "data": t["train"], **task}, proto,
+        stages.append(_invoke("prototype", "distill", {"student": teacher, "data": train, **task}, proto,
                               _section(recipe, "prototype"), **SECTIONS["prototype"].fixed))
         teacher = str(proto)
     domain = teaching = teacher
-    data = t["train"]  # without [teach]: distill learns the labelled answers (KD: the teacher's logits on them)
+    data = train  # without [teach]: distill learns the labelled answers (KD: the teacher's logits on them)
     if "teach" in recipe.values:
         quant = recipe.section("teach").get("quant", SECTIONS["teach"].own["quant"][1])
         if quant != "none" and not (domain.endswith(".gguf") or domain == "default"):
@@ -74,7 +79,7 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
             stages.append(_invoke("teacher-gguf", "export-gguf", {"model": domain}, Path(teaching), {},
                                   **({"quant": quant} if quant != "F16" else {})))
         data = str(out / "teach" / "teacher-data.jsonl")
-        stages.append(_invoke("teach", "teach", {"teacher": teaching, "task": t["name"], "prompts": t["train"]},
+        stages.append(_invoke("teach", "teach", {"teacher": teaching, "task": t["name"], "prompts": train},
                               Path(data), _section(recipe, "teach")))
     model = str(out / "prune")
     stages.append(_invoke("prune", "prune", {"model": domain, "calib": data}, Path(model), _section(recipe, "prune")))

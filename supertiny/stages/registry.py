@@ -39,6 +39,7 @@ INPUT_KINDS = ("model", "file", "task", "target", "model-or-url")
 
 # The modules that declare stages, imported by get()/stages() (each registers itself).
 STAGE_MODULES = (
+    "supertiny.stages.augment",
     "supertiny.stages.prune.stage",
     "supertiny.stages.quantize.stage",
     "supertiny.stages.transfer.teach",
