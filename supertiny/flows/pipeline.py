@@ -103,10 +103,10 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     # measured the same way, so the ratio compares the models, not two ways of decoding.
     ev.setdefault("constrained", True)
     # the test split, then each hold-out set (text no generator wrote), both models on each
-    for suffix, data in [("", t["test"]), *((f"-{name}", f) for name, f in recipe.holdout().items())]:
+    for suffix, scored_on in [("", t["test"]), *((f"-{name}", f) for name, f in recipe.holdout().items())]:
         for who, model_of in (("teacher", teaching), ("student", primary)):
             name = f"eval-{who}{suffix}"
-            stages.append(_invoke(name, "eval", {"model": model_of, "task": t["name"], "data": data},
+            stages.append(_invoke(name, "eval", {"model": model_of, "task": t["name"], "data": scored_on},
                                   out / name / "report.json", ev))
     bench = _section(recipe, "bench")
     bench.setdefault("threads", threads_for(load_target(recipe.target).runtime.threads, cap=True))
