@@ -159,8 +159,8 @@ class Augmenter:
 
     def _abbrev(self, rng: random.Random, text: str) -> str:
         for long, short in ABBREVIATIONS.items():
-            def swap(m: re.Match[str], short: str = short) -> str:
-                if rng.random() >= 0.6 or not self._outside(text, *m.span()):
+            def swap(m: re.Match[str], short: str = short, src: str = text) -> str:
+                if rng.random() >= 0.6 or not self._outside(src, *m.span()):
                     return m.group(0)
                 return short.upper() if m.group(0).isupper() and len(m.group(0)) > 1 else short
             text = re.sub(rf"\b{re.escape(long)}\b", swap, text, flags=re.IGNORECASE)
