@@ -143,11 +143,13 @@ class Augmenter:
                         if how == "upper" else label[f.name]
         return new, label
 
-    def _outside(self, text: str, start: int, end: int) -> bool:
-        return all(end <= a or start >= b for a, b in self._protected(text))
+    @staticmethod
+    def _outside(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+        return all(end <= a or start >= b for a, b in spans)
 
     def _typos(self, rng: random.Random, text: str) -> str:
-        words = [m for m in _WORD.finditer(text) if self._outside(text, *m.span())]
+        spans = self._protected(text)
+        words = [m for m in _WORD.finditer(text) if self._outside(spans, *m.span())]
         chosen = [m for m in words if rng.random() < self.typo_rate] or ([rng.choice(words)] if words else [])
         for m in sorted(chosen, key=lambda m: m.start(), reverse=True):
             w, i = m.group(0), rng.randrange(1, len(m.group(0)) - 1)
@@ -159,8 +161,10 @@ class Augmenter:
 
     def _abbrev(self, rng: random.Random, text: str) -> str:
         for long, short in ABBREVIATIONS.items():
-            def swap(m: re.Match[str], short: str = short, src: str = text) -> str:
-                if rng.random() >= 0.6 or not self._outside(src, *m.span()):
+            protected = self._protected(text)  # once per word replaced, not per match
+
+            def swap(m: re.Match[str], short: str = short, spans: list[tuple[int, int]] = protected) -> str:
+                if rng.random() >= 0.6 or not self._outside(spans, *m.span()):
                     return m.group(0)
                 return short.upper() if m.group(0).isupper() and len(m.group(0)) > 1 else short
             text = re.sub(rf"\b{re.escape(long)}\b", swap, text, flags=re.IGNORECASE)
