@@ -217,6 +217,37 @@ def test_reject_wrong_keeps_only_the_teachers_answers_and_switching_reinstalls(t
         assert read_lines(out)[1]["response"] is None and len(stub.bodies) == asked
 
 
+@pytest.mark.parametrize("vote", [0.5, 0.75])
+def test_vote_keeps_each_fields_majority_of_unlabelled_prompts(tmp_path, monkeypatch, vote):
+    """--vote (self-consistency): an unlabelled prompt's K samples are all made and each field's majority kept,
+    accepted when every field's majority holds >= vote of K (an invalid sample counts against it; a tie goes to
+    the earlier sample); a labelled prompt is scored by its label as before."""
+    monkeypatch.setitem(SCRIPT, "F: box-12 vote", [Y, X, X, "no json"])  # severity: medium 2/4, low 1/4
+    monkeypatch.setitem(SCRIPT, "G: box-12 tie", [Y, X, Y, X])  # severity 2/4 each: the greedy one's (low) wins
+    prompts = write_prompts(tmp_path / "p.jsonl", ["A: press-3 hose split, press off", "F: box-12 vote",
+                                                   "G: box-12 tie"])
+    out = tmp_path / "d.jsonl"
+    with StubServer() as stub:
+        r = CliRunner().invoke(main, ["teach", stub.url, "--task", "factory-tickets", "--prompts", str(prompts),
+                                      "--out", str(out), "--samples", "4", "--vote", str(vote), "--json"])
+        assert r.exit_code == 0, r.output
+        assert stub.calls["F: box-12 vote"] == 4 and stub.calls["G: box-12 tie"] == 4
+    a, f, g = read_lines(out)
+    assert a["accepted"] and a["response"] == TASK.format_answer(GOLD[a["input"]]) and "agreement" not in a
+    assert f["agreement"] == {"asset": 0.75, "category": 0.75, "severity": 0.5, "line_stopped": 0.75}
+    assert f["scores"] == [1.0, 1.0, 1.0, 0.0] and f["score"] == 0.5
+    assert g["agreement"]["severity"] == 0.5 and g["agreement"]["asset"] == 1.0
+    if vote == 0.5:
+        assert (f["accepted"], f["response"]) == (True, TASK.format_answer(json.loads(X)))
+        assert (g["accepted"], g["response"]) == (True, TASK.format_answer(json.loads(Y)))
+    else:
+        assert (f["accepted"], f["response"], g["accepted"], g["response"]) == (False, None, False, None)
+    quality = read_manifest(out).quality
+    assert quality["voted"] == 2 and quality["vote_accepted"] == (2 if vote == 0.5 else 0)
+    assert read_manifest(out).settings["vote"] == vote
+    assert "self-consistency" in r.output
+
+
 def test_constrained_teach_sends_each_prompt_its_schema(tmp_path):
     """--constrained: a server teacher gets OpenAI's response_format with the task's schema, its extractive
     asset narrowed to the tags of that prompt's ticket; the judge is asked freely."""

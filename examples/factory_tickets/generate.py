@@ -1,7 +1,7 @@
 """Generate labelled factory maintenance tickets for the built-in ``factory-tickets`` task.
 
     python examples/factory_tickets/generate.py --out examples/factory_tickets/data --seed 0 \\
-        --train 600 --dev 100 --test 200 --rl 400
+        --train 1800 --dev 100 --test 200 --rl 400
 
 Each ticket is built from facts (an asset tag, a fault of one category, its impact, whether
 people are in danger) and phrases from ``ticket_phrases.py``; the label is computed from the same
@@ -26,11 +26,15 @@ import ticket_phrases as P  # noqa: E402  (a sibling module; this file runs as a
 # rl: fresh labelled prompts for the RL stage (after distillation the student solves every train prompt, which
 # leaves on-policy RL nothing to learn from). Last, so that adding it leaves the other splits as they were.
 SPLITS = ("train", "dev", "test", "rl")
-DEFAULT_SIZES = {"train": 600, "dev": 100, "test": 200, "rl": 400}
+DEFAULT_SIZES = {"train": 1800, "dev": 100, "test": 200, "rl": 400}
 CATEGORIES = ("electrical", "mechanical", "hydraulic", "pneumatic", "control", "sensor")  # safety comes from danger
 # impact kinds of a ticket with no danger, and how often they are drawn (L: low, XS: scrap and stopped)
 KINDS = {"L": 0.2, "S": 0.3, "X": 0.1, "XS": 0.05, "D": 0.25, "R": 0.1}
 SEVERITY = {"L": "low", "S": "high", "X": "high", "XS": "high", "D": "medium", "R": "medium"}
+# the share of faults drawn whatever their usual impacts: the impact phrase, not the fault, must tell the severity
+# and whether the line stopped (with every fault tied to its usual impacts a model learns "belt snapped" -> stopped
+# and ignores "still running"; hand-written tickets showed it)
+FREE_IMPACT = 0.5
 TAG = re.compile(r"\b[A-Za-z]{2,6}-[0-9]{1,4}\b")
 
 
@@ -52,7 +56,15 @@ class Facts:
 def _tag(rng: random.Random, avoid: str = "") -> tuple[str, str]:
     """A tag written in some case, and the equipment word for it; never equal to ``avoid`` (any case)."""
     while True:
-        prefix = rng.choice(sorted(P.EQUIPMENT))
+        # a known machine most of the time; otherwise any prefix the task allows (2-6 letters), so that the
+        # model learns the tag's shape rather than a list of prefixes
+        if rng.random() < 0.6:
+            prefix = rng.choice(sorted(P.EQUIPMENT))
+            eq = P.EQUIPMENT[prefix]
+        else:
+            size = rng.choice([2, 3, 3, 3, 4, 4, 5, 6])
+            prefix = "".join(rng.choice("ABCDEFGHIJKLMNOPRSTUVWXYZ") for _ in range(size))
+            eq = rng.choice(P.GENERIC_EQ)
         number = str(rng.choice([rng.randint(1, 9), rng.randint(1, 99), rng.randint(1, 999), rng.randint(1, 9999)]))
         number = number.zfill(rng.choice([1, 1, 2, 2, 3])) if len(number) < 3 else number
         tag = f"{prefix}-{number}"
@@ -67,7 +79,7 @@ def _tag(rng: random.Random, avoid: str = "") -> tuple[str, str]:
         written = tag.capitalize()
     else:
         written = "".join(c.lower() if rng.random() < 0.5 else c for c in tag)
-    return written, P.EQUIPMENT[prefix]
+    return written, eq
 
 
 def _fill(text: str, rng: random.Random) -> str:
@@ -114,12 +126,16 @@ def make_ticket(rng: random.Random) -> tuple[str, Facts]:
             stopped = rng.random() < 0.5
             impact = rng.choice(P.DANGER_STOPPED if stopped else P.DANGER_RUNNING)
         else:
-            fault, allowed = rng.choice([f for f in P.FAULTS[category] if set(kind) <= set(f[1])]
-                                        or P.FAULTS[category])
-            if not set(kind) <= set(allowed):  # no fault of this category has that impact: take one it has
+            fits = [f for f in P.FAULTS[category] if set(kind) <= set(f[1])]
+            free = rng.random() < FREE_IMPACT
+            # any fault can stop a line; one that only ever stops it ("no power to the cabinet") never runs on
+            anyway = [f for f in P.FAULTS[category] if "S" in kind or f[1] != "S"]
+            fault, allowed = rng.choice(anyway if free or not fits else fits)
+            if not free and not set(kind) <= set(allowed):  # no fault of this category has that impact
                 kind = rng.choice([k for k in KINDS if k != "L" and set(k) <= set(allowed)])
             stopped = "S" in kind
-            impact = ", ".join(rng.choice(P.IMPACTS[k]) for k in kind)
+            impact = (rng.choice(P.IMPACTS[kind]) if kind in P.IMPACTS and len(kind) > 1 and rng.random() < 0.3
+                      else ", ".join(rng.choice(P.IMPACTS[k]) for k in kind))
             if category == "sensor" and rng.random() < 0.4:
                 extra.append(rng.choice(P.SENSOR_ALARMS))
         main = rng.choice(P.FAULT_SENTENCES).format(tag=tag, f=fault, eq=eq, o=other)
@@ -127,7 +143,7 @@ def make_ticket(rng: random.Random) -> tuple[str, Facts]:
     severity = facts.label()["severity"]
     if other not in main and rng.random() < 0.3:
         extra.append(rng.choice(P.BYSTANDER).format(o=other))
-    if rng.random() < 0.3:
+    for _ in range(rng.choices([0, 1, 2], weights=[0.6, 0.3, 0.1])[0]):
         extra.append(rng.choice(P.DETAILS))
     rng.shuffle(extra)
     parts = [main, impact, *extra] if rng.random() < 0.7 else [main, *extra, impact]

@@ -177,3 +177,163 @@ SHORTHAND = {"machine": ["mc", "m/c", "mach"], "please": ["pls", "plz"], "with":
              "pneumatic": ["pneu"], "temperature": ["temp"], "maintenance": ["maint", "mtce"], "because": ["bc", "b/c"],
              "operator": ["op", "opr"], "pieces": ["pcs"], "running": ["runnin"], "again": ["agn"],
              "thanks": ["thx", "tks"], "minutes": ["min", "mins"], "and": ["&"]}
+
+
+# --- the broader vocabulary (issue 25): what operators write beyond the first tables. Each addition keeps the
+# rules above (fault fragments with their impacts; no tag-shaped token anywhere).
+FAULTS["electrical"] += [
+    ("servo drive alarm {code} on the axis, resets but comes back", "DR"), ("servo amplifier dead, no lights", "S"),
+    ("thermal cut-out on the transformer tripped", "SR"), ("barrel heater zone {n} not heating", "XS"),
+    ("motor drawing {n}A over nameplate, housing hot", "D"), ("lost a phase, motor humming", "S"),
+    ("earth fault on the drive", "SR"), ("insulation fault alarm on the main panel", "SDR"),
+    ("panel fan dead, cabinet getting hot", "D"), ("socket on the panel has no power", "DS"),
+    ("brake on the hoist motor not releasing", "S"), ("motor protection switch keeps tripping", "DR"),
+    ("soft starter faulted", "SR"),
+    ("encoder cable cut by the chip conveyor, drive won't enable", "S"), ("UPS beeping, batteries low", "D"),
+    ("loose connection in the junction box, terminal discoloured", "D"), ("RCD tripping when the heaters come on",
+    "SR"),
+    ("the motor do not start, contactor is clicking only", "S"), ("burnt smell from the terminal box, no smoke", "D"),
+]
+FAULTS["mechanical"] += [
+    ("chain stretched, jumped a tooth", "DS"), ("roller bearing noisy", "D"),
+    ("bearing running hot, {n}C on the housing", "DS"),
+    ("shear pin sheared", "S"), ("key in the shaft sheared off, pulley spinning free", "S"),
+    ("mesh belt torn in one section", "SD"), ("flat belt tracking off to one side", "DX"),
+    ("knife blade chipped, cut edges ragged", "X"), ("back gauge stop broken", "XS"),
+    ("gripper fingers bent, dropping parts", "XD"), ("screw conveyor flight worn through", "DS"),
+    ("squeaking from a roller bearing", "D"), ("tooling worn, burrs on every part", "X"),
+    ("die cracked", "S"), ("gib on the slide loose, knocking every stroke", "D"),
+    ("fan blade hitting the guard, loud rattle", "DS"), ("wheel bearing on the trolley collapsed", "S"),
+    ("brush on the washer worn down, parts not clean", "DX"), ("gearbox input shaft seal leaking oil, tray under it",
+    "D"),
+    ("chain fell off the wheel", "S"),
+    ("spring on the tensioner broken, belt flapping", "DS"), ("stripper plate bent, parts sticking to the punch", "XS"),
+    ("rollers on the transfer worn flat, parts skewing", "DX"), ("lubrication pump not greasing the slideway", "D"),
+]
+FAULTS["hydraulic"] += [
+    ("accumulator pre-charge low, pressure not reaching setpoint", "XD"), ("hose fitting seeping, a few drops", "D"),
+    ("rod seal leaking on the cylinder", "DS"),
+    ("hydraulic motor on the winch stalling under load", "DS"), ("proportional valve sticking, axis jerks", "DX"),
+    ("hose burst on the lift cylinder, oil on the floor", "S"),
+    ("cylinder creeping under load", "XD"), ("oil cooler fan stopped, oil at {n}C", "DS"),
+    ("hyd pump cavitating, loud whine and foam in the tank", "DS"), ("pressure gauge on the unit bouncing", "D"),
+    ("hydraulic oil milky, water got in", "D"), ("lift table sinking slowly when loaded", "DS"),
+]
+FAULTS["pneumatic"] += [
+    ("air cylinder rod seal leaking", "D"),
+    ("air dryer alarm, dew point too high", "D"), ("push-in fitting popped off the air line", "SD"),
+    ("air hose cut by the guard", "SD"), ("valve island fault, no outputs", "S"),
+    ("vacuum cup torn, loses the sheet", "XD"), ("vacuum generator not pulling vacuum", "S"),
+    ("air cylinder cushion gone, arm slams at the end", "D"), ("air knife blocked, parts not dried", "D"),
+    ("silencer on the valve blocked, cylinder slow", "D"),
+    ("compressor unloading all the time, pressure drops at shift start", "DS"),
+    ("pilot valve buzzing, cylinder does half a stroke", "DX"), ("air motor on the mixer weak", "D"),
+]
+FAULTS["control"] += [
+    ("program lost after the battery change", "S"),
+    ("temperature loop tuning off, overshoots setpoint", "DX"), ("recipe on the HMI has the wrong dwell time", "X"),
+    ("robot lost its home position after the crash", "S"),
+    ("barcode printer not getting data from the line PC", "DS"), ("MES not receiving the counts", "D"),
+    ("safety PLC and main PLC out of sync, can't reset", "S"), ("profinet error on the valve island", "SR"),
+    ("parameters of the servo lost after power cut", "S"), ("label layout wrong after the software update", "X"),
+    ("counter on the screen doesn't count up", "D"), ("remote access to the line PC not working", "D"),
+    ("PLC gives 'CPU stop' after the power dip", "S"),
+]
+FAULTS["sensor"] += [
+    ("door sensor not making", "S"), ("level sensor stuck, always reads full", "S"),
+    ("temperature sensor reads high, actual temp normal", "D"), ("scale weighing wrong, packs under weight", "X"),
+    ("encoder wheel slipping, cut lengths vary", "X"), ("photo eye dirty, misses parts", "DX"),
+    ("checker rejecting good parts at random", "D"), ("flow meter showing zero but water is flowing", "DS"),
+    ("pressure switch not switching, pump runs dry", "S"), ("colour sensor not seeing the mark", "XS"),
+    ("thermocouple wire broken, zone reading open circuit", "S"), ("inductive sensor on the clamp loose, flickers",
+    "DR"),
+    ("distance sensor reading jumps around", "DX"), ("temperature probe in the tank reads {n} degrees off", "D"),
+]
+DANGER += [
+    "operator got a shock from the cabinet", "e-stop on the panel doesn't work",
+    "operator's sleeve caught in the roller, he pulled free", "oil on the walkway, two people slipped",
+    "guard interlock switch taped over", "hot metal splashed out of the die onto the walkway",
+    "gas smell near the burner", "chemical splash, operator's eye rinsed at the station",
+    "ladder at the platform broken", "safety relay bypassed", "forklift hit the guard fence, fence bent open",
+    "glass from a broken light fell onto the work area", "exposed live wires at the panel, door won't close",
+    "crane dropped a load, nobody under it", "pinch point exposed after the cover was removed",
+]
+IMPACTS["S"] += ["down", "stopped it", "nothing is coming out", "off until fixed",
+                 "waiting on maint, mc off", "we cannot run", "no production on this line", "DOWN!!",
+                 "can't restart it", "stopped, waiting for the electrician", "dead in the water", "out of action",
+                 "line is at a standstill", "stopped the line", "machine not working", "the machine not run"]
+IMPACTS["X"] += ["still running, sorting parts by hand", "QA put the last {n} boxes on hold",
+                 "roughly every {n}th part is bad", "still running but every part is bad",
+                 "{n} bad ones sorted out, still running",
+                 "product off spec, still producing", "quality hold on today's parts", "making scrap, we keep running",
+                 "customer parts failing the check", "bad welds, running", "out of tolerance, still cycling"]
+IMPACTS["XS"] = ["scrapped {n} pcs before we noticed, stopped it"]  # scrap and stopped (also joined from X and S)
+IMPACTS["D"] += ["running at {n}% speed", "misses one now and then", "operator sorting them out",
+                 "parts still in spec", "runs fine otherwise", "only a few drops", "works for now",
+                 "can wait till the weekend",
+                 "not urgent but getting worse", "keeps going", "still works",
+                 "running slower than normal", "still producing", "running, but please look", "annoying but running",
+                 "production continues", "line running"]
+IMPACTS["R"] += ["ok again after {n} min", "after a reset it works again", "reset it, running",
+    "happened {n} times, ok again now",
+                 "stopped for {n} min, back running", "running again now", "came back on its own",
+                 "we restarted, ok for now",
+                 "was down this morning, running now"]
+DANGER_STOPPED += ["switched it off", "stopped until fixed", "line stopped", "isolated it"]
+DANGER_RUNNING += ["running normal", "machine running", "still in production",
+                   "nobody hurt, line still going", "production continues", "we keep running"]
+PARTS = {k: v + more for (k, v), more in zip(PARTS.items(), [
+    ["contactors", "spare motors", "drive fans", "panel lamps"],
+    ["spare gearboxes", "timing belts", "rollers", "spare chains"],
+    ["hose fittings", "spare pumps", "pressure gauges"],
+    ["push-in fittings and air hose", "spare cylinders", "vacuum cups"],
+    ["spare PLC cards", "touch screens", "printer ribbons"],
+    ["spare photo eyes", "level sensors", "spare RTDs"],
+], strict=True)}
+PM = {k: v + more for (k, v), more in zip(PM.items(), [
+    ["thermography round", "earth connection check"],
+    ["greasing the slideways", "backlash check", "wear strip change"],
+    ["oil sample", "breather filter change"],
+    ["filter element change", "cylinder cushion check"],
+    ["robot program backup", "PLC battery change"],
+    ["scale calibration", "sensor check"],
+], strict=True)}
+QUESTIONS = {k: v + more for (k, v), more in zip(QUESTIONS.items(), [
+    ["who has the key to the panel", "is the spare motor the right one"],
+    ["how often should the chain be lubed", "is there a spare gearbox"],
+    ["when is the oil sample due", "which hose size do we need"],
+    ["can we get a second air gun", "what is the dew point supposed to be"],
+    ["can we get a short-run recipe", "how do I change the clock on the HMI"],
+    ["when is the calibration due", "can someone calibrate the scale"],
+], strict=True)}
+COSMETIC += ["dent in a panel, no effect", "cracked cover on the lamp",
+             "paint chipped on the guard", "sticker coming off", "rust spots on the frame"]
+LOW += [
+    "{n}x {part} needed for {tag}, for the shelf", "restock {part} for {tag}, not urgent",
+    "{tag}: can we get {part}? we can fit it during the next stop", "{tag} {pm} overdue, please plan it",
+    "{tag} {pm} at next shutdown pls", "when can we do {pm} on {tag}? no problem, just planning",
+    "{q} for {tag}?", "{tag} - {q}? machine fine", "{tag}: {cosmetic}",
+    "FYI {tag} {cosmetic}, no action needed", "{tag} runs fine, but {pm} is due", "reminder: {pm} on {tag} this month",
+]
+FAULT_SENTENCES += ["{tag} ({eq}): {f}", "the {eq} {tag} {f}", "{f} on the {eq} ({tag})", "on {tag} the {f}",
+                    "{eq} {tag} - {f}", "{tag} has {f}", "{f}, {tag}", "{tag} again: {f}"]
+BYSTANDER += ["{o} running on its own for now", "running the parts on {o} instead", "{o} ok", "took the part from {o}",
+              "same on {o} last month", "{o} is next in line for the same check"]
+DETAILS += ["checked the fuses, all ok", "measured {n}V at the terminals", "photo on the shared drive",
+            "spare is ordered", "the tech from days knows it", "happened after the changeover", "{n} times this shift",
+            "cleaned it, no change", "no alarm on the HMI", "logged in the shift book", "supplier called",
+            "I think it is the same as before", "we checked the wiring, looks ok", "see ticket #{n}"]
+GREETINGS += ["Re #{n}:", "Update:", "Follow-up:", "Shift report:", "Morning,", "For electrician:", "Mechanic pls:",
+              "Dear maintenance,", "Hello team,"]
+SIGNOFFS += ["regards", "BR", "{name} (shift lead)", "pls call me", "many thanks", "thank you"]
+EQUIPMENT.update({"BOIL": "boiler", "FRK": "forklift", "GEAR": "gear cutter", "ROLL": "roll former",
+                  "SHT": "shot blaster", "AC": "air compressor", "TANK": "tank", "PUNCH": "punch press",
+                  "SHEAR": "shear", "LOOM": "loom", "VAC": "vacuum pump", "CHIP": "chip conveyor", "ELEV": "elevator",
+                  "HEAT": "heater", "TWR": "cooling tower", "DEBUR": "deburring machine", "POL": "polisher",
+                  "SPRY": "sprayer", "FURN": "furnace", "QNCH": "quench tank", "EDM": "EDM", "TAP": "tapping unit",
+                  "ASSY": "assembly station", "TEST": "test rig", "WIND": "winder", "SLIT": "slitter",
+                  "PRNT": "printer", "BLEND": "blender", "HOP": "hopper", "RACK": "rack", "CLEAN": "cleaner",
+                  "LASER": "laser cutter", "PLAS": "plasma cutter", "BRAKE": "press brake", "ANOD": "anodizing line",
+                  "ZIP": "zipper"})
+# words for an asset whose prefix is not in EQUIPMENT (a generated one)
+GENERIC_EQ = ["machine", "unit", "station", "cell", "line", "mc"]

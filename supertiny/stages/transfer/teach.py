@@ -12,7 +12,12 @@ the task's parser and scored:
 - **without a label**: 0 unless schema-valid; then, with a judge, the judge's grade mapped to
   [0, 1] (:attr:`.judge.Judgement.normalized`), accepted at ``judge_threshold`` or above; an
   unparseable grade rejects the sample and is recorded; without a judge, schema validity alone
-  (1.0) accepts.
+  (1.0) accepts;
+- **without a label, with** ``vote`` (self-consistency): all K samples are made, and the answer is
+  each field's majority among the schema-valid ones; the prompt's score is the smallest majority
+  share (of K: an invalid sample counts against every field), accepted at ``vote`` or above (and
+  by the judge, if one is given, which grades only that answer). The line has ``"agreement"``,
+  each field's share.
 
 The best accepted answer (highest score, the earliest sample on a tie) is kept, written
 canonically with ``task.format_answer``. A labelled prompt with no accepted answer keeps its
@@ -116,6 +121,10 @@ class TeachConfig(TeacherOptions):
                                      "from every label, with the teacher's distribution on it. --reject-wrong: keep "
                                      "only the teacher's accepted answers, as for unlabelled prompts.",
                                      off="--reject-wrong", example=False)
+    vote: float | None = setting(None, "Self-consistency for unlabelled prompts: keep each field's majority over the "
+                                 "K samples, accepted when every field's majority holds at least this share of them "
+                                 "(e.g. 0.75 with -k 4); a judge, if given, grades that answer too.", check=UNIT,
+                                 example=0.75)
     overwrite: bool = setting(False, "Replace the output and drop an unfinished run's progress.", off="", role="run")
 
     def problems(self) -> list[str]:
@@ -171,15 +180,10 @@ class _Sampler:
         judged: list[dict[str, Any] | None] = []
         grades: dict[str, Judgement] = {}  # a repeated answer is graded once
         best: tuple[float, str] | None = None
+        if record.label is None and self.config.vote is not None:
+            return self._vote(index, record, messages, held)
         for k in range(self.config.samples):
-            try:
-                text = self.teacher.complete(messages, self.sampling(index, k), self.config.max_new_tokens,
-                                             until_json=True, **held)
-            except PromptError as exc:
-                raise PromptError(f"{record.source}:{record.line}: {exc}") from None
-            with self._lock:
-                self.generated += 1
-            parsed = task.parse(text)
+            parsed = task.parse(self._complete(index, k, record, messages, held))
             judgement = None
             if record.label is not None:
                 hits = field_matches(task, parsed, record.label)
@@ -211,6 +215,59 @@ class _Sampler:
         use_judge = any(j is not None for j in judged)
         return PromptResult(index, record.input, None if best is None else best[1], best is not None, max(scores),
                             scores, record.label, judged if use_judge else None)
+
+    def _complete(self, index: int, k: int, record: TaskRecord, messages: list[dict[str, str]],
+                  held: dict[str, Any]) -> str:
+        try:
+            text = self.teacher.complete(messages, self.sampling(index, k), self.config.max_new_tokens,
+                                         until_json=True, **held)
+        except PromptError as exc:
+            raise PromptError(f"{record.source}:{record.line}: {exc}") from None
+        with self._lock:
+            self.generated += 1
+        return text
+
+    def _vote(self, index: int, record: TaskRecord, messages: list[dict[str, str]],
+              held: dict[str, Any]) -> PromptResult:
+        """Self-consistency: all K samples, each field's majority among the schema-valid ones (a tie goes to the
+        earlier sample, the greedy one first); accepted when every field's majority is at least ``vote`` of K
+        (an invalid sample counts against every field) and the judge, if any, accepts the majority answer."""
+        task, k_all = self.task, self.config.samples
+        valid = []
+        scores: list[float] = []
+        for k in range(k_all):
+            parsed = task.parse(self._complete(index, k, record, messages, held))
+            scores.append(1.0 if parsed.schema_valid else 0.0)
+            if parsed.schema_valid:
+                valid.append(parsed.values)
+        if not valid:
+            return PromptResult(index, record.input, None, False, 0.0, scores, agreement={})
+        values, agreement = {}, {}
+        for name in valid[0]:
+            counts: dict[str, int] = {}
+            for v in valid:
+                key = json.dumps(v.get(name), sort_keys=True)
+                counts[key] = counts.get(key, 0) + 1
+            top = max(counts.values())
+            winner = next(json.dumps(v.get(name), sort_keys=True) for v in valid
+                          if counts[json.dumps(v.get(name), sort_keys=True)] == top)
+            values[name] = json.loads(winner)
+            agreement[name] = top / k_all
+        answer = task.format_answer(values)
+        score = min(agreement.values())
+        accepted = score >= self.config.vote
+        judged = None
+        if accepted and self.judge is not None:
+            try:
+                judgement = self.judge.grade(task, record.input, answer)
+            except PromptError as exc:
+                raise PromptError(f"{record.source}:{record.line}: judge: {exc}") from None
+            if judgement.score is None:
+                with self._lock:
+                    self.judge_unparseable += 1
+            accepted, judged = self.judge.accepts(judgement), [judgement.to_dict()]
+        return PromptResult(index, record.input, answer if accepted else None, accepted, score, scores,
+                            judge=judged, agreement=agreement)
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -350,9 +407,15 @@ def _install(run: StageRun, results: list[PromptResult], config: TeachConfig, ju
     details = {"prompts_file": str(Path(prompts).resolve()), "labelled": sum(r.label is not None for r in results),
                "resumed": resumed, "samples_generated": generated,
                "judge_unparseable": sampler.judge_unparseable if sampler else 0}
+    voted = [r for r in results if r.agreement is not None]
+    if voted:
+        quality["voted"] = len(voted)
+        quality["vote_accepted"] = sum(r.accepted for r in voted)
+        run.note(f"self-consistency: {quality['vote_accepted']} of {len(voted)} unlabelled prompts had every "
+                 f"field's majority in >= {config.vote:g} of the {config.samples} samples")
     if filled:
         run.note(f"{filled} labelled prompts the teacher got wrong keep their gold answer (\"from\": \"label\")")
-    if judge is None and any(r.label is None for r in results):
+    if judge is None and any(r.label is None and r.agreement is None for r in results):
         run.note("no judge: unlabelled prompts were accepted on schema validity alone")
     if judge is not None and all(r.label is not None for r in results):
         run.note("every prompt has a label: the task metric scored the answers, the judge was not asked")

@@ -27,7 +27,8 @@ PROGRESS_FORMAT = 1
 
 # The settings a prompt's result depends on: a rerun resumes only when they are equal.
 RESUME_KEYS = ("teacher", "model_name", "task", "task_sha256", "prompt", "samples", "temperature", "top_p",
-               "max_new_tokens", "seed", "greedy_first", "judge", "judge_model_name", "judge_threshold", "constrained")
+               "max_new_tokens", "seed", "greedy_first", "judge", "judge_model_name", "judge_threshold", "constrained",
+               "vote")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class PromptResult:
     label: dict[str, Any] | None = None
     judge: list[dict[str, Any] | None] | None = None
     gold: str | None = None  # the label's canonical answer, kept in place of a rejected prompt's (--fill-from-labels)
+    agreement: dict[str, float] | None = None  # --vote: each field's majority share of the K samples
 
     def line(self) -> dict[str, Any]:
         response = self.response if self.gold is None else self.gold
@@ -54,13 +56,15 @@ class PromptResult:
             out["label"] = self.label
         if self.judge is not None:
             out["judge"] = self.judge
+        if self.agreement is not None:
+            out["agreement"] = self.agreement
         return out
 
     @classmethod
     def from_line(cls, index: int, obj: dict[str, Any]) -> PromptResult:
         from_label = obj.get("from") == "label"  # the teacher's own answer was rejected: none is kept
         return cls(index, obj["input"], None if from_label else obj["response"], obj["accepted"], obj["score"],
-                   obj["scores"], obj.get("label"), obj.get("judge"))
+                   obj["scores"], obj.get("label"), obj.get("judge"), agreement=obj.get("agreement"))
 
     def filled(self, gold: str | None) -> PromptResult:
         """This result with ``gold`` kept as its response when the teacher had none accepted (else as it is)."""
