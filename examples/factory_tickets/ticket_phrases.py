@@ -190,8 +190,8 @@ FAULTS["electrical"] += [
     ("brake on the hoist motor not releasing", "S"), ("motor protection switch keeps tripping", "DR"),
     ("soft starter faulted", "SR"),
     ("encoder cable cut by the chip conveyor, drive won't enable", "S"), ("UPS beeping, batteries low", "D"),
-    ("loose connection in the junction box, terminal discoloured", "D"), ("RCD tripping when the heaters come on",
-    "SR"),
+    ("loose connection in the junction box, terminal discoloured", "D"),
+    ("RCD tripping when the heaters come on", "SR"),
     ("the motor do not start, contactor is clicking only", "S"), ("burnt smell from the terminal box, no smoke", "D"),
 ]
 FAULTS["mechanical"] += [
@@ -204,9 +204,8 @@ FAULTS["mechanical"] += [
     ("squeaking from a roller bearing", "D"), ("tooling worn, burrs on every part", "X"),
     ("die cracked", "S"), ("gib on the slide loose, knocking every stroke", "D"),
     ("fan blade hitting the guard, loud rattle", "DS"), ("wheel bearing on the trolley collapsed", "S"),
-    ("brush on the washer worn down, parts not clean", "DX"), ("gearbox input shaft seal leaking oil, tray under it",
-    "D"),
-    ("chain fell off the wheel", "S"),
+    ("brush on the washer worn down, parts not clean", "DX"),
+    ("gearbox input shaft seal leaking oil, tray under it", "D"), ("chain fell off the wheel", "S"),
     ("spring on the tensioner broken, belt flapping", "DS"), ("stripper plate bent, parts sticking to the punch", "XS"),
     ("rollers on the transfer worn flat, parts skewing", "DX"), ("lubrication pump not greasing the slideway", "D"),
 ]
@@ -245,8 +244,8 @@ FAULTS["sensor"] += [
     ("encoder wheel slipping, cut lengths vary", "X"), ("photo eye dirty, misses parts", "DX"),
     ("checker rejecting good parts at random", "D"), ("flow meter showing zero but water is flowing", "DS"),
     ("pressure switch not switching, pump runs dry", "S"), ("colour sensor not seeing the mark", "XS"),
-    ("thermocouple wire broken, zone reading open circuit", "S"), ("inductive sensor on the clamp loose, flickers",
-    "DR"),
+    ("thermocouple wire broken, zone reading open circuit", "S"),
+    ("inductive sensor on the clamp loose, flickers", "DR"),
     ("distance sensor reading jumps around", "DX"), ("temperature probe in the tank reads {n} degrees off", "D"),
 ]
 DANGER += [
@@ -264,21 +263,18 @@ IMPACTS["S"] += ["down", "stopped it", "nothing is coming out", "off until fixed
                  "line is at a standstill", "stopped the line", "machine not working", "the machine not run"]
 IMPACTS["X"] += ["still running, sorting parts by hand", "QA put the last {n} boxes on hold",
                  "roughly every {n}th part is bad", "still running but every part is bad",
-                 "{n} bad ones sorted out, still running",
-                 "product off spec, still producing", "quality hold on today's parts", "making scrap, we keep running",
+                 "{n} bad ones sorted out, still running", "product off spec, still producing",
+                 "quality hold on today's parts", "making scrap, we keep running",
                  "customer parts failing the check", "bad welds, running", "out of tolerance, still cycling"]
 IMPACTS["XS"] = ["scrapped {n} pcs before we noticed, stopped it"]  # scrap and stopped (also joined from X and S)
 IMPACTS["D"] += ["running at {n}% speed", "misses one now and then", "operator sorting them out",
                  "parts still in spec", "runs fine otherwise", "only a few drops", "works for now",
-                 "can wait till the weekend",
-                 "not urgent but getting worse", "keeps going", "still works",
+                 "can wait till the weekend", "not urgent but getting worse", "keeps going", "still works",
                  "running slower than normal", "still producing", "running, but please look", "annoying but running",
                  "production continues", "line running"]
 IMPACTS["R"] += ["ok again after {n} min", "after a reset it works again", "reset it, running",
-    "happened {n} times, ok again now",
-                 "stopped for {n} min, back running", "running again now", "came back on its own",
-                 "we restarted, ok for now",
-                 "was down this morning, running now"]
+                 "happened {n} times, ok again now", "stopped for {n} min, back running", "running again now",
+                 "came back on its own", "we restarted, ok for now", "was down this morning, running now"]
 DANGER_STOPPED += ["switched it off", "stopped until fixed", "line stopped", "isolated it"]
 DANGER_RUNNING += ["running normal", "machine running", "still in production",
                    "nobody hurt, line still going", "production continues", "we keep running"]
