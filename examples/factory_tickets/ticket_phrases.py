@@ -278,30 +278,28 @@ IMPACTS["R"] += ["ok again after {n} min", "after a reset it works again", "rese
 DANGER_STOPPED += ["switched it off", "stopped until fixed", "line stopped", "isolated it"]
 DANGER_RUNNING += ["running normal", "machine running", "still in production",
                    "nobody hurt, line still going", "production continues", "we keep running"]
-PARTS = {k: v + more for (k, v), more in zip(PARTS.items(), [
-    ["contactors", "spare motors", "drive fans", "panel lamps"],
-    ["spare gearboxes", "timing belts", "rollers", "spare chains"],
-    ["hose fittings", "spare pumps", "pressure gauges"],
-    ["push-in fittings and air hose", "spare cylinders", "vacuum cups"],
-    ["spare PLC cards", "touch screens", "printer ribbons"],
-    ["spare photo eyes", "level sensors", "spare RTDs"],
-], strict=True)}
-PM = {k: v + more for (k, v), more in zip(PM.items(), [
-    ["thermography round", "earth connection check"],
-    ["greasing the slideways", "backlash check", "wear strip change"],
-    ["oil sample", "breather filter change"],
-    ["filter element change", "cylinder cushion check"],
-    ["robot program backup", "PLC battery change"],
-    ["scale calibration", "sensor check"],
-], strict=True)}
-QUESTIONS = {k: v + more for (k, v), more in zip(QUESTIONS.items(), [
-    ["who has the key to the panel", "is the spare motor the right one"],
-    ["how often should the chain be lubed", "is there a spare gearbox"],
-    ["when is the oil sample due", "which hose size do we need"],
-    ["can we get a second air gun", "what is the dew point supposed to be"],
-    ["can we get a short-run recipe", "how do I change the clock on the HMI"],
-    ["when is the calibration due", "can someone calibrate the scale"],
-], strict=True)}
+for table, more in (
+    (PARTS, {"electrical": ["contactors", "spare motors", "drive fans", "panel lamps"],
+             "mechanical": ["spare gearboxes", "timing belts", "rollers", "spare chains"],
+             "hydraulic": ["hose fittings", "spare pumps", "pressure gauges"],
+             "pneumatic": ["push-in fittings and air hose", "spare cylinders", "vacuum cups"],
+             "control": ["spare PLC cards", "touch screens", "printer ribbons"],
+             "sensor": ["spare photo eyes", "level sensors", "spare RTDs"]}),
+    (PM, {"electrical": ["thermography round", "earth connection check"],
+          "mechanical": ["greasing the slideways", "backlash check", "wear strip change"],
+          "hydraulic": ["oil sample", "breather filter change"],
+          "pneumatic": ["filter element change", "cylinder cushion check"],
+          "control": ["robot program backup", "PLC battery change"],
+          "sensor": ["scale calibration", "sensor check"]}),
+    (QUESTIONS, {"electrical": ["who has the key to the panel", "is the spare motor the right one"],
+                 "mechanical": ["how often should the chain be lubed", "is there a spare gearbox"],
+                 "hydraulic": ["when is the oil sample due", "which hose size do we need"],
+                 "pneumatic": ["can we get a second air gun", "what is the dew point supposed to be"],
+                 "control": ["can we get a short-run recipe", "how do I change the clock on the HMI"],
+                 "sensor": ["when is the calibration due", "can someone calibrate the scale"]}),
+):
+    for category, phrases in more.items():  # by name, as FAULTS above: no reliance on the tables' key order
+        table[category] += phrases
 COSMETIC += ["dent in a panel, no effect", "cracked cover on the lamp",
              "paint chipped on the guard", "sticker coming off", "rust spots on the frame"]
 LOW += [

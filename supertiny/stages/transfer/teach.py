@@ -54,6 +54,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,13 +245,8 @@ class _Sampler:
             return PromptResult(index, record.input, None, False, 0.0, scores, agreement={})
         values, agreement = {}, {}
         for name in valid[0]:
-            counts: dict[str, int] = {}
-            for v in valid:
-                key = json.dumps(v.get(name), sort_keys=True)
-                counts[key] = counts.get(key, 0) + 1
-            top = max(counts.values())
-            winner = next(json.dumps(v.get(name), sort_keys=True) for v in valid
-                          if counts[json.dumps(v.get(name), sort_keys=True)] == top)
+            # most_common keeps the first-seen value among equal counts: a tie goes to the earlier sample
+            winner, top = Counter(json.dumps(v.get(name), sort_keys=True) for v in valid).most_common(1)[0]
             values[name] = json.loads(winner)
             agreement[name] = top / k_all
         answer = task.format_answer(values)
