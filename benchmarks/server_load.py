@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -37,12 +38,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(slots: int, threads: int, port: int, parallel: int = 0, max_queue: int = 64) -> subprocess.Popen:
+def start_server(slots: int, threads: int, port: int, parallel: int = 0, max_queue: int = 64,
+                 model: str = "default", cwd: str | None = None) -> subprocess.Popen:
+    """``supertiny serve`` in its own process (from the checkout ``cwd``, if given), once it answers."""
     layout = ["--parallel", str(parallel)] if parallel else ["--parallel", "0", "--slots", str(slots)]
-    cmd = [sys.executable, "-m", "supertiny", "serve", "default", "--port", str(port), *layout,
+    cmd = [sys.executable, "-m", "supertiny", "serve", model, "--port", str(port), *layout,
            "--threads", str(threads), "--max-queue", str(max_queue), "--n-ctx", "512" if parallel else "1024",
            "--timeout", "600", "--model-name", "smollm2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -73,14 +76,54 @@ def peak_rss_mb(pid: int) -> float | None:
         return None
 
 
-def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: list[str],
-              system_prompt: str | None = None) -> dict:
+class StatusError(Exception):
+    """A non-200 answer to the lean client (``status_code`` as the openai client's errors have)."""
+
+    def __init__(self, status_code: int, body: bytes):
+        super().__init__(f"HTTP {status_code}: {body[:200]!r}")
+        self.status_code = status_code
+
+
+def lean_send(port: int, max_tokens: int, prompts: list[str], system: list[dict]):
+    """A streaming chat client that costs the machine as little as a client can: one
+    ``http.client`` connection, each SSE line parsed once. The ``openai`` client (``--client
+    openai``) builds pydantic objects per chunk, which on a 2-core machine takes CPU from the
+    server it measures; a real deployment's clients are elsewhere."""
+    import http.client
+    import json
+
+    def send(i: int):
+        body = json.dumps({"model": "smollm2", "stream": True, "temperature": 0, "max_tokens": max_tokens,
+                           "stream_options": {"include_usage": True}, "ignore_eos": True,
+                           "messages": [*system, {"role": "user",
+                                                   "content": f"Summarize: {prompts[i % len(prompts)]}"}]})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        try:
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise StatusError(resp.status, resp.read())
+            pieces = 0
+            for line in resp:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                event = json.loads(line[6:])
+                if event.get("error"):
+                    raise RuntimeError(f"stream error: {event['error']}")
+                if event["choices"] and event["choices"][0]["delta"].get("content"):
+                    pieces += 1
+                    yield 1  # at least one token per piece; the usage event brings the rest of the count
+                if event.get("usage"):
+                    yield event["usage"]["completion_tokens"] - pieces
+        finally:
+            conn.close()
+
+    return send
+
+
+def openai_send(port: int, max_tokens: int, prompts: list[str], system: list[dict]):
     import openai
 
-    from supertiny.runtime.bench.measure import closed_loop, percentile
-
-    # no system message: the chat template adds its own (SmolLM2's: ~20 tokens)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=600)
 
     def send(i: int):
@@ -92,25 +135,168 @@ def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: 
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces += 1
-                yield 1  # at least one token per piece; the usage chunk brings the rest of the count
+                yield 1
             if chunk.usage:
                 yield chunk.usage.completion_tokens - pieces
 
-    run = closed_loop(clients, requests, send)
-    unexpected = [e for e in run.errors if not isinstance(e, openai.APIStatusError)]
+    return send
+
+
+def cpu_s(pid: int | None = None, thread: int | None = None) -> float:
+    """CPU seconds (user + system) of process ``pid`` (Linux ``/proc``), or of this process; with
+    ``thread``, of that one thread of ``pid`` (the main thread's id is the pid)."""
+    if pid is None:
+        import resource
+
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
+    with open(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarize(run, clients: int, status_error: type) -> dict:
+    from supertiny.runtime.bench.measure import percentile
+
+    unexpected = [e for e in run.errors if not isinstance(e, status_error)]
     if unexpected:
         raise unexpected[0]
     if not run.latencies:
         return {"clients": clients, "ok": 0, "errors": run.errors, "n429": len(run.errors)}
     return {"clients": clients, "ok": len(run.latencies), "errors": run.errors,
-            "n429": sum(e.status_code == 429 for e in run.errors),
+            "n429": sum(e.status_code == 429 for e in run.errors), "tokens": run.tokens, "wall": run.wall_s,
             "p50": percentile(run.latencies, 50) * 1000, "p95": percentile(run.latencies, 95) * 1000,
             "ttft50": percentile(run.ttfts, 50) * 1000, "ttft95": percentile(run.ttfts, 95) * 1000,
             "tok_s": run.tokens / run.wall_s, "req_s": len(run.latencies) / run.wall_s}
 
 
+def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: list[str],
+              system_prompt: str | None = None, client: str = "lean", server_pid: int | None = None) -> dict:
+    """``clients`` closed-loop clients against the server; with ``server_pid``, also the server's and
+    this (client) process's CPU seconds per generated token."""
+    from supertiny.runtime.bench.measure import closed_loop
+
+    # no system message: the chat template adds its own (SmolLM2's: ~20 tokens)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if client == "openai":
+        import openai
+
+        send, status_error = openai_send(port, max_tokens, prompts, system), openai.APIStatusError
+    else:
+        send, status_error = lean_send(port, max_tokens, prompts, system), StatusError
+    server0, loop0, client0 = ((cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (0.0, 0.0)) \
+        + (cpu_s(),)
+    run = closed_loop(clients, requests, send)
+    result = summarize(run, clients, status_error)
+    if server_pid and run.tokens:
+        result["server_ms_tok"] = (cpu_s(server_pid) - server0) * 1000 / run.tokens
+        # the main thread runs the event loop: HTTP, SSE encoding, JSON (the engine runs in other threads)
+        result["loop_ms_tok"] = (cpu_s(server_pid, server_pid) - loop0) * 1000 / run.tokens
+        result["client_ms_tok"] = (cpu_s() - client0) * 1000 / run.tokens
+    return result
+
+
+def engine_level(scheduler, clients: int, requests: int, max_tokens: int, prompts: list[str],
+                 system_prompt: str | None = None) -> dict:
+    """The same requests through the batched engine's own scheduler in this process: no HTTP, no
+    event loop, no client, the text layer per token as the server has it."""
+    from supertiny.runtime.bench.measure import closed_loop
+
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+    def send(i: int):
+        messages = [*system, {"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}]
+        for chunk in scheduler.submit(messages, max_tokens, ignore_eos=True):
+            yield len(chunk.token_ids)
+
+    cpu0 = cpu_s()
+    result = summarize(closed_loop(clients, requests, send), clients, Exception)
+    result["server_ms_tok"] = (cpu_s() - cpu0) * 1000 / max(1, result.get("tokens", 0))
+    return result
+
+
+def compare(args, levels: list[int], prompts: list[str], requests_at) -> None:
+    """Server vs the batched engine in this process, and optionally vs the server of another checkout
+    (``--against``), interleaved: every round runs each level on each of them in turn, so a shared
+    machine's drift hits all alike; the best round of each is kept."""
+    from supertiny.models import resolve
+    from supertiny.runtime.engines.base import EngineOptions
+    from supertiny.runtime.serving.pool import open_engines
+
+    threads = args.cores
+    rows = []
+    for model in args.model.split(","):
+        label = Path(model).name if model != "default" else "default (Q4_1)"
+        servers = {"server": (free_port(), None)}
+        if args.against:
+            servers["before"] = (free_port(), args.against)
+        procs = {name: start_server(1, threads, port, args.parallel, args.max_queue, model, cwd)
+                 for name, (port, cwd) in servers.items()}
+        kind, path = resolve(model)
+        best: dict[tuple[str, int], dict] = {}
+        try:
+            with open_engines(path, kind, "auto", EngineOptions(threads=threads, n_ctx=512), 1,
+                              args.parallel) as pool:
+                scheduler = pool.scheduler(args.max_queue, None)
+                try:
+                    engine_level(scheduler, 1, 2, 4, prompts)  # warm-up
+                    for port, _ in servers.values():
+                        run_level(port, 1, 2, 4, prompts, client=args.client)
+                    for _ in range(args.rounds):
+                        for c in levels:
+                            n = requests_at(c)
+                            got = {name: run_level(port, c, n, args.max_tokens, prompts, args.system, args.client,
+                                                   procs[name].pid) for name, (port, _) in servers.items()}
+                            got["engine"] = engine_level(scheduler, c, n, args.max_tokens, prompts, args.system)
+                            for name, r in got.items():
+                                if r["ok"] != n:
+                                    raise RuntimeError(f"{name}: {n - r['ok']} of {n} requests failed")
+                                if (name, c) not in best or r["tok_s"] > best[name, c]["tok_s"]:
+                                    best[name, c] = r
+                            print(f"  {label} c={c}: " + ", ".join(f"{k} {v['tok_s']:.1f}" for k, v in got.items())
+                                  + " tok/s", file=sys.stderr, flush=True)
+                finally:
+                    scheduler.close()
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+                proc.wait(timeout=60)
+        rows.append((label, best))
+    one, names = levels[0], ["server", "engine"] + (["before"] if args.against else [])
+    print(f"\nserver vs the batched engine in this process (--parallel {args.parallel}, {threads} threads, same "
+          f"requests; best of {args.rounds} interleaved round(s)); 'vs {one}' = tokens/s over the {one}-stream "
+          "level's; CPU ms/token: the server process's (the engine's: this process's)"
+          + (f"; before = the server of {args.against}" if args.against else ""))
+    head = "| file | streams | server tok/s | engine tok/s | server / engine | server vs 1 | engine vs 1 "
+    rule = "|---|---|---|---|---|---|---|"
+    if args.against:
+        head += "| before tok/s | before vs 1 | server / before "
+        rule += "---|---|---|"
+    head += ("| TTFT p50 ms " + " / ".join(names) + " | CPU ms/token " + " / ".join(names)
+             + " | event-loop CPU ms/token " + " / ".join(n for n in names if n != "engine") + " |")
+    rule += "---|---|---|"
+    print(head)
+    print(rule)
+    for label, best in rows:
+        for c in levels:
+            s_, e_ = best["server", c], best["engine", c]
+            line = (f"| {label} | {c} | {s_['tok_s']:.1f} | {e_['tok_s']:.1f} | {s_['tok_s'] / e_['tok_s']:.2f}x "
+                    f"| {s_['tok_s'] / best['server', one]['tok_s']:.2f}x "
+                    f"| {e_['tok_s'] / best['engine', one]['tok_s']:.2f}x ")
+            if args.against:
+                b_ = best["before", c]
+                line += (f"| {b_['tok_s']:.1f} | {b_['tok_s'] / best['before', one]['tok_s']:.2f}x "
+                         f"| {s_['tok_s'] / b_['tok_s']:.2f}x ")
+            line += ("| " + " / ".join(f"{best[n, c]['ttft50']:.0f}" for n in names)
+                     + " | " + " / ".join(f"{best[n, c]['server_ms_tok']:.2f}" for n in names)
+                     + " | " + " / ".join(f"{best[n, c]['loop_ms_tok']:.3f}" for n in names if n != "engine") + " |")
+            print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="default", help="what to serve: default, a .gguf file, or several "
+                    "comma-separated (one table row group each)")
     ap.add_argument("--levels", default="1,2,4,8,16")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2)
@@ -121,45 +307,65 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=60, help="60: about 80 tokens with the chat template")
     ap.add_argument("--system", default=None, help="a system message (default: the chat template's own)")
+    ap.add_argument("--client", choices=("lean", "openai"), default="lean",
+                    help="lean: http.client, one JSON parse per event; openai: the official client")
+    ap.add_argument("--engine", action="store_true", help="with --parallel: compare the server with the batched "
+                    "engine in this process, level by level, interleaved (see compare())")
+    ap.add_argument("--against", default=None, metavar="DIR", help="with --engine: also the server of another "
+                    "checkout (its `python -m supertiny`), e.g. a git worktree of the commit before a change")
+    ap.add_argument("--rounds", type=int, default=1, help="with --engine: interleaved rounds (best kept)")
     args = ap.parse_args()
+    if args.engine and not args.parallel:
+        ap.error("--engine compares the server with the batched engine: give --parallel N")
     levels = [int(x) for x in args.levels.split(",")]
     prompts = excerpts(997, args.prompt_words)
     if args.parallel:
         layouts = [(1, args.cores, args.parallel)]
     else:
         layouts = [(1, args.cores, 0), (args.cores, 1, 0)] if args.cores > 1 else [(1, 1, 0)]
+
+    def requests_at(c: int) -> int:
+        return args.per_client * c if args.per_client else max(8, 2 * c)
+
+    if args.engine:
+        return compare(args, levels, prompts, requests_at)
     system = f", system message {args.system!r}" if args.system else ""
     per_level = f"{args.per_client} x clients" if args.per_client else "max(8, 2 x clients)"
-    print(f"default teacher Q4_1 GGUF, llama.cpp; {args.cores} cores; streaming chat, {args.prompt_words}-word "
-          f"prompts{system}, {args.max_tokens} new tokens, greedy; requests per level = {per_level}; "
-          f"--max-queue {args.max_queue}\n")
-    print("| layout | clients | ok | 429 | other errors | p50 ms | p95 ms | TTFT p50 ms | TTFT p95 ms | tokens/s "
-          "| req/s | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for slots, threads, parallel in layouts:
-        name = f"--parallel {parallel}, {threads} threads" if parallel else f"{slots} slot(s) x {threads} thread(s)"
-        port = free_port()
-        proc = start_server(slots, threads, port, parallel, args.max_queue)
-        try:
-            run_level(port, 1, 2, 4, prompts)  # warm-up
-            for c in levels:
-                n = args.per_client * c if args.per_client else max(8, 2 * c)
-                t0 = time.perf_counter()
-                r = run_level(port, c, n, args.max_tokens, prompts, args.system)
-                print(f"| {name} | {c} | {r['ok']} | {r['n429']} | {len(r['errors']) - r['n429']} | {r['p50']:.0f} "
-                      f"| {r['p95']:.0f} | {r['ttft50']:.0f} | {r['ttft95']:.0f} | {r['tok_s']:.1f} | "
-                      f"{r['req_s']:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)
-            if args.burst:
-                r = run_level(port, args.burst, args.burst, args.max_tokens, prompts, args.system)
-                capacity = (parallel or slots) + args.max_queue
-                print(f"\nburst: {args.burst} requests at once -> {r['ok']} answered, {r['n429']} x 429 (expected "
-                      f"about {max(0, args.burst - capacity)}: capacity {capacity} = running + queue), "
-                      f"{len(r['errors']) - r['n429']} other errors")
-            rss = peak_rss_mb(proc.pid)
-            print(f"server peak RSS ({name}): " + (f"{rss:.0f} MiB" if rss is not None else "unknown (no /proc)"))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    print(f"llama.cpp; {args.cores} cores; streaming chat ({args.client} client, in another process), "
+          f"{args.prompt_words}-word prompts{system}, {args.max_tokens} new tokens, greedy; requests per level = "
+          f"{per_level}; --max-queue {args.max_queue}\n")
+    print("| file | layout | clients | ok | 429 | other errors | p50 ms | p95 ms | TTFT p50 ms | TTFT p95 ms "
+          "| tokens/s | req/s | server CPU ms/token | event-loop CPU ms/token | client CPU ms/token |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for model in args.model.split(","):
+        label = Path(model).name if model != "default" else "default (Q4_1)"
+        for slots, threads, parallel in layouts:
+            name = (f"--parallel {parallel}, {threads} threads" if parallel
+                    else f"{slots} slot(s) x {threads} thread(s)")
+            port = free_port()
+            proc = start_server(slots, threads, port, parallel, args.max_queue, model)
+            served: dict[int, dict] = {}
+            try:
+                run_level(port, 1, 2, 4, prompts, client=args.client)  # warm-up
+                for c in levels:
+                    r = served[c] = run_level(port, c, requests_at(c), args.max_tokens, prompts, args.system,
+                                              args.client, proc.pid)
+                    print(f"| {label} | {name} | {c} | {r['ok']} | {r['n429']} | {len(r['errors']) - r['n429']} "
+                          f"| {r['p50']:.0f} | {r['p95']:.0f} | {r['ttft50']:.0f} | {r['ttft95']:.0f} "
+                          f"| {r['tok_s']:.1f} | {r['req_s']:.2f} | {r.get('server_ms_tok', 0):.2f} "
+                          f"| {r.get('loop_ms_tok', 0):.3f} | {r.get('client_ms_tok', 0):.2f} |", flush=True)
+                if args.burst:
+                    r = run_level(port, args.burst, args.burst, args.max_tokens, prompts, args.system, args.client)
+                    capacity = (parallel or slots) + args.max_queue
+                    print(f"\nburst: {args.burst} requests at once -> {r['ok']} answered, {r['n429']} x 429 "
+                          f"(expected about {max(0, args.burst - capacity)}: capacity {capacity} = running + "
+                          f"queue), {len(r['errors']) - r['n429']} other errors")
+                rss = peak_rss_mb(proc.pid)
+                print(f"server peak RSS ({label}, {name}): "
+                      + (f"{rss:.0f} MiB" if rss is not None else "unknown (no /proc)"))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
 
 
 if __name__ == "__main__":

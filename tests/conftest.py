@@ -215,6 +215,77 @@ type = "bool"
 COLOR_WORDS = ["red", "green", "blue"]
 
 
+# `supertiny run` on a tiny random teacher (tests/test_pipeline.py, test_kill_resume.py): a device with generous
+# budgets (what is checked is that the budgets are measured and judged) and a recipe through every stage.
+TINY_TARGET = """schema_version = 1
+name = "tiny-box"
+[device]
+arch = "x86_64"
+cores = 2
+memory_gb = 16
+[runtime]
+threads = 1
+context = 256
+formats = ["gguf"]
+[budget]
+prompt_tokens = 16
+concurrency = 1
+max_tokens = 4
+ttft_ms = 60000
+decode_tokens_per_s = 1
+p95_latency_ms = 60000
+peak_rss_mb = 8192
+file_size_mb = 10
+"""
+
+TINY_RECIPE = """schema_version = 1
+name = "tiny-run"
+description = "a tiny random teacher through every stage"
+teacher = "teacher"
+target = "tiny-box.toml"
+
+[task]
+name = "task.toml"
+train = "data.jsonl"
+dev = "dev.jsonl"
+test = "data.jsonl"
+
+[prune]
+layers = 2
+calib_tokens = 64
+eval_tokens = 16
+
+[distill]
+loss = "fkl"
+steps = 2
+batch_size = 2
+dev_limit = 1
+
+[quantize]
+scheme = "w4a16"
+method = "rtn"
+group = 32
+symmetric = true
+eval_tokens = 64
+
+[export]
+verify_tokens = 64
+
+[eval]
+limit = 3
+max_new_tokens = 6
+threads = 1
+
+[bench]
+prompt_lengths = "16"
+concurrency = "1"
+requests = 1
+repeats = 1
+warmup = 0
+new_tokens = 4
+"""
+
+
 def write_color_task(tmp_path: Path, records: int, dev: int) -> None:
     """Write ``task.toml``, ``data.jsonl`` (``records`` labelled lines) and ``dev.jsonl`` (the first ``dev``)."""
     import json

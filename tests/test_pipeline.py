@@ -18,79 +18,11 @@ from supertiny.manifest import bundle_primary, read_manifest, verify_artifact
 from supertiny.models import resolve
 from supertiny.runtime.serving.server import served_task
 
+from conftest import TINY_RECIPE as RECIPE
+from conftest import TINY_TARGET as TARGET
 from conftest import write_color_task
 
 pytest.importorskip("llama_cpp")
-
-# A device with generous budgets: what is checked here is that the budgets are measured and judged.
-TARGET = """schema_version = 1
-name = "tiny-box"
-[device]
-arch = "x86_64"
-cores = 2
-memory_gb = 16
-[runtime]
-threads = 1
-context = 256
-formats = ["gguf"]
-[budget]
-prompt_tokens = 16
-concurrency = 1
-max_tokens = 4
-ttft_ms = 60000
-decode_tokens_per_s = 1
-p95_latency_ms = 60000
-peak_rss_mb = 8192
-file_size_mb = 10
-"""
-
-RECIPE = """schema_version = 1
-name = "tiny-run"
-description = "a tiny random teacher through every stage"
-teacher = "teacher"
-target = "tiny-box.toml"
-
-[task]
-name = "task.toml"
-train = "data.jsonl"
-dev = "dev.jsonl"
-test = "data.jsonl"
-
-[prune]
-layers = 2
-calib_tokens = 64
-eval_tokens = 16
-
-[distill]
-loss = "fkl"
-steps = 2
-batch_size = 2
-dev_limit = 1
-
-[quantize]
-scheme = "w4a16"
-method = "rtn"
-group = 32
-symmetric = true
-eval_tokens = 64
-
-[export]
-verify_tokens = 64
-
-[eval]
-limit = 3
-max_new_tokens = 6
-threads = 1
-
-[bench]
-prompt_lengths = "16"
-concurrency = "1"
-requests = 1
-repeats = 1
-warmup = 0
-new_tokens = 4
-"""
-
 
 @pytest.fixture
 def recipe_file(tmp_path, make_tiny_dir):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from supertiny.flows.recipe import load_recipe
 
 def _say(text: str) -> None:
     click.echo(text, err=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -78,6 +83,7 @@ def run_cmd(ctx: click.Context, recipe: str, out: str | None, teacher: str | Non
         for i, s in enumerate(stages, 1):
             click.echo(f"{i:>2}. {s.name:<{w}} $ {s.shown()}")
         return
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run as Ctrl-C does: the stage's child too
     try:
         result = run(r, folder, _say)
     except KeyboardInterrupt:

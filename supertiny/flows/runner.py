@@ -19,9 +19,12 @@ runs finished and nothing half-written; a rerun redoes only what was running.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,6 +130,38 @@ class Identities:
         return digest
 
 
+def run_child(argv: list[str]) -> int:
+    """Run a stage's command and wait for it; it never outlives the runner. On Linux the child gets SIGTERM
+    when the runner dies, however it dies (SIGKILL included: a parent-death signal); an exception in the
+    runner while it waits (Ctrl-C, the SIGTERM handler of ``supertiny run``) stops the child and waits for
+    it before going on. Otherwise a rerun could find the old child still writing the stage's folder."""
+    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent() if sys.platform == "linux" else None)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to send SIGTERM to the child when this process ends (``prctl``'s
+    ``PR_SET_PDEATHSIG``); libc is looked up here, before the fork, so the child only makes the call."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the runner died before the call: nobody would send the signal
+            os._exit(1)
+
+    return preexec
+
+
 def _profile_path(kind: str, name: str) -> Path:
     return Path((load_task if kind == "task" else load_target)(name).source)
 
@@ -195,7 +230,7 @@ class Runner:
 
     def _child(self, inv: Invocation) -> int:
         self.say(f"[{inv.name}] $ {inv.shown()}")
-        rc = subprocess.run([sys.executable, "-m", "supertiny", *inv.argv]).returncode
+        rc = run_child([sys.executable, "-m", "supertiny", *inv.argv])
         if rc not in inv.ok_codes:
             raise RecipeError(f"stage {inv.name} failed (exit {rc}): fix the cause and rerun the same command; "
                               f"finished stages are kept")

@@ -295,20 +295,21 @@ async def _completion(request: Request, chat: bool) -> Response | _JobStream:
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
             "model": state.model_name, "system_fingerprint": None}
-    chunks, handed_off = job.aiter(), False
+    handed_off = False
     try:
         if not params.stream:
-            got = await _until_disconnect(request, _collect(chunks))
+            got = await _until_disconnect(request, _collect(job.aiter()))
             if got is None:
                 return Response(status_code=499)  # nginx's "client closed request", for the metrics
             return _json({**head, "choices": [_whole_choice(got, chat)], "usage": _usage(job)})
         # Wait for the first chunk before sending headers: a queue timeout or an engine
         # error then still gets its own status instead of a broken 200 stream.
-        first = await _until_disconnect(request, chunks.__anext__())
+        batches = job.abatches()
+        first = await _until_disconnect(request, batches.__anext__())
         if first is None:
             return Response(status_code=499)
         handed_off = True
-        return _JobStream(_events(job, first, chunks, head, chat, params.include_usage), job, state.metrics)
+        return _JobStream(_events(job, first, batches, head, chat, params.include_usage), job, state.metrics)
     except Exception as exc:
         raise _job_error(exc) from None
     finally:
@@ -349,36 +350,56 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _piece(head: dict[str, Any], chat: bool, usage: bool, text: str | None, reason: str | None,
-           role: bool = False) -> bytes:
-    """One streamed event: a chat delta (the role first, then content) or a text piece."""
-    delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
-    choice = ({"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason} if chat else
-              {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason})
-    return _sse({**head, "choices": [choice], **({"usage": None} if usage else {})})
+class _Pieces:
+    """A stream's events as bytes: every piece of one stream differs only in its text and finish reason, so
+    the JSON around them is encoded once and each token costs one ``json.dumps`` of its text."""
+
+    def __init__(self, head: dict[str, Any], chat: bool, usage: bool):
+        self.head, self.chat, self.usage = head, chat, usage
+        hole = f"<{uuid.uuid4().hex}>"
+        self.before, self.after = self.event(hole, None).split(json.dumps(hole).encode())
+
+    def event(self, text: str | None, reason: str | None, role: bool = False) -> bytes:
+        """One event: a chat delta (the role first, then content) or a text piece."""
+        delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+        choice = ({"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason} if self.chat else
+                  {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason})
+        return _sse({**self.head, "choices": [choice], **({"usage": None} if self.usage else {})})
+
+    def text(self, text: str) -> bytes:
+        return self.before + json.dumps(text).encode() + self.after
 
 
-async def _events(job: Job, first: Chunk, chunks: Any, head: dict[str, Any], chat: bool,
+async def _events(job: Job, first: list[Chunk], batches: Any, head: dict[str, Any], chat: bool,
                   usage: bool) -> AsyncIterator[bytes]:
-    """The job's chunks as OpenAI's stream: pieces in order, the finish reason, usage if asked, ``[DONE]``."""
+    """The job's chunks as OpenAI's stream: pieces in order, the finish reason, usage if asked, ``[DONE]``.
+    Each batch of chunks (all that arrived since the last write) goes out as one write of its events."""
     head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+    pieces = _Pieces(head, chat, usage)
     if chat:
-        yield _piece(head, chat, usage, None, None, role=True)
-    chunk: Chunk | None = first
+        yield pieces.event(None, None, role=True)
+    batch: list[Chunk] | None = first
     try:
-        while chunk is not None:
-            if chunk.text:
-                yield _piece(head, chat, usage, chunk.text, None)
-            if chunk.finish_reason is not None:
-                yield _piece(head, chat, usage, None, chunk.finish_reason)
+        while batch is not None:
+            out, finished = [], False
+            for chunk in batch:
+                if chunk.text:
+                    out.append(pieces.text(chunk.text))
+                if chunk.finish_reason is not None:
+                    out.append(pieces.event(None, chunk.finish_reason))
+                    finished = True
+                    break
+            if out:
+                yield b"".join(out)
+            if finished:
                 break
-            chunk = await chunks.__anext__()
+            batch = await batches.__anext__()
         if usage:
             yield _sse({**head, "choices": [], "usage": _usage(job)})
     except Exception as exc:  # headers are sent: report it the way OpenAI streams errors
         yield _sse(_job_error(exc).body())
     finally:
-        await chunks.aclose()
+        await batches.aclose()
     yield _sse("[DONE]")
 
 

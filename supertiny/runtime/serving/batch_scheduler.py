@@ -28,6 +28,7 @@ import threading
 
 from supertiny.runtime.engines.batched import BatchedLlamaEngine
 from supertiny.runtime.engines.text import Chunk, TextStream
+from supertiny.runtime.serving.job import wakes_per_step
 from supertiny.runtime.serving.scheduler import Job, Scheduler
 
 
@@ -74,8 +75,9 @@ class BatchScheduler(Scheduler):
                     self._drop(slot)
                 self.engine.clear()
                 continue
-            for slot, token, done in events:
-                self._deliver(slot, token, done)
+            with wakes_per_step():  # the server's event loop is woken once for the whole step
+                for slot, token, done in events:
+                    self._deliver(slot, token, done)
 
     def _admit(self, job: Job) -> None:
         if not job.begin():

@@ -8,6 +8,7 @@ workers read apart from the one-reader handoff of chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -51,6 +52,38 @@ class SchedulerStats:
 _ids = itertools.count()
 
 
+class _Deferred(threading.local):
+    pending: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] | None = None
+
+
+_deferred = _Deferred()
+
+
+@contextlib.contextmanager
+def wakes_per_step() -> Iterator[None]:
+    """Within the block, asyncio readers of the jobs this thread pushes to are woken once per event
+    loop when it ends, not once per chunk: a batching loop wraps each step's tokens in it, so the
+    server's event loop gets one cross-thread call per step whatever the number of streams."""
+    _deferred.pending = {}
+    try:
+        yield
+    finally:
+        pending, _deferred.pending = _deferred.pending, None
+        for loop, wakes in pending.items():
+            _call_soon(loop, wakes)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, wakes: list[Callable[[], None]]) -> None:
+    def run() -> None:
+        for wake in wakes:
+            wake()
+
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
 class Job:
     """One request: the worker writes chunks, exactly one reader consumes them.
 
@@ -86,7 +119,7 @@ class Job:
         self._chunks: deque[Chunk] = deque()
         self._done = False
         self._claimed = False
-        self._wake: Callable[[], None] | None = None  # set while an asyncio reader waits
+        self._wake: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None  # an asyncio reader's
         self._discard = discard
 
     # -- what readers see ------------------------------------------------------------
@@ -143,37 +176,47 @@ class Job:
 
     async def aiter(self) -> AsyncIterator[Chunk]:
         """The chunks in an asyncio task; waiting never blocks the event loop."""
+        async for batch in self.abatches():
+            for chunk in batch:
+                yield chunk
+
+    async def abatches(self) -> AsyncIterator[list[Chunk]]:
+        """The chunks in an asyncio task, as lists of every chunk that arrived since the last one
+        (a streaming response writes each list at once: one socket write, not one per token).
+
+        The worker's thread wakes this task with one ``call_soon_threadsafe`` per chunk, or per
+        scheduler step for all its jobs (:func:`wakes_per_step`); the deadline is one timer."""
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
+        expired = False
 
-        def notify() -> None:
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+        def on_deadline() -> None:
+            nonlocal expired
+            expired = True
+            wake.set()
 
         self._claim()
         with self._cond:
-            self._wake = notify
+            self._wake = (loop, wake.set)
+        timer = (loop.call_later(max(0.0, self.deadline - time.perf_counter()), on_deadline)
+                 if self.deadline != float("inf") else None)
         try:
             while True:
                 wake.clear()  # before taking: a chunk pushed after this sets it again
                 items, done = self._take(block=False)
-                for chunk in items:
-                    yield chunk
+                if items:
+                    yield items
                 if done:
                     break
-                remaining = self.deadline - time.perf_counter()
-                if remaining <= 0:
+                if expired:
                     self._expire()
                     continue
-                try:
-                    await asyncio.wait_for(wake.wait(), min(remaining, 3600.0))
-                except asyncio.TimeoutError:
-                    pass
+                await wake.wait()
             if self.error is not None:
                 raise self.error
         finally:
+            if timer is not None:
+                timer.cancel()
             with self._cond:
                 self._wake = None
             if not self._done:  # the task was cancelled (client gone) or the reader left
@@ -245,7 +288,12 @@ class Job:
     def _notify_locked(self) -> None:
         self._cond.notify_all()
         if self._wake is not None:
-            self._wake()
+            loop, wake = self._wake
+            pending = _deferred.pending
+            if pending is not None:  # inside wakes_per_step: one call per loop when the step ends
+                pending.setdefault(loop, []).append(wake)
+            else:
+                _call_soon(loop, [wake])
 
     def _expire(self) -> None:
         self.finish("cancelled", JobTimeout(f"the request took longer than {self.timeout_s:g} s"))

@@ -13,6 +13,7 @@ from supertiny.errors import InvalidInputError
 from supertiny.runtime.engines.onnx_batch import StaticBatch, check_batchable
 from supertiny.runtime.engines.onnxrt import OnnxEngine
 from supertiny.runtime.engines.text import Chunk, TextStream
+from supertiny.runtime.serving.job import wakes_per_step
 from supertiny.runtime.serving.scheduler import Job, Scheduler
 
 
@@ -80,8 +81,10 @@ class StaticBatchScheduler(Scheduler):
                         batch.release(row)
                 if not batch.active:
                     break
-                for row, token, done in batch.step():
-                    self._deliver(batch, live[row], row, token, done)
+                events = batch.step()
+                with wakes_per_step():  # the server's event loop is woken once for the whole step
+                    for row, token, done in events:
+                        self._deliver(batch, live[row], row, token, done)
         except Exception as exc:  # every job still running gets it; the loop keeps serving
             for job, _ in live.values():
                 if not job.done:

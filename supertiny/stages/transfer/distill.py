@@ -45,6 +45,7 @@ from supertiny.stages.transfer.training import (
     loaded,
     mean,
     setup,
+    train_loss,
     training_args,
     training_inputs,
 )
@@ -109,7 +110,7 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
     trainer = DistillTrainer(model=s.model, args=s.args, train_dataset=ExampleDataset(examples),
                              data_collator=Collator(examples, s.tokenizer.pad_token_id, cache), loss=config.loss,
                              alpha=config.alpha, temperature=config.temperature, beta=config.beta)
-    result, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
+    _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
                             config.loss)
     if not s.main:
         return None
@@ -117,7 +118,7 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
     def details(logs: list[dict[str, Any]]) -> dict[str, Any]:
         steady = logs[1:] or logs  # the first step pays for warm-up
         return {"steps": trainer.state.global_step, "epochs": round(float(trainer.state.epoch or 0), 3),
-                "examples": len(examples), "data": counts, "train_loss": round(result.training_loss, 6),
+                "examples": len(examples), "data": counts, "train_loss": train_loss(logs),
                 "final": {k: logs[-1][k] for k in ("loss", "ce", "kd") if logs and k in logs[-1]},
                 "tokens_per_s": mean([r["tokens_per_s"] for r in steady]),
                 "answer_tokens_per_s": mean([r["answer_tokens_per_s"] for r in steady]),

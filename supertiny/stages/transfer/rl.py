@@ -33,6 +33,7 @@ from supertiny.stages.transfer.training import (
     loaded,
     mean,
     setup,
+    train_loss,
     training_args,
     training_inputs,
 )
@@ -104,7 +105,7 @@ def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, pr
     trainer = RLTrainer(model=s.model, args=s.args, train_dataset=PromptIndices(len(prompts)), data_collator=collate,
                         prompts=prompts, task=s.spec, tok=s.tokenizer, reference=reference, config=config,
                         reward=reward)
-    result, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, []), progress, callbacks,
+    _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, []), progress, callbacks,
                             f"rl, group {config.group}")
     if not s.main:
         return None
@@ -113,7 +114,7 @@ def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, pr
         steady = logs[1:] or logs
         return {
             "steps": trainer.state.global_step, "prompts": len(prompts), "data": counts,
-            "train_loss": round(result.training_loss, 6),
+            "train_loss": train_loss(logs),
             "reward_first": logs[0]["reward_mean"] if logs else None,
             "reward_last": logs[-1]["reward_mean"] if logs else None,
             "reward_mean": mean([r["reward_mean"] for r in logs], 4),

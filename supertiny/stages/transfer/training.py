@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,14 +95,23 @@ def work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
+def last_checkpoint(work: Path) -> str | None:
+    """The newest *complete* ``checkpoint-N`` in ``work`` (None if there is none). The Trainer writes a
+    checkpoint's files in place and its ``trainer_state.json`` last, so a run killed while saving leaves a
+    folder without it: that one is passed over (the resumed run redoes its steps and writes it again)."""
+    if not work.is_dir():
+        return None
+    steps = [(trainer_step(str(p)), p) for p in work.iterdir()
+             if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()]
+    return str(max(steps)[1]) if steps else None
+
+
 def check_work_dir(work: Path, recorded: dict[str, Any], resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an unfinished run needs --resume (same settings) or --overwrite."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     run_file = work / "run.json"
     if work.is_dir() and overwrite and not resume:
         shutil.rmtree(work)
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    last = last_checkpoint(work)
     if last and run_file.is_file():  # a run that died before its first checkpoint has nothing to keep
         if not resume:
             raise InvalidInputError(f"{work} holds an unfinished run (last: {Path(last).name});"
@@ -153,8 +163,6 @@ def setup(name: str, version: int, inputs: dict[str, str | None], out: Path, con
           make_args: Callable[[Path], Any]) -> Setup:
     """Resolve the task prompt, read the dev records, set up the work folder, the Trainer's arguments
     (``make_args(work)``), the manifest run and the student."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     student, teacher = inputs["student"], inputs["teacher"]
     assert student is not None and inputs["task"] is not None
     out = out.absolute()
@@ -166,7 +174,7 @@ def setup(name: str, version: int, inputs: dict[str, str | None], out: Path, con
     work = work_dir(out)
     args = make_args(work)  # sets up the process group under torchrun / accelerate launch
     main = args.process_index == 0
-    if main and not (config.resume and work.is_dir() and get_last_checkpoint(str(work))):
+    if main and not (config.resume and last_checkpoint(work)):
         check_output_dir(out, config.overwrite)  # nothing to resume: a finished OUT is not replaced silently
     stage = model_run(name, version, out, student, recorded) if main else None
     lm = load_model(student)
@@ -226,7 +234,6 @@ def fit(s: Setup, trainer: Any, evaluate: Callable[[Any], dict[str, Any]], progr
     folder with ``resume`` (the metrics file then loses the records of the steps redone); ``what`` names the run
     in the log. Returns ``(trainer.train's result, the evaluation callback)``."""
     from transformers import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     from supertiny.stages.transfer.trainer import EvalCallback, MetricsCallback, ProgressCallback
 
@@ -235,7 +242,7 @@ def fit(s: Setup, trainer: Any, evaluate: Callable[[Any], dict[str, Any]], progr
     trainer.remove_callback(PrinterCallback)
     for cb in [metrics, evaluator, *([ProgressCallback(progress)] if progress else []), *callbacks]:
         trainer.add_callback(cb)
-    last = get_last_checkpoint(str(s.work)) if s.config.resume and s.work.is_dir() else None
+    last = last_checkpoint(s.work) if s.config.resume else None
     if s.main:
         truncate_metrics(s.work / "metrics.jsonl", trainer_step(last))
     s.say(f"training ({what}) from {'step ' + str(trainer_step(last)) if last else 'the start'}; "
@@ -279,6 +286,12 @@ def finish(s: Setup, title: str, keys: Sequence[str], details: Callable[[list[di
 def mean(xs: Sequence[float], digits: int = 1) -> float | None:
     """The mean of ``xs`` rounded, None for none."""
     return round(sum(xs) / len(xs), digits) if xs else None
+
+
+def train_loss(logs: Sequence[dict[str, Any]]) -> float | None:
+    """The mean loss over every step of the run's log. Not the Trainer's ``training_loss``: after a resume it
+    sums only the steps this process ran but divides by every step, so a resumed run would report less."""
+    return mean([r["loss"] for r in logs if "loss" in r], 6)
 
 
 def trainer_step(checkpoint: str | None) -> int:
