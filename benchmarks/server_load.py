@@ -1,23 +1,31 @@
 """The OpenAI-compatible server under load: throughput and latency at 1..16 clients.
 
-``supertiny serve default`` (the default teacher's Q4_1 GGUF in llama.cpp) runs in its
-own process, as in production; clients are the official ``openai`` client in threads,
-each sending streaming chat requests back to back (a different corpus excerpt each,
-so no two prompts share a cached prefix; greedy; a fixed number of new tokens).
-Measured per concurrency level: request latency p50/p95 (queueing included, as a
-client sees it), time to first token p50/p95, completion tokens/s and requests/s over
-the level's wall time, and any 429/5xx answers. Two server layouts on the same cores:
-one slot with all threads, and one slot per core (``--slots``), one thread each.
+``supertiny serve MODEL`` (``--model``: the default teacher's Q4_1 GGUF unless given; several files,
+comma-separated, one row group each) runs in its own process, as in production; clients run in threads of
+this process, each sending streaming chat requests back to back (a different corpus excerpt each, so no two
+prompts share a cached prefix; greedy; a fixed number of new tokens). The client is a lean ``http.client``
+one by default (``--client openai``: the official client, whose per-chunk objects cost the shared cores
+noticeably). Measured per concurrency level: request latency p50/p95 (queueing included, as a client sees
+it), time to first token p50/p95, completion tokens/s and requests/s over the level's wall time, any
+429/5xx answers, and the server's CPU per generated token: the whole process's and its main thread's (the
+event loop: HTTP, SSE, JSON; the engine runs in other threads). Two server layouts on the same cores: one
+slot with all threads, and one slot per core (``--slots``), one thread each.
 
-``--parallel N`` serves with continuous batching instead (one batched engine, all
-threads). ``--per-client K`` makes every level a sustained test of ``clients x K``
-requests (issue 13's: 16 clients x 50). ``--burst M`` then sends M requests at once:
-more than ``parallel + --max-queue`` must get 429 (intended), and nothing else may
-fail. The server's peak RSS (``VmHWM``) is read at the end.
+``--parallel N`` serves with continuous batching instead (one batched engine, all threads). With it,
+``--engine`` runs every level through the same batched engine in this process too (no HTTP), interleaved
+level by level with the server, and ``--against DIR`` adds the server of another checkout (e.g. a git
+worktree of the commit before a change); ``--rounds R`` repeats the interleaving and keeps the best of each:
+one table of server / engine / before, their ratios to one stream, TTFT and CPU per token.
+
+``--per-client K`` makes every level a sustained test of ``clients x K`` requests (issue 13's: 16 clients x
+50). ``--burst M`` then sends M requests at once: more than ``parallel + --max-queue`` must get 429
+(intended), and nothing else may fail. The server's peak RSS (``VmHWM``) is read at the end.
 
 Run:  .venv/bin/python benchmarks/server_load.py [--levels 1,2,4,8,16] [--max-tokens 32]
       .venv/bin/python benchmarks/server_load.py --parallel 16 --levels 16 --per-client 50 --max-tokens 16 \
           --prompt-words 20 --max-queue 16 --burst 64
+      .venv/bin/python benchmarks/server_load.py --engine --parallel 8 --model A.gguf,B.gguf --levels 1,2,4,8,16 \
+          --max-tokens 64 --per-client 4 --prompt-words 8 --rounds 2 [--against /path/to/old/checkout]
 """
 
 from __future__ import annotations

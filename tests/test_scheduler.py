@@ -190,3 +190,49 @@ def test_slots_run_in_parallel(fake):
         for job in jobs:
             job.cancel()
         assert [e.calls for e in engines] == [1, 1]
+
+
+def test_a_steps_chunks_reach_an_asyncio_reader_as_one_batch_after_one_wake():
+    """What a batching loop pushes inside ``wakes_per_step`` wakes each event loop once, when the step ends,
+    and the reader takes every chunk that arrived as one list (the server writes it with one send); a job's
+    deadline still ends a reader that waits (504), from its one timer."""
+    from supertiny.runtime.engines.sampling import Sampling
+    from supertiny.runtime.engines.text import Chunk
+    from supertiny.runtime.serving.job import Job, wakes_per_step
+
+    def job(timeout: float | None = None) -> Job:
+        return Job([1], 8, Sampling(), [], False, timeout, lambda j: None)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: (calls.append(a), real(*a))[1]
+        a, b = job(), job()
+        readers = [a.abatches(), b.abatches()]
+        first = [asyncio.ensure_future(r.__anext__()) for r in readers]
+        await asyncio.sleep(0.01)  # both readers wait
+
+        def step():  # a worker thread's step: 3 tokens for a, the last one for b
+            with wakes_per_step():
+                for text in ("x", "y", "z"):
+                    a.push(Chunk(text, [1]))
+                b.push(Chunk("!", [1], "length"))
+
+        await asyncio.to_thread(step)
+        got = await asyncio.gather(*first)
+        assert [[c.text for c in batch] for batch in got] == [["x", "y", "z"], ["!"]]
+        assert len([c for c in calls if c[0].__name__ == "run"]) == 1  # one wake for both jobs, 4 chunks
+        with pytest.raises(StopAsyncIteration):
+            await readers[1].__anext__()
+        a.push(Chunk("", [], "stop"))
+        assert [c.finish_reason for c in await readers[0].__anext__()] == ["stop"]
+
+        late = job(timeout=0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(JobTimeout):
+            async for _ in late.abatches():
+                pass
+        assert 0.04 < time.perf_counter() - t0 < 2
+
+    asyncio.run(main())

@@ -111,7 +111,7 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
                              data_collator=Collator(examples, s.tokenizer.pad_token_id, cache), loss=config.loss,
                              alpha=config.alpha, temperature=config.temperature, beta=config.beta)
     _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
-                            config.loss)
+                       config.loss)
     if not s.main:
         return None
 

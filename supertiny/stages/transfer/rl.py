@@ -106,7 +106,7 @@ def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, pr
                         prompts=prompts, task=s.spec, tok=s.tokenizer, reference=reference, config=config,
                         reward=reward)
     _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, []), progress, callbacks,
-                            f"rl, group {config.group}")
+                       f"rl, group {config.group}")
     if not s.main:
         return None
 

@@ -33,6 +33,7 @@ from transformers import Trainer, TrainerCallback
 from supertiny.stages.transfer.examples import Example
 from supertiny.stages.transfer.kdcache import TopKCache
 from supertiny.stages.transfer.losses import mixed_loss
+from supertiny.stages.transfer.training import read_metrics, train_loss
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -175,10 +176,8 @@ class MetricsCallback(TrainerCallback):
         logs = dict(logs or {})
         if "learning_rate" in logs:
             logs["lr"] = logs.pop("learning_rate")
-        if "train_loss" in logs and self.path.is_file():  # the Trainer's is wrong after a resume (train_loss())
-            steps = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            losses = [r["loss"] for r in steps if "loss" in r]
-            logs["train_loss"] = sum(losses) / len(losses) if losses else logs["train_loss"]
+        if "train_loss" in logs:  # the Trainer's is wrong after a resume: the mean of the steps logged instead
+            logs["train_loss"] = train_loss(read_metrics(self.path)) or logs["train_loss"]
         self.write(state, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()})
 
 
