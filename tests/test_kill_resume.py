@@ -165,6 +165,8 @@ PARENT = """import signal, sys
 from supertiny.cli.run import _interrupt
 from supertiny.flows.runner import run_child
 signal.signal(signal.SIGTERM, _interrupt)  # as `supertiny run` does
+# Ctrl-C's KeyboardInterrupt, as in a terminal: a process started in the background (CI) inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 try:
     run_child([sys.executable, "-c", sys.argv[1], sys.argv[2]])
 except KeyboardInterrupt:
@@ -183,9 +185,15 @@ def test_a_stopped_runner_takes_its_stage_process_with_it(tmp_path, sig):
         assert runner.poll() is None and time.monotonic() < end, "the child never started"
         time.sleep(0.02)
     child = int(marker.read_text())
-    os.kill(runner.pid, sig)  # to the runner alone (its own session: a terminal's Ctrl-C would reach both)
-    assert runner.wait(timeout=30) == (130 if sig != signal.SIGKILL else -signal.SIGKILL)
-    end = time.monotonic() + 10
-    while alive(child):
-        assert time.monotonic() < end, f"the stage process {child} outlived the runner ({sig.name})"
-        time.sleep(0.05)
+    try:
+        os.kill(runner.pid, sig)  # to the runner alone (its own session: a terminal's Ctrl-C would reach both)
+        assert runner.wait(timeout=30) == (130 if sig != signal.SIGKILL else -signal.SIGKILL)
+        end = time.monotonic() + 10
+        while alive(child):
+            assert time.monotonic() < end, f"the stage process {child} outlived the runner ({sig.name})"
+            time.sleep(0.05)
+    finally:  # nothing left sleeping after a failure
+        for pid in (runner.pid, child):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        runner.wait()
