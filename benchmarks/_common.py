@@ -49,3 +49,16 @@ def teacher_hf_copy(work: Path) -> Path:
         lm.model.save_pretrained(hf_dir, safe_serialization=True)
         lm.tokenizer.save_pretrained(hf_dir)
     return hf_dir
+
+
+def cpu_seconds(pid: int | None = None, thread: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of process ``pid`` (Linux ``/proc``); with
+    ``thread``, of that one thread of ``pid`` (the main thread's id is the pid)."""
+    if pid is None:
+        import resource
+
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
+    with open(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

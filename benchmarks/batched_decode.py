@@ -37,14 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import cpu_seconds  # noqa: E402
+
 from supertiny.runtime.bench.measure import closed_loop  # noqa: E402
-
-
-def cpu_seconds() -> float:
-    import resource
-
-    use = resource.getrusage(resource.RUSAGE_SELF)
-    return use.ru_utime + use.ru_stime
 
 
 def throughput(scheduler, prompts: list[list[int]], clients: int, requests: int, new: int) -> tuple[float, float]:

@@ -39,6 +39,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import cpu_seconds
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -84,6 +86,11 @@ def peak_rss_mb(pid: int) -> float | None:
         return None
 
 
+def chat(i: int, prompts: list[str], system: list[dict]) -> list[dict]:
+    """Request ``i``'s messages: the system message if any, then a corpus excerpt to summarize."""
+    return [*system, {"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}]
+
+
 class StatusError(Exception):
     """A non-200 answer to the lean client (``status_code`` as the openai client's errors have)."""
 
@@ -103,8 +110,7 @@ def lean_send(port: int, max_tokens: int, prompts: list[str], system: list[dict]
     def send(i: int):
         body = json.dumps({"model": "smollm2", "stream": True, "temperature": 0, "max_tokens": max_tokens,
                            "stream_options": {"include_usage": True}, "ignore_eos": True,
-                           "messages": [*system, {"role": "user",
-                                                   "content": f"Summarize: {prompts[i % len(prompts)]}"}]})
+                           "messages": chat(i, prompts, system)})
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         try:
             conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
@@ -138,7 +144,7 @@ def openai_send(port: int, max_tokens: int, prompts: list[str], system: list[dic
         stream = client.chat.completions.create(
             model="smollm2", stream=True, temperature=0, max_tokens=max_tokens,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-            messages=[*system, {"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}])
+            messages=chat(i, prompts, system))
         pieces = 0
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -148,19 +154,6 @@ def openai_send(port: int, max_tokens: int, prompts: list[str], system: list[dic
                 yield chunk.usage.completion_tokens - pieces
 
     return send
-
-
-def cpu_s(pid: int | None = None, thread: int | None = None) -> float:
-    """CPU seconds (user + system) of process ``pid`` (Linux ``/proc``), or of this process; with
-    ``thread``, of that one thread of ``pid`` (the main thread's id is the pid)."""
-    if pid is None:
-        import resource
-
-        use = resource.getrusage(resource.RUSAGE_SELF)
-        return use.ru_utime + use.ru_stime
-    with open(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summarize(run, clients: int, status_error: type) -> dict:
@@ -192,15 +185,16 @@ def run_level(port: int, clients: int, requests: int, max_tokens: int, prompts: 
         send, status_error = openai_send(port, max_tokens, prompts, system), openai.APIStatusError
     else:
         send, status_error = lean_send(port, max_tokens, prompts, system), StatusError
-    server0, loop0, client0 = ((cpu_s(server_pid), cpu_s(server_pid, server_pid)) if server_pid else (0.0, 0.0)) \
-        + (cpu_s(),)
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
+    loop0 = cpu_seconds(server_pid, server_pid) if server_pid else 0.0
+    client0 = cpu_seconds()
     run = closed_loop(clients, requests, send)
     result = summarize(run, clients, status_error)
     if server_pid and run.tokens:
-        result["server_ms_tok"] = (cpu_s(server_pid) - server0) * 1000 / run.tokens
+        result["server_ms_tok"] = (cpu_seconds(server_pid) - server0) * 1000 / run.tokens
         # the main thread runs the event loop: HTTP, SSE encoding, JSON (the engine runs in other threads)
-        result["loop_ms_tok"] = (cpu_s(server_pid, server_pid) - loop0) * 1000 / run.tokens
-        result["client_ms_tok"] = (cpu_s() - client0) * 1000 / run.tokens
+        result["loop_ms_tok"] = (cpu_seconds(server_pid, server_pid) - loop0) * 1000 / run.tokens
+        result["client_ms_tok"] = (cpu_seconds() - client0) * 1000 / run.tokens
     return result
 
 
@@ -213,13 +207,12 @@ def engine_level(scheduler, clients: int, requests: int, max_tokens: int, prompt
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
 
     def send(i: int):
-        messages = [*system, {"role": "user", "content": f"Summarize: {prompts[i % len(prompts)]}"}]
-        for chunk in scheduler.submit(messages, max_tokens, ignore_eos=True):
+        for chunk in scheduler.submit(chat(i, prompts, system), max_tokens, ignore_eos=True):
             yield len(chunk.token_ids)
 
-    cpu0 = cpu_s()
+    cpu0 = cpu_seconds()
     result = summarize(closed_loop(clients, requests, send), clients, Exception)
-    result["server_ms_tok"] = (cpu_s() - cpu0) * 1000 / max(1, result.get("tokens", 0))
+    result["server_ms_tok"] = (cpu_seconds() - cpu0) * 1000 / max(1, result.get("tokens", 0))
     return result
 
 

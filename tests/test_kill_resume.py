@@ -80,10 +80,9 @@ def stage_processes(out: Path) -> list[int]:
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(out) in cmdline and state != "Z":
+        if str(out) in cmdline and alive(int(proc.name)):
             found.append(int(proc.name))
     return found
 
