@@ -261,6 +261,9 @@ steps = 2
 batch_size = 2
 dev_limit = 1
 
+[trim_vocab]
+keep = 20
+
 [quantize]
 scheme = "w4a16"
 method = "rtn"

@@ -39,7 +39,8 @@ def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_
     said: list[str] = []
     result = run(load_recipe(recipe_file), out, said.append)
     names = [r.name for r in result["stages"]]
-    assert names == ["prune", "distill", "quantize", "export-gguf", "eval-teacher", "eval-student", "bench", "bundle"]
+    assert names == ["prune", "distill", "trim-vocab", "quantize", "export-gguf", "eval-teacher", "eval-student", "bench",
+                     "bundle"]
     assert all(r.status == "ran" for r in result["stages"])
     assert any(line.startswith("[distill] $ supertiny distill ") for line in said)
 
@@ -56,7 +57,13 @@ def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_
     chain = json.loads((bundle / "chain.json").read_text())
     assert [c["stage"] for c in chain] == ["teacher", *names[:-1]]
     assert chain[0]["path"] == str(tmp_path / "teacher") and len(chain[0]["sha256"]) == 64
-    assert chain[4]["manifest"]["stage"] == "export-gguf" and "carried" in " ".join(chain[4]["manifest"]["notes"])
+    assert chain[5]["manifest"]["stage"] == "export-gguf" and "carried" in " ".join(chain[5]["manifest"]["notes"])
+    # the bundle's tokenizer is the trimmed one (the task's tokens and the 20 most frequent merges, of 400)
+    trimmed = chain[3]["manifest"]["details"]["vocab"]
+    assert trimmed["before"] == 400 and trimmed["after"] < 400
+    bundled = json.loads((bundle / "tokenizer" / "tokenizer.json").read_text())
+    assert len(bundled["model"]["vocab"]) == trimmed["after"] and chain[4]["manifest"]["source"]["path"] == \
+        str(out / "trim-vocab")
     # quality and budget as the eval and bench reports gave them
     teacher_eval = json.loads((out / "eval-teacher" / "report.json").read_text())
     student_eval = json.loads((out / "eval-student" / "report.json").read_text())
@@ -75,7 +82,7 @@ def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_
 
     # a rerun with nothing changed runs nothing
     again = run(load_recipe(recipe_file), out, said.append)
-    assert [r.status for r in again["stages"]] == ["skipped"] * 8
+    assert [r.status for r in again["stages"]] == ["skipped"] * 9
 
     # a stage that died before installing its output (its folder is gone) reruns alone: quantizing is
     # deterministic, so the later stages see the same content and stay done
@@ -154,7 +161,8 @@ def test_verify_catches_a_modified_bundle_and_checks_the_budget(recipe_file, tmp
     assert r.exit_code == 1, r.output
     assert "[prune] done earlier" in r.stderr and "[bench] $ supertiny bench" in r.stderr
     assert "budget tiny-box on this machine (1 threads): FAIL" in r.stdout
-    assert [line.split()[:2] for line in r.stdout.splitlines()[1:9]] == [
-        ["prune", "skipped"], ["distill", "skipped"], ["quantize", "skipped"], ["export-gguf", "skipped"],
+    assert [line.split()[:2] for line in r.stdout.splitlines()[1:10]] == [
+        ["prune", "skipped"], ["distill", "skipped"], ["trim-vocab", "skipped"], ["quantize", "skipped"],
+        ["export-gguf", "skipped"],
         ["eval-teacher", "skipped"], ["eval-student", "skipped"], ["bench", "ran"], ["bundle", "ran"]]
     assert read_manifest(bundle).details["budget"]["passed"] is False

@@ -147,6 +147,15 @@ def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):
     assert layout.primary == run / "export-gguf" / "model.gguf"
     assert by["bench"].ok_codes == (0, 1) and by["eval-student"].argv[1] == str(layout.primary)
 
+    # [trim_vocab]: after distillation, before quantization, on the teacher data the student learnt
+    stages, _ = plan(load_recipe(write(tmp_path, text + "\n[trim_vocab]\nkeep = 4000\n")), tmp_path / "run")
+    by = {s.name: s for s in stages}
+    assert [s.name for s in stages][4:7] == ["distill", "trim-vocab", "quantize"]
+    assert by["trim-vocab"].argv == ["trim-vocab", str(run / "distill"), str(run / "trim-vocab"), "--task",
+                                     "factory-tickets", "--data", str(run / "teach" / "teacher-data.jsonl"),
+                                     "--keep", "4000"]
+    assert by["quantize"].argv[1] == str(run / "trim-vocab")
+
     # [augment]: the train split and its variants, what the prototype learns and the teacher answers
     stages, _ = plan(load_recipe(write(tmp_path, text + "\n[augment]\ncopies = 2\n")), tmp_path / "run")
     by = {s.name: s for s in stages}

@@ -121,6 +121,9 @@ def test_expand_levels_students_and_skipped_pairs():
     ({"distill_data": "x.jsonl"}, "--kd-steps N"),
     ({"latency": "p99"}, "unknown latency measure"),
     ({"task_limit": 0}, "--task-limit must be >= 1"),
+    ({"vocabs": ("big",)}, "--vocab takes full or a count"),
+    ({"vocabs": ("0",)}, "needs --distill-data"),
+    ({"vocabs": ()}, "--vocab is empty"),
 ])
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -163,7 +166,7 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["ran"] == {"prune": 1, "distill": 0, "quantize": 0, "export": 4, "measure": 4, "bench": 0}
+    assert report["ran"] == {"prune": 1, "distill": 0, "trim": 0, "quantize": 0, "export": 4, "measure": 4, "bench": 0}
     assert report["notes"] == ["skipped int8 x gguf: int8 has no gguf form (it goes to onnx)"]
     points = {p["name"]: p for p in report["points"]}
     assert list(points) == ["L4-Q8_0-gguf", "L4-Q4_0-gguf", "L2-Q8_0-gguf", "L2-Q4_0-gguf"]
@@ -202,7 +205,7 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     res = CliRunner().invoke(main, [*base, "--layers", "4,2", "--quant", "Q8_0,Q4_0", "--rebench", "--json"])
     assert res.exit_code == 0, res.output
     again = json.loads(res.stdout)
-    assert again["ran"] == {"prune": 0, "distill": 0, "quantize": 0, "export": 0, "measure": 0, "bench": 4}
+    assert again["ran"] == {"prune": 0, "distill": 0, "trim": 0, "quantize": 0, "export": 0, "measure": 0, "bench": 4}
     assert [(p["name"], p["quality"], p["top1_agreement"]) for p in again["points"]] == \
         [(n, p["quality"], p["top1_agreement"]) for n, p in points.items()]
     assert len(rows) == 4 and all(("*" in r.split()[0]) == (r.split()[1] in expect) for r in rows
@@ -221,6 +224,22 @@ def test_search_runs_measures_chooses_and_reuses_its_cache(tiny_search):
     scored = json.loads(next(p for p in (tmp_path / "work" / "measures").glob("L2-Q4_0-gguf*-holdout-real-*.json")
                              if not p.name.endswith(".supertiny.json")).read_text())
     assert scored["n"] == 3 and report["points"][-1]["holdout"]["real"] == scored["task_score"]
+
+
+def test_a_vocabulary_axis_trims_each_level_once(tiny_search):
+    """--vocab full,100: each level as it is and trimmed to the tokenizer's 100 most frequent merges (plus bytes and
+    specials); the trimmed candidate is smaller, its agreement with the (untrimmed) teacher skipped, not failed."""
+    tmp_path, base = tiny_search
+    res = CliRunner().invoke(main, [*base, "--layers", "2", "--quant", "Q8_0", "--vocab", "full,100", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["ran"]["trim"] == 1 and report["ran"]["prune"] == 1
+    full, trimmed = report["points"]
+    assert (full["name"], trimmed["name"]) == ("L2-Q8_0-gguf", "L2-v100-Q8_0-gguf") and trimmed["vocab"] == "100"
+    assert "error" not in trimmed and trimmed["size_mb"] < full["size_mb"]
+    assert trimmed["top1_agreement"] is None and full["top1_agreement"] is not None
+    made = json.loads(next((tmp_path / "work" / "models").glob("trim-v100-*/supertiny.json")).read_text())
+    assert made["details"]["vocab"]["before"] == 400 and made["details"]["vocab"]["after"] < 400
 
 
 def test_search_usage_errors_stop_before_any_work(tiny_search):

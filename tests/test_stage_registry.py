@@ -28,11 +28,12 @@ WITH = {
 BASE = {"prune": {"mlp": 0.5}, "quantize": {"scheme": "w4a16"}}
 # The recipe table that configures each stage (prototype, teacher-gguf and eval-teacher reuse these stages).
 TABLE = {"augment": "augment", "prune": "prune", "distill": "distill", "rl": "rl", "quantize": "quantize",
-         "teach": "teach", "eval": "eval", "bench": "bench", "export-gguf": "export", "export-onnx": "export"}
+         "teach": "teach", "eval": "eval", "bench": "bench", "export-gguf": "export", "export-onnx": "export",
+         "trim-vocab": "trim_vocab"}
 RECIPE = {"schema_version": 1, "name": "walk", "teacher": "default", "target": "factory-pc",
           "task": {"name": "factory-tickets", "train": "train.jsonl", "test": "test.jsonl", "rl": "rl.jsonl"},
           "augment": {}, "teach": {}, "prune": {"mlp": 0.5}, "distill": {}, "rl": {},
-          "export": {"formats": ["gguf", "onnx"]}, "eval": {}, "bench": {}}
+          "trim_vocab": {}, "export": {"formats": ["gguf", "onnx"]}, "eval": {}, "bench": {}}
 # (no [quantize] but for its own settings: the exports would carry its codes)
 
 
@@ -56,8 +57,8 @@ def _parse(argv: list[str], cls: type) -> Any:
 
 def test_every_stage_is_declared_once_with_its_command():
     found = stages()
-    assert set(found) == {"augment", "prune", "quantize", "teach", "distill", "rl", "export-gguf", "export-onnx",
-                          "eval", "bench"}
+    assert set(found) == {"augment", "prune", "quantize", "teach", "distill", "rl", "trim-vocab", "export-gguf",
+                          "export-onnx", "eval", "bench"}
     assert len(STAGE_MODULES) == len(set(STAGE_MODULES))
     for name, s in found.items():
         assert issubclass(s.config, Settings) and dataclasses.is_dataclass(s.config), name

@@ -91,6 +91,10 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
         stages.append(_invoke("rl", "rl", {"student": model, "data": t["rl"], "teacher": domain, **task},
                               out / "rl", _section(recipe, "rl")))
         model = str(out / "rl")
+    if "trim_vocab" in recipe.values:  # the tokens the task's data needs (and the most frequent), before quantizing
+        stages.append(_invoke("trim-vocab", "trim-vocab", {"model": model, "data": data, **task},
+                              out / "trim-vocab", _section(recipe, "trim_vocab")))
+        model = str(out / "trim-vocab")
     quantized = "quantize" in recipe.values
     if quantized:
         stages.append(_invoke("quantize", "quantize", {"model": model, "task": t["name"], "data": data},

@@ -78,6 +78,7 @@ SECTIONS: dict[str, Section] = {
     "prune": Section("prune"),
     "distill": Section("distill"),
     "rl": Section("rl"),
+    "trim_vocab": Section("trim-vocab"),
     "quantize": Section("quantize"),
     "export": Section(None, own={"formats": (_formats, ("gguf",))}),
     "eval": Section("eval"),

@@ -1,7 +1,7 @@
 """``supertiny search``: make and measure the candidates of a budget-driven search, through the cached runner.
 
 Each candidate (:mod:`.search_grid`) is made by the same stages the commands run — prune,
-distill, quantize, export gguf/onnx — and measured by the measuring stages: ``bench`` (in a
+distill, trim-vocab, quantize, export gguf/onnx — and measured by the measuring stages: ``bench`` (in a
 child process, as ``supertiny bench`` runs it) at the target's prompt length and
 concurrency, ``eval`` for the task score on ``task_limit`` records, and ``eval`` again for the
 agreement with the teacher on held-out text. Every one of them is an invocation of the one
@@ -98,6 +98,15 @@ class _Search:
                              cache_dir=str(self.work / "kd-cache"))
         return self.made(kd, "distill", say, f"knowledge transfer: {steps} steps of logit KD (fkl) from the teacher")
 
+    def trimmed(self, c: Candidate, model: str, say: Log) -> str:
+        """``model`` with its vocabulary trimmed as ``c`` says (``full``: as it is); made once per level and size."""
+        if c.vocab == "full":
+            return model
+        inv = self.invocation("models", f"trim-v{c.vocab}", "trim-vocab",
+                              {"model": model, "task": self.task if self.config.distill_data else None,
+                               "data": self.config.distill_data}, keep=int(c.vocab))
+        return self.made(inv, "trim", say, f"trimming the vocabulary (the task's tokens + {c.vocab} most frequent)")
+
     def artifact(self, c: Candidate, model: str, say: Log) -> str:
         """Quantize (when the quantization is a ``supertiny quantize`` scheme) and export ``model`` as ``c`` says."""
         q = QUANTS[c.quant]
@@ -193,7 +202,7 @@ def _every_ten(say: Log) -> Callable[[int, int], None]:
 def _row(c: Candidate, point: dict[str, Any], profile: Any) -> dict[str, Any]:
     """A candidate's table row: the figures the choice needs, the verdicts recomputed against ``profile``."""
     row: dict[str, Any] = {"name": c.name, "source": c.label or "teacher", "layers": c.layers, "mlp": c.mlp,
-                           "kd": c.kd, "quant": c.quant, "format": c.format}
+                           "kd": c.kd, "vocab": c.vocab, "quant": c.quant, "format": c.format}
     if "error" in point:
         return {**row, "error": point["error"], "meets": False, "verdicts": []}
     b, measured = point["bench"], measured_for_budgets(point["bench"], profile)
@@ -254,7 +263,7 @@ def run_search(teacher: str, task: str, task_data: str, target: str, config: Sea
 
         t0 = time.perf_counter()
         try:
-            model = search.level_model(c, teacher_layers, say)
+            model = search.trimmed(c, search.level_model(c, teacher_layers, say), say)
             artifact = search.artifact(c, model, say)
             point = search.measure(search.measurements(artifact, model), say, rebench)
             if not point["cached"]:
@@ -273,7 +282,8 @@ def run_search(teacher: str, task: str, task_data: str, target: str, config: Sea
               "front": [rows[i]["name"] for i in front],
               "recommended": rows[best]["name"] if best is not None else None,
               "closest": rows[closest]["name"] if closest is not None else None,
-              "ran": {k: search.ran[k] for k in ("prune", "distill", "quantize", "export", "measure", "bench")},
+              "ran": {k: search.ran[k] for k in ("prune", "distill", "trim", "quantize", "export", "measure",
+                                                 "bench")},
               "work": str(work), "seconds": round(time.perf_counter() - start, 1)}
     write_json(work / "search.json", report)
     return report

@@ -121,6 +121,10 @@ class SearchConfig(Settings):
     formats: tuple[str, ...] = setting(("gguf",), "Formats: gguf, onnx; a quantization a format cannot hold is "
                                        "skipped with a note.", parse=_list("--formats", str), check=_any_list(str),
                                        example=("gguf", "onnx"))
+    vocabs: tuple[str, ...] = setting(("full",), "Vocabulary levels: full, or N: `supertiny trim-vocab --keep N` "
+                                      "after the level's model (the tokens of --distill-data when given, plus the "
+                                      "tokenizer's N most frequent), e.g. full,8000.", flag="--vocab",
+                                      parse=_list("--vocab", str), check=_any_list(str), example=("full", "8000"))
     students: tuple[str, ...] = setting((), "A model you already made (e.g. a distilled student): tried as it is "
                                         "(repeatable).", flag="--student", multiple=True, off="", example=("s",))
     distill_data: str | None = setting(None, "Teacher data (`supertiny teach`) for a short knowledge transfer of "
@@ -145,7 +149,7 @@ class SearchConfig(Settings):
     def problems(self) -> list[str]:
         if not self.layers and not self.students:
             return ["nothing to try: give --layers (pruning levels of the teacher) or --student"]
-        for name, option in (("mlp", "--mlp"), ("quants", "--quant"), ("formats", "--formats")):
+        for name, option in (("mlp", "--mlp"), ("quants", "--quant"), ("formats", "--formats"), ("vocabs", "--vocab")):
             if not getattr(self, name):
                 return [f"{option} is empty"]
         if any(n < 1 for n in self.layers):
@@ -160,6 +164,10 @@ class SearchConfig(Settings):
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             return [f"unknown format {bad[0]!r}; known: {', '.join(FORMATS)}"]
+        bad_vocab = [v for v in self.vocabs if v != "full" and not (v.isdigit() and (int(v) > 0 or self.distill_data))]
+        if bad_vocab:
+            return [f"--vocab takes full or a count of tokens to keep (0 keeps only the task's: needs --distill-data), "
+                    f"got {bad_vocab[0]!r}"]
         if self.kd_steps < 0 or (self.kd_steps > 0) != (self.distill_data is not None):
             return ["--kd-steps N (>= 1) and --distill-data FILE go together"]
         for name in ("task_limit", "bench_repeats"):
@@ -202,12 +210,14 @@ class Candidate:
     quant: str
     format: str
     label: str = ""  # the student's short name
+    vocab: str = "full"  # or trim-vocab's --keep N
 
     @property
     def name(self) -> str:
         start = self.label if self.source != "teacher" else f"L{self.layers}" + (
             f"-m{self.mlp:g}" if self.mlp < 1 else "")
-        return f"{start}{'-kd' if self.kd else ''}-{self.quant}-{self.format}"
+        vocab = "" if self.vocab == "full" else f"-v{self.vocab}"
+        return f"{start}{'-kd' if self.kd else ''}{vocab}-{self.quant}-{self.format}"
 
     @property
     def level(self) -> tuple[str, int, float, bool]:
@@ -238,7 +248,8 @@ def expand(config: SearchConfig, teacher_layers: int, students: Mapping[str, tup
     levels = [("teacher", n, m, config.kd_steps > 0 and (n < teacher_layers or m < 1), "")
               for n in dict.fromkeys(sorted(config.layers, reverse=True)) for m in dict.fromkeys(config.mlp)]
     levels += [(path, depth, 1.0, False, label) for path, (label, depth) in (students or {}).items()]
-    return [Candidate(src, n, m, kd, q, f, label) for src, n, m, kd, label in levels for q, f in pairs], notes
+    return [Candidate(src, n, m, kd, q, f, label, v) for src, n, m, kd, label in levels
+            for v in dict.fromkeys(config.vocabs) for q, f in pairs], notes
 
 
 # -- choosing -------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ STAGE_MODULES = (
     "supertiny.stages.transfer.teach",
     "supertiny.stages.transfer.distill",
     "supertiny.stages.transfer.rl",
+    "supertiny.stages.trim.stage",
     "supertiny.stages.export.gguf",
     "supertiny.stages.export.onnx",
     "supertiny.stages.eval",
