@@ -100,8 +100,8 @@ def main() -> int:
     work, student, teacher, teach_data = Path(args.work), run / "distill", run / "prototype", \
         run / "teach" / "teacher-data.jsonl"
     work.mkdir(parents=True, exist_ok=True)
-    config = BenchConfig(prompt_lengths=(128,), new_tokens=args.new_tokens, repeats=args.repeats, warmup=1, concurrency=(1,),
-                         requests=1, threads=args.threads)
+    config = BenchConfig(prompt_lengths=(128,), new_tokens=args.new_tokens, repeats=args.repeats, warmup=1,
+                         concurrency=(1,), requests=1, threads=args.threads)
     t_gguf = teacher_gguf(teacher, content_hash(teacher), work, args.threads)
     teacher_scores = {name: json.loads((run / f"eval-teacher{'' if name == 'test' else '-' + name}" / "report.json")
                                        .read_text()) for name in SETS}

@@ -39,8 +39,8 @@ def test_a_recipe_runs_to_a_verified_bundle_and_a_rerun_skips_or_resumes(recipe_
     said: list[str] = []
     result = run(load_recipe(recipe_file), out, said.append)
     names = [r.name for r in result["stages"]]
-    assert names == ["prune", "distill", "trim-vocab", "quantize", "export-gguf", "eval-teacher", "eval-student", "bench",
-                     "bundle"]
+    assert names == ["prune", "distill", "trim-vocab", "quantize", "export-gguf", "eval-teacher", "eval-student",
+                     "bench", "bundle"]
     assert all(r.status == "ran" for r in result["stages"])
     assert any(line.startswith("[distill] $ supertiny distill ") for line in said)
 
