@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError, UnsupportedArchitectureError
 from supertiny.readers import read_jsonl
-from supertiny.stages.trim.stage import ID_MAP, TrimVocabConfig, _merge_order, _rendered, trim_vocab
-from supertiny.stages.trim.vocab import BYTE_CHARS, _pair, closure, trim_spec
+from supertiny.stages.trim.stage import ID_MAP, TrimVocabConfig, rendered_examples, trim_vocab
+from supertiny.stages.trim.vocab import BYTE_CHARS, _pair, closure, merge_order, trim_spec
 from supertiny.tasks.prompts import task_for
 
 from conftest import build_tiny_model, corpus_text, tiny_config, write_color_task
@@ -37,7 +37,7 @@ def real(teacher):
     student is trained on them (brief prompt + answer), nothing more."""
     spec = json.loads(teacher.tokenizer.backend_tokenizer.to_str())
     task = task_for("factory-tickets", training=True)
-    pairs = _rendered(str(DATA / "train.jsonl"), task, teacher.tokenizer)
+    pairs = rendered_examples(str(DATA / "train.jsonl"), task, teacher.tokenizer)
     full = Tokenizer.from_str(json.dumps(spec))
     texts = [p + a for p, a in pairs]
     wanted = {i for p, a in pairs for i in encode(full, p) + encode(full, a)}
@@ -88,7 +88,7 @@ def test_the_corpus_and_the_tasks_text_round_trip(real):
 def test_the_default_keep_holds_unseen_task_inputs_within_a_tenth_more_tokens(real):
     """With --keep 8000 (the tokenizer's most frequent tokens by merge order) the inputs of the test split and of
     the hand-written tickets, none of which chose the kept set, need at most 10% more tokens."""
-    new, _ = trim_spec(real.spec, closure(real.spec, real.wanted | _merge_order(real.spec, 8000)))
+    new, _ = trim_spec(real.spec, closure(real.spec, real.wanted | merge_order(real.spec, 8000)))
     trimmed = Tokenizer.from_str(json.dumps(new))
     for f in ("test.jsonl", "handwritten.jsonl", "handwritten_dev.jsonl"):
         inputs = [r.data["input"] for r in read_jsonl(DATA / f)]
@@ -160,4 +160,9 @@ def test_bad_input_is_one_line(tmp_path, make_tiny_dir):
     assert r.exit_code == 2 and "pass --task too" in r.output and len(r.output.strip().splitlines()) == 1
     with pytest.raises(InvalidInputError, match="nothing to keep"):
         trim_vocab(src, tmp_path / "o", TrimVocabConfig(keep=0))
+    from supertiny.stages.quantize import QuantizeConfig, quantize
+
+    quantize(src, tmp_path / "q", QuantizeConfig(scheme="w8a8", eval_tokens=16))
+    with pytest.raises(InvalidInputError, match="quantized checkpoint: trim the vocabulary before"):
+        trim_vocab(tmp_path / "q", tmp_path / "o", TrimVocabConfig(keep=10))
     assert not (tmp_path / "o").exists()

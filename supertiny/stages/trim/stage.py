@@ -42,7 +42,7 @@ from supertiny.readers import default_corpus_path, read_jsonl, read_text
 from supertiny.settings import NON_NEG_INT, POS_INT, Settings, setting
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
-from supertiny.stages.trim.vocab import check_byte_level_bpe, closure, trim_spec
+from supertiny.stages.trim.vocab import check_byte_level_bpe, closure, merge_order, trim_spec
 
 STAGE, STAGE_VERSION = "trim-vocab", 1
 ID_MAP = "vocab_map.json"
@@ -92,8 +92,8 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
     check_output_dir(out, config.overwrite)
     source = read_manifest(resolve(model)[1])
     if source is not None and source.stage == "quantize":
-        raise InvalidInputError(f"{model} is quantized: trim the vocabulary before `supertiny quantize` (the "
-                                "quantized codes are per output row and the GPTQ order would not survive)")
+        raise InvalidInputError(f"{model} is a quantized checkpoint: trim the vocabulary before `supertiny quantize` "
+                                "(its stored codes, which the exporters carry, would no longer match the rows)")
     # the prompt the model was trained with (its manifest's record), as distill renders it
     task = task_for(inputs["task"], model, training=True) if inputs["task"] else None
     run_ = model_run(STAGE, STAGE_VERSION, out, model, settings(config, task=inputs["task"], data=inputs["data"],
@@ -105,7 +105,7 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
     check_byte_level_bpe(spec)
     full_size = lm.model.get_input_embeddings().weight.shape[0]
 
-    pairs = _rendered(inputs["data"], task, tok) if inputs["data"] else []
+    pairs = rendered_examples(inputs["data"], task, tok) if inputs["data"] else []
     data_texts = [p + a for p, a in pairs]
     counts: Counter[int] = Counter()
     for prompt, answer in pairs:  # as distill tokenizes them: the prompt, then the answer
@@ -118,7 +118,7 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
         text_counts.update(tok(read_text(inputs["text"]), add_special_tokens=False)["input_ids"])
         wanted |= {i for i, n in text_counts.most_common(config.keep) if n >= config.min_count}
     else:
-        wanted |= _merge_order(spec, config.keep)
+        wanted |= merge_order(spec, config.keep)
     kept = closure(spec, {i for i in wanted if i < full_size})
     new_spec, old_ids = trim_spec(spec, kept)
     log(f"keeping {len(old_ids):,} of {full_size:,} tokens ({len(from_data):,} from the task's data)")
@@ -135,11 +135,10 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
                                                        trust_remote_code=False).eval()
         new_tok = AutoTokenizer.from_pretrained(str(run_.dir), trust_remote_code=False)
         with run_.step("compare"):
-            tokens = _token_counts(tok, new_tok, data_texts, _inputs(inputs["dev"]) if inputs["dev"] else [],
-                                   read_text(default_corpus_path()))
+            general = read_text(default_corpus_path())
+            tokens = _token_counts(tok, new_tok, data_texts, _inputs(inputs["dev"]) if inputs["dev"] else [], general)
             quality = {**_next_token(source_model, student, new_tok, pairs, old_ids, config.check_examples),
-                       **_bits_per_byte(source_model, student, tok, new_tok,
-                                        read_text(default_corpus_path())[:BPB_CHARS])}
+                       **_bits_per_byte(source_model, student, tok, new_tok, general[:BPB_CHARS])}
         details = {"vocab": {"before": full_size, "after": len(old_ids), "kept": round(len(old_ids) / full_size, 4),
                              "from_data": len(from_data), "data_distinct": len(counts),
                              "from_keep": config.keep, "merges_before": len(spec["model"]["merges"]),
@@ -149,18 +148,7 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
         return run_.install(quality=quality, details=details)
 
 
-def _merge_order(spec: dict[str, Any], n: int) -> set[int]:
-    """The ids of the first ``n`` merges' results: a BPE tokenizer's most frequent tokens."""
-    vocab = spec["model"]["vocab"]
-    out = set()
-    for merge in spec["model"]["merges"][:n]:
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
-        if left + right in vocab:
-            out.add(vocab[left + right])
-    return out
-
-
-def _rendered(path: str, task: Any, tok: Any) -> list[tuple[str, str]]:
+def rendered_examples(path: str, task: Any, tok: Any) -> list[tuple[str, str]]:
     """Each record as the student is trained on it: ``(prompt, answer)``, the task's chat prompt and the answer
     (teacher data's response, or the formatted label; empty for a prompt without either) with the end token."""
     pairs = []

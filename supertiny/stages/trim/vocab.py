@@ -90,6 +90,13 @@ def closure(spec: dict[str, Any], wanted: Iterable[int]) -> set[int]:
     return kept
 
 
+def merge_order(spec: dict[str, Any], n: int) -> set[int]:
+    """The ids the first ``n`` merges make: a BPE tokenizer's most frequent tokens (merges are learnt most frequent
+    first)."""
+    vocab = spec["model"]["vocab"]
+    return {vocab[a + b] for a, b in map(_pair, spec["model"]["merges"][:n]) if a + b in vocab}
+
+
 def trim_spec(spec: dict[str, Any], kept: set[int]) -> tuple[dict[str, Any], list[int]]:
     """The ``tokenizer.json`` of the trimmed tokenizer and ``old_ids`` (new id -> old id).
 
