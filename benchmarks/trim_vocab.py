@@ -13,6 +13,7 @@ checkpoint (the size reference):
 
 Stage outputs live in WORK/keep-N/ (a rerun reuses them); scores are cached like paper_table.py's. The timings run
 last: every GGUF and the teacher's, one after another, ``--rounds`` times; each one's best round is kept.
+Writes WORK/trim_vocab.json and a plot (WORK/trim_vocab.png: bytes and speed vs the teacher, quality kept).
 
 RUN is a `supertiny run` folder of the factory-tickets task: its student (RUN/distill), domain teacher
 (RUN/prototype), teacher data (RUN/teach/teacher-data.jsonl) and the teacher's scores as the bundle reports them
@@ -81,6 +82,37 @@ def token_ratios(student: Path, trimmed: Path | None) -> dict[str, float]:
     return {name: round(n(trim, xs) / n(full, xs), 4) for name, xs in texts.items()}
 
 
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Left: bytes and decode speed vs the teacher, per vocabulary size; right: the task score on each set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['vocab'] or 49152:,}\n(keep {r['keep']})" for r in rows]
+    x = list(range(len(rows)))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.bar([i - 0.2 for i in x], [r["compression"] for r in rows], 0.4, label="x fewer bytes than the F32 teacher")
+    a.bar([i + 0.2 for i in x], [r["speedup"] for r in rows], 0.4, label="x the teacher F16's decode tok/s")
+    a.axhline(20, color="C0", ls=":", lw=1)
+    a.axhline(6, color="C1", ls=":", lw=1)
+    a.set_xticks(x, labels, fontsize=8)
+    a.set_xlabel("vocabulary (tokens kept)")
+    a.legend(fontsize=8)
+    a.set_title("size and speed (dotted: the 20x and 6x targets)", fontsize=9)
+    for name, key in (("test split", "test"), ("hand-written 24", "handwritten"), ("hand-written 120",
+                                                                                "handwritten_dev")):
+        b.plot(x, [r[f"of_teacher_{key}"] for r in rows], marker="o", label=name)
+    b.axhline(0.95, color="grey", ls=":", lw=1)
+    b.set_xticks(x, labels, fontsize=8)
+    b.set_ylabel("task score / domain teacher's")
+    b.legend(fontsize=8)
+    b.set_title("quality kept (dotted: 95%)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="A `supertiny run` folder (distill, prototype, teach, eval-teacher*).")
@@ -93,6 +125,7 @@ def main() -> int:
     ap.add_argument("--no-speed", action="store_true", help="Make and score only (e.g. while the machine is busy); "
                     "a later run reuses both and times every GGUF together.")
     ap.add_argument("--json", default=None, help="Write the rows here (default WORK/trim_vocab.json).")
+    ap.add_argument("--plot", default=None, help="Write the plot here (default WORK/trim_vocab.png).")
     args = ap.parse_args()
     from supertiny.runtime.bench.measure import BenchConfig
 
@@ -152,6 +185,7 @@ def main() -> int:
               f"{r['decode']:.1f} | {r['speedup']:.2f}x | {r['ttft_ms']:.0f} | {tokens} | {r['score_test']:.3f} | "
               f"{r['score_handwritten']:.3f} | {r['score_handwritten_dev']:.3f} | {r['of_teacher_test']:.1%} / "
               f"{r['of_teacher_handwritten']:.1%} / {r['of_teacher_handwritten_dev']:.1%} |")
+    plot(rows, Path(args.plot or work / "trim_vocab.png"))
     out = Path(args.json or work / "trim_vocab.json")
     out.write_text(json.dumps({"teacher": {"f32_bytes": f32, "speed": t_speed, "scores": teacher_scores},
                                "rows": rows}, indent=1))
