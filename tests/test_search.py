@@ -123,11 +123,19 @@ def test_expand_levels_students_and_skipped_pairs():
     ({"task_limit": 0}, "--task-limit must be >= 1"),
     ({"vocabs": ("big",)}, "--vocab takes full or a count"),
     ({"vocabs": ("0",)}, "needs --distill-data"),
+    ({"distill_data": "x.jsonl", "vocabs": ("full",)}, "read by --kd-steps or a trimmed --vocab"),
     ({"vocabs": ()}, "--vocab is empty"),
 ])
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(InvalidInputError, match=match):
         SearchConfig(**{"layers": (2,), **kw})
+
+
+def test_distill_data_alone_feeds_a_trimmed_vocabulary():
+    """Without --kd-steps, --distill-data is the data whose tokens trim-vocab keeps (--vocab 0: only those)."""
+    cfg = SearchConfig(students=("s",), distill_data="teach.jsonl", vocabs=("full", "0"))
+    assert cfg.kd_steps == 0 and [c.name for c in expand(cfg, 30, {"s": ("s", 12)})[0]] == \
+        ["s-Q8_0-gguf", "s-Q4_0-gguf", "s-v0-Q8_0-gguf", "s-v0-Q4_0-gguf"]
 
 
 def test_expand_rejects_deeper_than_the_teacher_and_an_empty_grid():

@@ -128,7 +128,7 @@ class SearchConfig(Settings):
     students: tuple[str, ...] = setting((), "A model you already made (e.g. a distilled student): tried as it is "
                                         "(repeatable).", flag="--student", multiple=True, off="", example=("s",))
     distill_data: str | None = setting(None, "Teacher data (`supertiny teach`) for a short knowledge transfer of "
-                                       "every pruned level.")
+                                       "every pruned level, and whose tokens a trimmed --vocab keeps.")
     kd_steps: int = setting(0, "Logit-KD (fkl) steps per pruned level (needs --distill-data; 0: candidates are the "
                             "raw pruned models).")
     latency: str = setting("ttft", "The latency objective: time to first token, or decode speed.",
@@ -168,8 +168,11 @@ class SearchConfig(Settings):
         if bad_vocab:
             return [f"--vocab takes full or a count of tokens to keep (0 keeps only the task's: needs --distill-data), "
                     f"got {bad_vocab[0]!r}"]
-        if self.kd_steps < 0 or (self.kd_steps > 0) != (self.distill_data is not None):
-            return ["--kd-steps N (>= 1) and --distill-data FILE go together"]
+        trims = any(v != "full" for v in self.vocabs)
+        if self.kd_steps < 0 or (self.kd_steps > 0 and self.distill_data is None) or \
+                (self.distill_data is not None and not self.kd_steps and not trims):
+            return ["--kd-steps N (>= 1) needs --distill-data FILE, and --distill-data is read by --kd-steps or a "
+                    "trimmed --vocab"]
         for name in ("task_limit", "bench_repeats"):
             if getattr(self, name) < 1:
                 return [f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"]
