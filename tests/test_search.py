@@ -241,7 +241,7 @@ def test_a_vocabulary_axis_trims_each_level_once(tiny_search):
     res = CliRunner().invoke(main, [*base, "--layers", "2", "--quant", "Q8_0", "--vocab", "full,100", "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["ran"]["trim"] == 1 and report["ran"]["prune"] == 1
+    assert report["ran"]["trim"] == 1 and report["ran"]["prune"] == 1 and report["ran"]["measure"] == 2
     full, trimmed = report["points"]
     assert (full["name"], trimmed["name"]) == ("L2-Q8_0-gguf", "L2-v100-Q8_0-gguf") and trimmed["vocab"] == "100"
     assert "error" not in trimmed and trimmed["size_mb"] < full["size_mb"]

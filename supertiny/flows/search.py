@@ -160,6 +160,7 @@ class _Search:
             except UserError as exc:
                 if k != "agreement":
                     raise
+                self.ran["measure"] += 1
                 return {**self._read(invs, skip=k), "agreement": {"skipped": str(exc)}, "cached": False}
         if fresh:
             self.ran["measure"] += 1
