@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,10 @@ def main() -> int:
     from supertiny.runtime.bench.measure import BenchConfig
 
     run = Path(args.run).resolve()
+    missing = [p for p in ("distill", "prototype", "teach/teacher-data.jsonl", "eval-teacher/report.json")
+               if not (run / p).exists()]
+    if missing:
+        raise SystemExit(f"{run} is not a finished `supertiny run` folder of factory-tickets: no {', '.join(missing)}")
     work, student, teacher, teach_data = Path(args.work), run / "distill", run / "prototype", \
         run / "teach" / "teacher-data.jsonl"
     work.mkdir(parents=True, exist_ok=True)
@@ -166,6 +171,9 @@ def main() -> int:
                      "bytes": gguf.stat().st_size, "compression": f32 / gguf.stat().st_size,
                      "decode": s["decode_tokens_per_s"], "ttft_ms": s["ttft_ms"],
                      "speedup": s["decode_tokens_per_s"] / t_speed["decode_tokens_per_s"],
+                     # round by round (the teacher timed just before): how steady the ratio is on this machine
+                     "speedup_median": statistics.median(a["decode_tokens_per_s"] / b["decode_tokens_per_s"]
+                                                         for a, b in zip(times[gguf], times[t_gguf], strict=True)),
                      "tokens": token_ratios(student, trimmed), "trim_quality": trim["quality"] if trim else None,
                      **{f"score_{n}": sc["task_score"] for n, sc in scores.items()},
                      **{f"of_teacher_{n}": sc["task_score"] / teacher_scores[n]["task_score"]
@@ -174,15 +182,16 @@ def main() -> int:
     print(f"teacher: F32 {f32 / 1e6:.1f} MB; F16 GGUF decode {t_speed['decode_tokens_per_s']:.1f} tok/s, TTFT "
           f"{t_speed['ttft_ms']:.0f} ms; task score (Q8_0, constrained) test {ts['test']:.3f}, hand-written 24 "
           f"{ts['handwritten']:.3f}, 120 {ts['handwritten_dev']:.3f}")
-    print("| keep | vocab | GGUF MB | vs F32 | decode tok/s | vs teacher F16 | TTFT ms | tokens test / hw24 / hw120 / "
-          "general | test | hw24 | hw120 | % of teacher test / hw24 / hw120 |")
+    print("| keep | vocab | GGUF MB | vs F32 | decode tok/s | vs teacher F16 (best / median round) | TTFT ms | "
+          "tokens test / hw24 / hw120 / general | test | hw24 | hw120 | % of teacher test / hw24 / hw120 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["tokens"]
         tokens = " / ".join(f"{t[k]:.3f}" for k in ("test", "handwritten", "handwritten_dev", "general")) if t \
             else "1 (full)"
         print(f"| {r['keep']} | {r['vocab'] or 49152:,} | {r['bytes'] / 1e6:.1f} | {r['compression']:.1f}x | "
-              f"{r['decode']:.1f} | {r['speedup']:.2f}x | {r['ttft_ms']:.0f} | {tokens} | {r['score_test']:.3f} | "
+              f"{r['decode']:.1f} | {r['speedup']:.2f}x / {r['speedup_median']:.2f}x | {r['ttft_ms']:.0f} | {tokens} | "
+              f"{r['score_test']:.3f} | "
               f"{r['score_handwritten']:.3f} | {r['score_handwritten_dev']:.3f} | {r['of_teacher_test']:.1%} / "
               f"{r['of_teacher_handwritten']:.1%} / {r['of_teacher_handwritten_dev']:.1%} |")
     plot(rows, Path(args.plot or work / "trim_vocab.png"))
