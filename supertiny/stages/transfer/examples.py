@@ -39,6 +39,31 @@ class Example:
 
 
 
+def check_chat_template(tokenizer: Any) -> None:
+    """Raise InvalidInputError unless ``tokenizer`` has a chat template (examples are chat examples)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidInputError("the student's tokenizer has no chat template; distill trains chat examples")
+
+
+def chat_pair(record: Any, task: Any, tokenizer: Any) -> tuple[str, str | None]:
+    """A record's chat prompt (the task's messages, generation prompt added) and its answer text: teacher data's
+    response (None when nothing was accepted) or the formatted label.
+
+    Raises:
+        InvalidInputError: an invalid label, or neither ``response`` nor ``label`` (``FILE:LINE: ...``).
+    """
+    prompt = tokenizer.apply_chat_template(task.messages(record.field("input", str)), add_generation_prompt=True,
+                                           tokenize=False)
+    if "response" in record.data:
+        return prompt, record.field("response", str, required=False)
+    if "label" in record.data:
+        label, problems = task.check_label(record.data["label"])
+        if problems:
+            raise record.error(problems[0])
+        return prompt, task.format_answer(label)
+    raise record.error("needs \"response\" (teacher data from `supertiny teach`) or \"label\" (task data)")
+
+
 def load_examples(path: str | os.PathLike[str], task: Any, tokenizer: Any, max_length: int
                   ) -> tuple[list[Any], dict[str, Any]]:
     """Tokenized chat examples from teacher data or task data (see the module docstring).
@@ -50,26 +75,15 @@ def load_examples(path: str | os.PathLike[str], task: Any, tokenizer: Any, max_l
         InvalidInputError: empty file, bad JSON, a line with neither ``response`` nor ``label``,
             an invalid label (``FILE:LINE: ...``), or no example left to train on.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise InvalidInputError("the student's tokenizer has no chat template; distill trains chat examples")
+    check_chat_template(tokenizer)
     eos = tokenizer.eos_token_id
     records = read_jsonl(path)
     examples, counts = [], {"records": len(records), "no_response": 0, "too_long": 0, "first_too_long": None}
     for r in records:
-        text = r.field("input", str)
-        if "response" in r.data:
-            answer = r.field("response", str, required=False)
-            if answer is None:
-                counts["no_response"] += 1
-                continue
-        elif "label" in r.data:
-            label, problems = task.check_label(r.data["label"])
-            if problems:
-                raise r.error(problems[0])
-            answer = task.format_answer(label)
-        else:
-            raise r.error("needs \"response\" (teacher data from `supertiny teach`) or \"label\" (task data)")
-        prompt = tokenizer.apply_chat_template(task.messages(text), add_generation_prompt=True, tokenize=False)
+        prompt, answer = chat_pair(r, task, tokenizer)
+        if answer is None:
+            counts["no_response"] += 1
+            continue
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
         if len(p_ids) + len(a_ids) > max_length:

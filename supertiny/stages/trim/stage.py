@@ -42,6 +42,7 @@ from supertiny.readers import default_corpus_path, read_jsonl, read_text
 from supertiny.settings import NON_NEG_INT, POS_INT, Settings, setting
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
+from supertiny.stages.transfer.examples import chat_pair, check_chat_template
 from supertiny.stages.trim.vocab import check_byte_level_bpe, closure, merge_order, trim_spec
 
 STAGE, STAGE_VERSION = "trim-vocab", 1
@@ -113,9 +114,8 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
         counts.update(tok(answer, add_special_tokens=False)["input_ids"])
     from_data = {i for i, n in counts.items() if n >= config.min_count}
     wanted = set(from_data)
-    text_counts: Counter[int] = Counter()
     if inputs["text"]:
-        text_counts.update(tok(read_text(inputs["text"]), add_special_tokens=False)["input_ids"])
+        text_counts = Counter(tok(read_text(inputs["text"]), add_special_tokens=False)["input_ids"])
         wanted |= {i for i, n in text_counts.most_common(config.keep) if n >= config.min_count}
     else:
         wanted |= merge_order(spec, config.keep)
@@ -149,22 +149,13 @@ def run(inputs: dict[str, str | None], out: Path, config: TrimVocabConfig, log: 
 
 
 def rendered_examples(path: str, task: Any, tok: Any) -> list[tuple[str, str]]:
-    """Each record as the student is trained on it: ``(prompt, answer)``, the task's chat prompt and the answer
-    (teacher data's response, or the formatted label; empty for a prompt without either) with the end token."""
+    """Each record as distill renders it (:func:`~supertiny.stages.transfer.examples.chat_pair`): ``(prompt,
+    answer)``, the answer with the end token; a prompt whose response was rejected keeps its prompt, answer ``""``."""
+    check_chat_template(tok)
     pairs = []
     for r in read_jsonl(path):
-        text = r.field("input", str)
-        prompt = tok.apply_chat_template(task.messages(text), add_generation_prompt=True, tokenize=False) \
-            if getattr(tok, "chat_template", None) else text
-        answer = ""
-        if r.data.get("response") is not None:
-            answer = r.field("response", str)
-        elif "label" in r.data:
-            label, problems = task.check_label(r.data["label"])
-            if problems:
-                raise r.error(problems[0])
-            answer = task.format_answer(label)
-        pairs.append((prompt, answer + (tok.eos_token or "") if answer else ""))
+        prompt, answer = chat_pair(r, task, tok)
+        pairs.append((prompt, answer + (tok.eos_token or "") if answer is not None else ""))
     return pairs
 
 
