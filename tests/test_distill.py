@@ -152,3 +152,82 @@ def test_two_process_data_parallel_run(setup):
     m = json.loads((tmp / "ddp" / "supertiny.json").read_text())
     assert m["details"]["world_size"] == 2 and m["details"]["steps"] == 3
     assert [x.name for x in tmp.iterdir() if x.name.startswith("ddp")] == ["ddp"]  # one output, no leftovers
+
+
+def test_a_student_trimmed_from_the_teachers_vocabulary_distils_from_it(setup):
+    """Trim before KD: the teacher is seen through the student's vocabulary (ids mapped, logits cut to the kept
+    tokens), its cache holds only kept ids, and the distilled student stays linked to the teacher (its id map)."""
+    from supertiny.models import load_model
+    from supertiny.stages.transfer.trainer import TrimmedTeacher
+    from supertiny.stages.transfer.training import teacher_view
+    from supertiny.stages.trim.stage import TrimVocabConfig, trim_vocab
+    from supertiny.stages.trim.vocab import ID_MAP
+
+    tmp, teacher, student = setup
+    trim_vocab(student, tmp / "trimmed", TrimVocabConfig(keep=0), task=tmp / "task.toml", data=tmp / "data.jsonl")
+    old_ids = json.loads((tmp / "trimmed" / ID_MAP).read_text())["old_ids"]
+    t, s = load_model(str(teacher)), load_model(str(tmp / "trimmed"))
+    view = teacher_view(t.tokenizer, s.tokenizer, t.model, s.model, tmp / "trimmed", ("t", "s"))
+    assert isinstance(view, TrimmedTeacher)
+    ids = s.tokenizer("the red one, dark", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        got = view(input_ids=torch.tensor([ids])).logits[0]
+        want = t.model(input_ids=torch.tensor([[old_ids[i] for i in ids]])).logits[0][:, old_ids]
+    assert got.shape[-1] == len(old_ids) < 400 and torch.equal(got, want)
+    # the untrimmed student of the same teacher sees the teacher itself
+    full = load_model(str(student))
+    assert teacher_view(t.tokenizer, full.tokenizer, t.model, full.model, student, ("t", "s")) is t.model
+
+    m = distill(tmp / "trimmed", tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=8),
+                teacher=str(teacher), dev=tmp / "dev.jsonl", cache_dir=tmp / "cache")
+    kd = [r["kd"] for r in read_metrics_lines(tmp / "out") if "kd" in r]
+    assert len(kd) == 8 and kd[-1] < 0.7 * kd[0], kd
+    from supertiny.stages.transfer.kdcache import TopKCache
+
+    (cache,) = (tmp / "cache").glob("kd-*.safetensors")
+    assert int(TopKCache.load(cache).indices.max()) < len(old_ids)
+    assert json.loads((tmp / "out" / ID_MAP).read_text())["old_ids"] == old_ids
+    assert {"top1_agreement", "kl_mean"} <= set(m.quality) and m.details["attention"] == "eager"
+    # the untrimmed student's cache is another one (the teacher over the whole vocabulary)
+    distill(student, tmp / "full", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=1, save_every=0),
+            teacher=str(teacher), cache_dir=tmp / "cache")
+    assert len(list((tmp / "cache").glob("kd-*.safetensors"))) == 2
+
+
+def test_a_student_trimmed_from_another_vocabulary_is_one_clear_error(setup, make_tiny_dir):
+    from supertiny.stages.trim.stage import TrimVocabConfig, trim_vocab
+
+    tmp, _, student = setup
+    trim_vocab(student, tmp / "trimmed", TrimVocabConfig(keep=0), task=tmp / "task.toml", data=tmp / "data.jsonl")
+    teacher = make_tiny_dir(tied=False, seed=3, name="wide", vocab_size=512)  # 512 logits: not the trimmed source
+    with pytest.raises(InvalidInputError, match="trimmed from another vocabulary"):
+        distill(tmp / "trimmed", tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher))
+    (tmp / "trimmed" / "vocab_map.json").write_text('{"old_ids": [3, 3], "source_vocab_size": 400}')
+    with pytest.raises(InvalidInputError, match="not a trim-vocab id map"):
+        distill(tmp / "trimmed", tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(), teacher=str(teacher))
+
+
+def test_length_grouped_batches_cover_the_epoch_in_batches_of_one_length():
+    from supertiny.stages.transfer.trainer import LengthGroupedBatches
+
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(20, 400, (203,), generator=g).tolist()
+    sampler = LengthGroupedBatches(lengths, batch=8, seed=5, group=4)
+    first = list(sampler)
+    assert sorted(first) == list(range(203)) and list(sampler) == first  # a permutation, the same on a resume
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(second) == list(range(203)) and second != first
+
+    def padding(order):  # the share of padded positions when every 8 in a row make a left-padded batch
+        batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+        return 1 - sum(lengths) / sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    shuffled = torch.randperm(203, generator=g).tolist()
+    assert padding(first) < 0.5 * padding(shuffled)
+    # the DataLoader's batches (every 8 in a row; the 3 left over last) are the sampler's: each one a run cut from
+    # a group sorted longest first
+    for order in (first, second):
+        for i in range(0, 203, 8):
+            b = [lengths[j] for j in order[i:i + 8]]
+            assert b == sorted(b, reverse=True), (i, b)

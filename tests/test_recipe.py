@@ -155,6 +155,14 @@ def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):
                                      "factory-tickets", "--data", str(run / "teach" / "teacher-data.jsonl"),
                                      "--keep", "4000"]
     assert by["quantize"].argv[1] == str(run / "trim-vocab")
+    # before_distill: the pruned student is trimmed and KD trains the trimmed one
+    stages, _ = plan(load_recipe(write(tmp_path, text + "\n[trim_vocab]\nkeep = 4000\nbefore_distill = true\n")),
+                     tmp_path / "run")
+    by = {s.name: s for s in stages}
+    assert [s.name for s in stages][3:7] == ["prune", "trim-vocab", "distill", "quantize"]
+    assert by["trim-vocab"].argv[1:3] == [str(run / "prune"), str(run / "trim-vocab")]
+    assert by["distill"].argv[1] == str(run / "trim-vocab") and by["quantize"].argv[1] == str(run / "distill")
+    assert "--before-distill" not in by["trim-vocab"].argv
 
     # [augment]: the train split and its variants, what the prototype learns and the teacher answers
     stages, _ = plan(load_recipe(write(tmp_path, text + "\n[augment]\ncopies = 2\n")), tmp_path / "run")

@@ -242,3 +242,16 @@ def test_constrained_rl_rewards_content_not_format(setup):
                                                                       constrained=constrained))
         rewards[constrained] = [r["reward_mean"] for r in read_metrics_lines(out) if "loss" in r]
     assert rewards[False] == [0.0] and rewards[True][0] > 0
+
+
+def test_a_trimmed_student_takes_its_teacher_as_reference_through_its_vocabulary(setup, make_tiny_dir):
+    from supertiny.stages.trim.stage import TrimVocabConfig, trim_vocab
+
+    tmp, student = setup
+    teacher = make_tiny_dir(tied=False, seed=5, name="teacher")
+    trim_vocab(student, tmp / "trimmed", TrimVocabConfig(keep=0), task=tmp / "task.toml", data=tmp / "data.jsonl")
+    m = rl(tmp / "trimmed", tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=2, save_every=0),
+           teacher=str(teacher))
+    logs = [r for r in read_metrics_lines(tmp / "out") if "loss" in r]
+    assert m.details["reference"] == "teacher" and len(logs) == 2
+    assert all(math.isfinite(r["kl"]) for r in logs) and (tmp / "out" / "vocab_map.json").is_file()

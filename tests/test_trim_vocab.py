@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from supertiny.cli import main
 from supertiny.errors import InvalidInputError, UnsupportedArchitectureError
 from supertiny.readers import read_jsonl
-from supertiny.stages.trim.stage import ID_MAP, TrimVocabConfig, rendered_examples, trim_vocab
-from supertiny.stages.trim.vocab import BYTE_CHARS, _pair, closure, merge_order, trim_spec
+from supertiny.stages.trim.stage import TrimVocabConfig, rendered_examples, trim_vocab
+from supertiny.stages.trim.vocab import BYTE_CHARS, ID_MAP, _pair, closure, merge_order, trim_spec
 from supertiny.tasks.prompts import task_for
 
 from conftest import build_tiny_model, corpus_text, tiny_config, write_color_task

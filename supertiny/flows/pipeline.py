@@ -83,6 +83,10 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
                               Path(data), _section(recipe, "teach")))
     model = str(out / "prune")
     stages.append(_invoke("prune", "prune", {"model": domain, "calib": data}, Path(model), _section(recipe, "prune")))
+    trim = "trim_vocab" in recipe.values
+    early = trim and recipe.section("trim_vocab").get("before_distill", SECTIONS["trim_vocab"].own["before_distill"][1])
+    if early:  # KD then trains the smaller output layer
+        model = _trim(recipe, out, model, data, task, stages)
     distilled = str(out / "distill")
     stages.append(_invoke("distill", "distill", {"student": model, "data": data, "teacher": domain, **task},
                           Path(distilled), _section(recipe, "distill"), cache_dir=str(out / "kd-cache")))
@@ -91,10 +95,8 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
         stages.append(_invoke("rl", "rl", {"student": model, "data": t["rl"], "teacher": domain, **task},
                               out / "rl", _section(recipe, "rl")))
         model = str(out / "rl")
-    if "trim_vocab" in recipe.values:  # the tokens the task's data needs (and the most frequent), before quantizing
-        stages.append(_invoke("trim-vocab", "trim-vocab", {"model": model, "data": data, **task},
-                              out / "trim-vocab", _section(recipe, "trim_vocab")))
-        model = str(out / "trim-vocab")
+    if trim and not early:
+        model = _trim(recipe, out, model, data, task, stages)
     quantized = "quantize" in recipe.values
     if quantized:
         stages.append(_invoke("quantize", "quantize", {"model": model, "task": t["name"], "data": data},
@@ -119,6 +121,13 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     layout = Layout(out=out, domain_teacher=domain, teaching_model=teaching, teacher_for_eval=teaching,
                     final_model=model, primary=primary, exports=exports)
     return stages, layout
+
+
+def _trim(recipe: Recipe, out: Path, model: str, data: str, task: dict[str, Any], stages: list[Invocation]) -> str:
+    """Append trim-vocab of ``model``: the tokens the task's data needs (and the most frequent); returns its output."""
+    stages.append(_invoke("trim-vocab", "trim-vocab", {"model": model, "data": data, **task}, out / "trim-vocab",
+                          _section(recipe, "trim_vocab")))
+    return str(out / "trim-vocab")
 
 
 def _exports(recipe: Recipe, out: Path, model: str, quantized: bool, stages: list[Invocation]) -> dict[str, Path]:

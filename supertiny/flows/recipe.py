@@ -78,7 +78,9 @@ SECTIONS: dict[str, Section] = {
     "prune": Section("prune"),
     "distill": Section("distill"),
     "rl": Section("rl"),
-    "trim_vocab": Section("trim-vocab"),
+    # before_distill: trim the pruned student, so KD trains a 5x smaller output layer (the teacher is seen through
+    # the student's vocabulary); else the trained student is trimmed, after distill/rl
+    "trim_vocab": Section("trim-vocab", own={"before_distill": (schema.BOOL, False)}),
     "quantize": Section("quantize"),
     "export": Section(None, own={"formats": (_formats, ("gguf",))}),
     "eval": Section("eval"),

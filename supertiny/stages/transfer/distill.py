@@ -38,13 +38,14 @@ from supertiny.stages.transfer.training import (
     AGREEMENT_SEQUENCES,
     Setup,
     TrainingConfig,
-    check_same_tokenizer,
     dev_evaluator,
     finish,
     fit,
     loaded,
+    map_digest,
     mean,
     setup,
+    teacher_view,
     train_loss,
     training_args,
     training_inputs,
@@ -52,6 +53,8 @@ from supertiny.stages.transfer.training import (
 from supertiny.tasks.prompts import RECORD_KEY, prompt_record
 
 STAGE, STAGE_VERSION = "distill", 1
+# eager attention keeps [batch, heads, T, T] scores per layer for the backward pass: only for short examples
+EAGER_MAX_TOKENS = 384
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class DistillConfig(TrainingConfig):
                                   check=schema.expect(lambda v: schema.is_number(v) and 0 <= v < 1,
                                                       "a number from 0 up to 1"))
     save_every: int = setting(50, "Checkpoint every N steps (0: never).", check=NON_NEG_INT)
+    group_by_length: bool = setting(True, "Batch examples of about one length together (less padding); the order "
+                                    "of the batches stays random.")
+    attention: str = setting("auto", "The student's attention kernel while training. auto: eager on a CPU when the "
+                             f"longest example has at most {EAGER_MAX_TOKENS} tokens (faster there than sdpa's), "
+                             "else sdpa.", choices=("auto", "eager", "sdpa"))
     cache_dir: str | None = setting(None, "Keep KD caches here (default: OUT.work/, removed when done).",
                                     role="run")
 
@@ -107,11 +115,18 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
            f"(first: {counts['first_too_long']})" if counts["too_long"] else None)
     cache, agree_rows, cache_info = _teacher(s, inputs["teacher"], config, examples, progress)
     s.model.train()
+    saved_attention = s.model.config._attn_implementation
+    attention = _attention(config.attention, s.args.device.type, max(len(e.ids) for e in examples))
+    s.model.config._attn_implementation = attention
     trainer = DistillTrainer(model=s.model, args=s.args, train_dataset=ExampleDataset(examples),
                              data_collator=Collator(examples, s.tokenizer.pad_token_id, cache), loss=config.loss,
-                             alpha=config.alpha, temperature=config.temperature, beta=config.beta)
-    _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
-                       config.loss)
+                             alpha=config.alpha, temperature=config.temperature, beta=config.beta,
+                             group_lengths=config.group_by_length)
+    try:
+        _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
+                           config.loss)
+    finally:  # the model is saved with the kernel it came with
+        s.model.config._attn_implementation = saved_attention
     if not s.main:
         return None
 
@@ -122,10 +137,18 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
                 "final": {k: logs[-1][k] for k in ("loss", "ce", "kd") if logs and k in logs[-1]},
                 "tokens_per_s": mean([r["tokens_per_s"] for r in steady]),
                 "answer_tokens_per_s": mean([r["answer_tokens_per_s"] for r in steady]),
-                "world_size": s.args.world_size, RECORD_KEY: prompt_record(s.spec), "cache": cache_info}
+                "world_size": s.args.world_size, "attention": attention, RECORD_KEY: prompt_record(s.spec),
+                "cache": cache_info}
 
     quality = evaluator.last or {"skipped": "no --dev data and no teacher to compare with"}
     return finish(s, f"{config.loss}: {s.out.name}", ("loss", "ce", "kd"), details, quality)
+
+
+def _attention(setting: str, device: str, longest: int) -> str:
+    """The attention kernel a run trains with (see ``DistillConfig.attention``)."""
+    if setting != "auto":
+        return setting
+    return "eager" if device == "cpu" and longest <= EAGER_MAX_TOKENS else "sdpa"
 
 
 def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: list[Any], progress: Progress | None
@@ -138,16 +161,20 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
     cache_path, t_hash, cache_info = None, hash_path(resolve(teacher)[1]), {}
     pairs = [(e.ids, e.prompt_len) for e in examples]
     if config.loss != "sft":
-        key = cache_key(t_hash, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype)
+        # a trimmed student's cache holds the teacher's distribution over the student's vocabulary: its map is
+        # part of what the teacher computes
+        seen_as = t_hash if (digest := map_digest(s.source)) is None else f"{t_hash}+{digest}"
+        key = cache_key(seen_as, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype)
         cache_path = Path(config.cache_dir or s.work) / f"kd-{key}.safetensors"
     agree_rows: list[tuple[list[int], Any]] = []
     with s.args.main_process_first(local=False, desc="teacher cache"):
         need_cache = cache_path is not None and not cache_path.is_file()
         if need_cache or (s.main and (s.dev or examples)):
             t = load_model(teacher)
-            mismatch = None
+            mismatch, t_model = None, t.model
             try:
-                check_same_tokenizer(t.tokenizer, s.tokenizer, t.model, s.model, (str(teacher), str(s.out)))
+                t_model = teacher_view(t.tokenizer, s.tokenizer, t.model, s.model, s.source,
+                                       (str(teacher), str(s.out)))
             except InvalidInputError as exc:
                 if config.loss != "sft":
                     raise
@@ -158,14 +185,14 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                 assert cache_path is not None
                 s.say(f"teacher top-{config.top_k} cache for {len(examples)} examples (once) -> {cache_path}")
                 t0 = time.perf_counter()
-                c = build_cache(t.model, pairs, config.top_k, config.temperature, config.cache_dtype,
+                c = build_cache(t_model, pairs, config.top_k, config.temperature, config.cache_dtype,
                                 {"teacher_sha256": t_hash}, progress=progress if s.main else None)
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 c.save(cache_path)
                 cache_info["build_seconds"] = round(time.perf_counter() - t0, 2)
             if s.main and not mismatch:
-                agree_rows = _agreement_rows(t.model, s, examples)
-            del t
+                agree_rows = _agreement_rows(t_model, s, examples)
+            del t, t_model
     cache = None
     if cache_path is not None:
         cache = TopKCache.load(cache_path)

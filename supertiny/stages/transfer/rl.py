@@ -26,13 +26,13 @@ from supertiny.stages.registry import Log, Progress, get, stage
 from supertiny.stages.transfer.policy import KL_ESTIMATORS, task_reward
 from supertiny.stages.transfer.training import (
     TrainingConfig,
-    check_same_tokenizer,
     dev_evaluator,
     finish,
     fit,
     loaded,
     mean,
     setup,
+    teacher_view,
     train_loss,
     training_args,
     training_inputs,
@@ -92,8 +92,8 @@ def run(inputs: dict[str, str | None], out: Path, config: RLConfig, log: Log, pr
                                    config.constrained)
     if teacher is not None:
         ref_lm = load_model(teacher)
-        check_same_tokenizer(ref_lm.tokenizer, s.tokenizer, ref_lm.model, s.model, (str(teacher), str(s.out)))
-        reference = ref_lm.model
+        reference = teacher_view(ref_lm.tokenizer, s.tokenizer, ref_lm.model, s.model, s.source,
+                                 (str(teacher), str(s.out)))
     else:
         reference = copy.deepcopy(s.model)  # the frozen initial student
     reference.to(s.args.device).eval().requires_grad_(False)

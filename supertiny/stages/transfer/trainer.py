@@ -49,6 +49,38 @@ class ExampleDataset(torch.utils.data.Dataset):
         return {"index": i}
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Example indices in an order whose every ``batch`` consecutive ones have about the same length.
+
+    Less padding: a left-padded batch costs its longest example's length for every row. Each epoch
+    shuffles (seeded by ``seed`` + epoch, so a resumed run sees the same order), cuts the shuffle
+    into groups of ``group`` batches, sorts each group by length and cuts it into batches, then
+    shuffles the batches; a last short batch stays last, so batch boundaries line up with the
+    DataLoader's. Which examples share a step is local (``group`` batches), the order of steps random.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch: int, seed: int, group: int = 16):
+        self.lengths, self.batch, self.seed, self.group, self.epoch = list(lengths), batch, seed, group, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch * self.group
+        batches = []
+        for a in range(0, len(perm), size):
+            chunk = sorted(perm[a:a + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[b:b + self.batch] for b in range(0, len(chunk), self.batch)]
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch else []
+        order = torch.randperm(len(batches), generator=g).tolist()
+        return iter([i for b in [*(batches[o] for o in order), *short] for i in b])
+
+
 class Collator:
     """Left-padded batch: ``input_ids``, ``attention_mask``, ``position_ids``, answer ``labels``
     (``[B, A]``, -100 where a shorter answer has no token), ``logits_to_keep`` (A + 1) and,
@@ -91,6 +123,22 @@ def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torc
     return out.logits[:, :-1][keep], labels[keep]
 
 
+class TrimmedTeacher(torch.nn.Module):
+    """A teacher seen through a trimmed student's vocabulary (:func:`.training.teacher_view`): called like the
+    model, with the student's ids; returns the teacher's output with logits ``[..., student vocabulary]``."""
+
+    def __init__(self, model: Any, old_ids: Sequence[int]):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.register_buffer("old_ids", torch.tensor(list(old_ids), dtype=torch.long), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.model(input_ids=self.old_ids[input_ids], **kwargs)
+        out.logits = out.logits[..., self.old_ids]
+        return out
+
+
 class MeteredTrainer(Trainer):
     r"""A Trainer that adds its own figures to every loss log: a meter (``tokens``, ``answer_tokens``, ``n`` and what
     :meth:`_fields` adds) counted by ``compute_loss`` and turned into figures by :meth:`_figures`, with
@@ -126,19 +174,28 @@ class MeteredTrainer(Trainer):
 class DistillTrainer(MeteredTrainer):
     """A Trainer whose loss is ``alpha*KD + (1-alpha)*CE`` on the answer tokens (``sft``: CE).
 
-    Args (besides Trainer's): loss, alpha, temperature, beta: see :func:`mixed_loss`.
+    Args (besides Trainer's): loss, alpha, temperature, beta: see :func:`mixed_loss`; group_lengths: batches
+    of examples of about one length (:class:`LengthGroupedBatches`) instead of a plain shuffle.
     """
 
     def __init__(self, *args: Any, loss: str = "sft", alpha: float = 0.5, temperature: float = 1.0,
-                 beta: float = 0.5, **kwargs: Any):
+                 beta: float = 0.5, group_lengths: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.kd_loss, self.alpha, self.temperature, self.beta = loss, alpha, temperature, beta
+        self.group_lengths = group_lengths
         # Our loss is already a mean over answer tokens: let Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._reset()
 
     def _fields(self) -> dict[str, Any]:
         return {"ce": 0.0, "kd": 0.0}
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not (self.group_lengths and isinstance(dataset, ExampleDataset)):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedBatches([len(e.ids) for e in dataset.examples], self.args.train_batch_size, seed)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

@@ -14,6 +14,7 @@ torch and transformers are imported inside the functions that train (the Configs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from supertiny.outdir import check_output_dir
 from supertiny.settings import NON_NEG_INT, POS_INT, Settings, setting
 from supertiny.stages.registry import Input, Log, Progress
 from supertiny.stages.runs import model_run, settings
+from supertiny.stages.trim.vocab import ID_MAP, read_id_map
 from supertiny.tasks import MAX_ANSWER_TOKENS, PROMPT_CHOICES, Task, evaluate_task, read_task_data, task_for
 
 AGREEMENT_SEQUENCES = 2  # dev sequences on which student and teacher are compared during training
@@ -134,7 +136,50 @@ def check_same_tokenizer(teacher: Any, student: Any, teacher_model: Any, student
     if tv != sv or t_rows != s_rows:
         raise InvalidInputError(
             f"teacher {names[0]} and student {names[1]} use different tokenizers ({len(tv)} vs {len(sv)} tokens, "
-            f"{t_rows} vs {s_rows} logits): logit KD needs the same vocabulary; use --loss sft on teacher data")
+            f"{t_rows} vs {s_rows} logits): logit KD needs the same vocabulary (or a student trimmed from it by "
+            "`supertiny trim-vocab`); use --loss sft on teacher data")
+
+
+def map_digest(student_dir: Path | None) -> str | None:
+    """A short digest of the trim-vocab id map in ``student_dir`` (None without one): part of a KD cache's key."""
+    link = read_id_map(student_dir) if student_dir is not None else None
+    return None if link is None else hashlib.sha256(json.dumps(link[0]).encode()).hexdigest()[:16]
+
+
+def teacher_view(teacher: Any, student: Any, teacher_model: Any, student_model: Any, student_dir: Path | None,
+                 names: tuple[str, str]) -> Any:
+    """The teacher model as the student's logits need it.
+
+    A student with the teacher's vocabulary gets the teacher itself. A student whose vocabulary
+    ``supertiny trim-vocab`` cut out of the teacher's (``vocab_map.json`` in its directory, every
+    kept token the teacher's string at the mapped id) gets a :class:`.trainer.TrimmedTeacher`: the
+    student's ids are mapped to the teacher's and the teacher's logits are cut to the kept tokens,
+    so its softmax is over the student's vocabulary (the mass the teacher puts on dropped tokens
+    is renormalised away: ~1e-4 on the factory tickets' answers). So a pruned student can be
+    trimmed *before* distillation and train with a 5x smaller output layer.
+
+    Raises:
+        InvalidInputError: the vocabularies differ and the student is not a trimmed copy of the teacher's.
+    """
+    try:
+        check_same_tokenizer(teacher, student, teacher_model, student_model, names)
+        return teacher_model
+    except InvalidInputError:
+        link = read_id_map(student_dir) if student_dir is not None else None
+        if link is None:
+            raise
+    old_ids, size = link
+    by_id = {i: t for t, i in teacher.get_vocab().items()}
+    sv = student.get_vocab()
+    same = (size == teacher_model.config.vocab_size and len(old_ids) == student_model.config.vocab_size == len(sv)
+            and all(by_id.get(old_ids[i]) == t for t, i in sv.items()))
+    if not same:
+        raise InvalidInputError(f"student {names[1]} was trimmed from another vocabulary than teacher {names[0]}'s "
+                                f"({len(old_ids)} of {size} tokens; the teacher has {teacher_model.config.vocab_size} "
+                                "logits): logit KD needs the teacher its vocabulary was trimmed from")
+    from supertiny.stages.transfer.trainer import TrimmedTeacher
+
+    return TrimmedTeacher(teacher_model, old_ids)
 
 
 @dataclass
@@ -153,6 +198,7 @@ class Setup:
     model: Any
     tokenizer: Any
     say: Log
+    source: Path | None = None  # the student's directory (None: a GGUF file)
 
     @property
     def main(self) -> bool:
@@ -178,7 +224,9 @@ def setup(name: str, version: int, inputs: dict[str, str | None], out: Path, con
         check_output_dir(out, config.overwrite)  # nothing to resume: a finished OUT is not replaced silently
     stage = model_run(name, version, out, student, recorded) if main else None
     lm = load_model(student)
-    return Setup(out, config, spec, dev, recorded, work, args, stage, lm.model, lm.tokenizer, log)
+    kind, path = resolve(student)
+    return Setup(out, config, spec, dev, recorded, work, args, stage, lm.model, lm.tokenizer, log,
+                 path if kind == "hf" else None)
 
 
 def loaded(s: Setup, summary: str, skipped: str | None) -> None:
@@ -274,6 +322,8 @@ def finish(s: Setup, title: str, keys: Sequence[str], details: Callable[[list[di
         s.model.eval()
         s.model.save_pretrained(d, safe_serialization=True)
         s.tokenizer.save_pretrained(d)
+        if s.source is not None and (s.source / ID_MAP).is_file():  # a trimmed student stays linked to its teacher
+            shutil.copyfile(s.source / ID_MAP, d / ID_MAP)
         records = read_metrics(s.work / "metrics.jsonl")
         shutil.copyfile(s.work / "metrics.jsonl", d / "metrics.jsonl")
         if not plot_metrics(records, d / "training.png", title, keys):

@@ -43,10 +43,9 @@ from supertiny.settings import NON_NEG_INT, POS_INT, Settings, setting
 from supertiny.stages.registry import Input, Log, Progress, get, stage
 from supertiny.stages.runs import model_run, settings
 from supertiny.stages.transfer.examples import chat_pair, check_chat_template
-from supertiny.stages.trim.vocab import check_byte_level_bpe, closure, merge_order, trim_spec
+from supertiny.stages.trim.vocab import ID_MAP, check_byte_level_bpe, closure, merge_order, trim_spec
 
 STAGE, STAGE_VERSION = "trim-vocab", 1
-ID_MAP = "vocab_map.json"
 BPB_CHARS = 4000  # of the bundled general text, scored in bits per byte by both models
 CHECK_EXAMPLES = 32  # task examples on which trimmed and source model are compared
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")

@@ -16,10 +16,36 @@ imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from supertiny.errors import UnsupportedArchitectureError
+from supertiny.errors import InvalidInputError, UnsupportedArchitectureError
+
+ID_MAP = "vocab_map.json"  # in a trimmed model's directory: {"old_ids": [new id -> source id], "source_vocab_size"}
+
+
+def read_id_map(directory: str | Path) -> tuple[list[int], int] | None:
+    """A trimmed model's id map ``(old_ids, source vocabulary size)`` (``old_ids[new id]`` = the source's id), or
+    None when ``directory`` holds none (a model that was not trimmed, or not a directory).
+
+    Raises:
+        InvalidInputError: the file is there but is not a map of distinct ids below the source's size.
+    """
+    path = Path(directory) / ID_MAP
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        old_ids, size = data["old_ids"], data["source_vocab_size"]
+        ok = (isinstance(size, int) and isinstance(old_ids, list) and all(type(i) is int for i in old_ids)
+              and len(set(old_ids)) == len(old_ids) and all(0 <= i < size for i in old_ids))
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"{path}: not a trim-vocab id map (distinct ids below source_vocab_size)")
+    return old_ids, size
 
 
 def _bytes_to_unicode() -> dict[int, str]:
