@@ -40,7 +40,10 @@ def recipe(tmp_path, make_tiny_dir):
     make_tiny_dir(tied=True, seed=1, name="teacher", num_hidden_layers=4)
     (tmp_path / "tiny-box.toml").write_text(TINY_TARGET)
     text = TINY_RECIPE.replace("steps = 2\n", f"steps = {STEPS}\nsave_every = {SAVE_EVERY}\n")
-    assert f"save_every = {SAVE_EVERY}" in text
+    # the student trimmed before KD (tests/test_pipeline.py runs the trim after it): the killed distill then
+    # resumes KD through the teacher seen in the student's vocabulary, on length-grouped batches
+    text = text.replace("[trim_vocab]\nkeep = 20\n", "[trim_vocab]\nkeep = 20\nbefore_distill = true\n")
+    assert f"save_every = {SAVE_EVERY}" in text and "before_distill = true" in text
     (tmp_path / "r.toml").write_text(text)
     return tmp_path / "r.toml"
 
@@ -140,7 +143,8 @@ def test_a_run_killed_in_distill_and_in_export_reruns_to_the_uninterrupted_bundl
     proc = start(recipe, killed, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     text = log.read_text()
-    assert "[distill] done earlier" in text and "[prune] done earlier" in text
+    assert "[distill] done earlier" in text and "[prune] done earlier" in text and "[trim-vocab] done earlier" in text
+    assert (killed / "distill" / "vocab_map.json").is_file()  # KD trained the trimmed student
     assert not [p.name for p in (killed / "export-gguf").iterdir() if p.name.endswith(".partial")]
 
     a, b = read_manifest(clean / "bundle"), read_manifest(killed / "bundle")
