@@ -61,9 +61,8 @@ def main() -> None:
         examples, _ = load_examples(args.data, task_for(args.task, path, training=True), lm.tokenizer, 1024)
         examples = examples[:args.records]
         pairs = [(e.ids, e.prompt_len) for e in examples]
-        digest = map_digest(Path(path))
-        key = cache_key(hash_path(Path(args.teacher)) + (f"+{digest}" if digest else ""), examples_hash(pairs),
-                        args.top_k, 1.0, "float16")
+        key = cache_key(hash_path(Path(args.teacher)), examples_hash(pairs), args.top_k, 1.0, "float16",
+                        map_digest(Path(path)))
         cache_path = work / f"kd-{key}.safetensors"
         if not cache_path.is_file():
             seen = teacher_view(teacher.tokenizer, lm.tokenizer, teacher.model, lm.model, Path(path),

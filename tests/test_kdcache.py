@@ -39,8 +39,8 @@ def test_key_changes_with_every_input():
     assert len(base) == 24
     others = {cache_key("u", "d", 32, 1.0, "float16"), cache_key("t", "e", 32, 1.0, "float16"),
               cache_key("t", "d", 16, 1.0, "float16"), cache_key("t", "d", 32, 2.0, "float16"),
-              cache_key("t", "d", 32, 1.0, "float32")}
-    assert base not in others and len(others) == 5
+              cache_key("t", "d", 32, 1.0, "float32"), cache_key("t", "d", 32, 1.0, "float16", "m")}
+    assert base not in others and len(others) == 6
     assert examples_hash([([1, 2, 3], 2)]) != examples_hash([([1, 2, 3], 1)])
 
 

@@ -48,6 +48,11 @@ def _invoke(name: str, stage: str, inputs: dict[str, Any], out: Path, table: dic
                                 for i in s.inputs}, out, config)
 
 
+def _own(recipe: Recipe, name: str, key: str) -> Any:
+    """The value of one of the pipeline's own keys of table ``name`` (its default when the recipe leaves it out)."""
+    return recipe.section(name).get(key, SECTIONS[name].own[key][1])
+
+
 def _section(recipe: Recipe, name: str) -> dict[str, Any]:
     """A table's settings (the pipeline's own keys left out)."""
     return {k: v for k, v in recipe.section(name).items() if k not in SECTIONS[name].own}
@@ -73,7 +78,7 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     domain = teaching = teacher
     data = train  # without [teach]: distill learns the labelled answers (KD: the teacher's logits on them)
     if "teach" in recipe.values:
-        quant = recipe.section("teach").get("quant", SECTIONS["teach"].own["quant"][1])
+        quant = _own(recipe, "teach", "quant")
         if quant != "none" and not (domain.endswith(".gguf") or domain == "default"):
             teaching = str(out / "teacher-gguf" / f"teacher.{quant.lower()}.gguf")
             stages.append(_invoke("teacher-gguf", "export-gguf", {"model": domain}, Path(teaching), {},
@@ -84,7 +89,7 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     model = str(out / "prune")
     stages.append(_invoke("prune", "prune", {"model": domain, "calib": data}, Path(model), _section(recipe, "prune")))
     trim = "trim_vocab" in recipe.values
-    early = trim and recipe.section("trim_vocab").get("before_distill", SECTIONS["trim_vocab"].own["before_distill"][1])
+    early = trim and _own(recipe, "trim_vocab", "before_distill")
     if early:  # KD then trains the smaller output layer
         model = _trim(recipe, out, model, data, task, stages)
     distilled = str(out / "distill")
@@ -134,7 +139,7 @@ def _exports(recipe: Recipe, out: Path, model: str, quantized: bool, stages: lis
     """One export per format of [export] (a quantized model's codes carried unless told otherwise)."""
     table = recipe.section("export")
     exports: dict[str, Path] = {}
-    for fmt in table.get("formats", SECTIONS["export"].own["formats"][1]):
+    for fmt in _own(recipe, "export", "formats"):
         settings = export_values(table, fmt)
         if fmt == "gguf":
             path = out / "export-gguf" / "model.gguf"

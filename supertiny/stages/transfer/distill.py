@@ -161,10 +161,8 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
     cache_path, t_hash, cache_info = None, hash_path(resolve(teacher)[1]), {}
     pairs = [(e.ids, e.prompt_len) for e in examples]
     if config.loss != "sft":
-        # a trimmed student's cache holds the teacher's distribution over the student's vocabulary: its map is
-        # part of what the teacher computes
-        seen_as = t_hash if (digest := map_digest(s.source)) is None else f"{t_hash}+{digest}"
-        key = cache_key(seen_as, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype)
+        key = cache_key(t_hash, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype,
+                        map_digest(s.source))
         cache_path = Path(config.cache_dir or s.work) / f"kd-{key}.safetensors"
     agree_rows: list[tuple[list[int], Any]] = []
     with s.args.main_process_first(local=False, desc="teacher cache"):

@@ -113,10 +113,13 @@ def examples_hash(examples: Sequence[tuple[Sequence[int], int]]) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher_sha256: str, data_sha256: str, k: int, temperature: float, dtype: str) -> str:
-    """The name of the cache for these inputs and settings (24 hex digits)."""
-    text = json.dumps({"v": CACHE_VERSION, "teacher": teacher_sha256, "data": data_sha256, "k": k,
-                       "temperature": float(temperature), "dtype": dtype}, sort_keys=True)
+def cache_key(teacher_sha256: str, data_sha256: str, k: int, temperature: float, dtype: str,
+              vocab: str | None = None) -> str:
+    """The name of the cache for these inputs and settings (24 hex digits). ``vocab``: the digest of a trimmed
+    student's id map (the teacher is then seen through the student's vocabulary); None: the teacher's own."""
+    key = {"v": CACHE_VERSION, "teacher": teacher_sha256, "data": data_sha256, "k": k,
+           "temperature": float(temperature), "dtype": dtype}
+    text = json.dumps(key if vocab is None else {**key, "vocab": vocab}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
