@@ -173,6 +173,14 @@ def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):
                                   "factory-tickets", "--copies", "2"]
     assert by["prototype"].argv[by["prototype"].argv.index("--data") + 1] == aug
     assert by["teach"].argv[by["teach"].argv.index("--prompts") + 1] == aug
+    # prototype = false: the prototype learns the split as written; teach and distill see the variants
+    stages, _ = plan(load_recipe(write(tmp_path, text + "\n[augment]\ncopies = 2\nprototype = false\n")),
+                     tmp_path / "run")
+    by = {s.name: s for s in stages}
+    assert "--prototype" not in by["augment"].argv
+    assert by["prototype"].argv[by["prototype"].argv.index("--data") + 1] == str(tmp_path / "train.jsonl")
+    assert by["teach"].argv[by["teach"].argv.index("--prompts") + 1] == aug
+    assert by["distill"].argv[by["distill"].argv.index("--data") + 1] == str(run / "teach" / "teacher-data.jsonl")
 
 
 def test_dry_run_prints_the_commands(tmp_path):

@@ -65,14 +65,16 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
     task = {"task": t["name"], "dev": t.get("dev")}
     stages: list[Invocation] = []
     teacher = recipe.teacher
-    train = t["train"]
+    train = sft = t["train"]
     if "augment" in recipe.values:  # the train split and variants of its records: what the models learn from
         train = str(out / "augment" / "train.jsonl")
         stages.append(_invoke("augment", "augment", {"task": t["name"], "data": t["train"]}, Path(train),
                               _section(recipe, "augment")))
+        if _own(recipe, "augment", "prototype"):
+            sft = train
     if "prototype" in recipe.values:
         proto = out / "prototype"
-        stages.append(_invoke("prototype", "distill", {"student": teacher, "data": train, **task}, proto,
+        stages.append(_invoke("prototype", "distill", {"student": teacher, "data": sft, **task}, proto,
                               _section(recipe, "prototype"), **SECTIONS["prototype"].fixed))
         teacher = str(proto)
     domain = teaching = teacher

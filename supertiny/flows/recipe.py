@@ -72,7 +72,9 @@ class Section:
 # the stage's Config. [export] takes `formats` and each exporter's settings prefixed by its format
 # (`gguf_quant`), the settings both exporters mean alike also bare (EXPORT_SHARED: `verify_tokens`).
 SECTIONS: dict[str, Section] = {
-    "augment": Section("augment"),
+    # prototype: the prototype learns the variants too; false: it learns the train split as written and only the
+    # teacher data (teach's prompts) and distillation see the variants
+    "augment": Section("augment", own={"prototype": (schema.BOOL, True)}),
     "prototype": Section("distill", fixed={"loss": "sft"}),
     "teach": Section("teach", own={"quant": (schema.one_of(*TEACH_QUANTS), "Q8_0")}),
     "prune": Section("prune"),

@@ -3,7 +3,8 @@
 original records first, in file order, then the variants, record by record).
 
 Its manifest counts the variants, those dropped and each operation applied. In a recipe,
-``[augment]`` makes the train split that the prototype learns and the teacher answers.
+``[augment]`` makes the train split that the prototype learns and the teacher answers (``prototype = false``:
+the teacher answers it, the prototype learns the split as written).
 
 Example::
 
