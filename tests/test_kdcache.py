@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from supertiny.errors import InvalidInputError
-from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash, teacher_rows
+from supertiny.stages.transfer.kdcache import TopKCache, batch_rows, build_cache, cache_key, examples_hash, teacher_rows
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
@@ -57,3 +57,32 @@ def test_rows_are_the_teachers_top_k_on_answer_tokens():
     want = torch.log_softmax(full / 2.0, -1).topk(4, -1)
     assert np.allclose(c.values[:2], want.values.numpy(), atol=1e-5)
     assert c.indices[:2].tolist() == want.indices.tolist()
+
+
+def test_the_key_names_a_bfloat16_teacher_and_keeps_float32_names():
+    base = cache_key("t", "d", 32, 1.0, "float16", "m")
+    assert cache_key("t", "d", 32, 1.0, "float16", "m", compute="float32") == base
+    assert cache_key("t", "d", 32, 1.0, "float16", "m", compute="bfloat16") != base
+    assert cache_key("t", "d", 32, 1.0, "float16", compute="bfloat16") != cache_key("t", "d", 32, 1.0, "float16")
+
+
+def test_batches_give_each_examples_own_rows_in_order():
+    """Left-padded batches of mixed lengths (and batch limits that split them) give every example the rows of its
+    own forward pass, in the examples' order; bfloat16 autocast stays close to them."""
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tied=False, seed=4)
+    rng = np.random.default_rng(1)
+    examples = []
+    for n, p in [(9, 6), (4, 1), (12, 3), (6, 5), (9, 8), (3, 2), (7, 7)]:  # the last one has no answer token
+        examples.append((rng.integers(3, 200, n).tolist(), p))
+    single = build_cache(model, examples, k=5, temperature=1.0, dtype="float32", max_batch=1)
+    for max_batch, max_tokens in [(16, 4096), (3, 4096), (16, 20)]:
+        c = build_cache(model, examples, k=5, temperature=1.0, dtype="float32", max_batch=max_batch,
+                        max_tokens=max_tokens)
+        assert c.offsets.tolist() == single.offsets.tolist() == [0, 3, 6, 15, 16, 17, 18, 18]
+        assert np.allclose(c.values, single.values, atol=1e-5) and np.array_equal(c.indices, single.indices)
+    for (ids, p), rows in zip(examples, batch_rows(model, examples), strict=True):
+        assert torch.allclose(rows, teacher_rows(model, ids, p), atol=1e-5)
+    low = build_cache(model, examples, k=5, temperature=1.0, dtype="float32", bf16=True)
+    assert low.offsets.tolist() == single.offsets.tolist() and np.allclose(low.values, single.values, atol=0.1)

@@ -183,6 +183,31 @@ def test_the_plan_wires_each_stage_to_the_one_before(tmp_path):
     assert by["distill"].argv[by["distill"].argv.index("--data") + 1] == str(run / "teach" / "teacher-data.jsonl")
 
 
+
+def test_without_teach_the_teacher_is_still_scored_as_a_gguf(tmp_path):
+    """No [teach] (labelled train prompts): distill and prune read the train split; [eval] teacher_quant exports the
+    domain teacher once, and both its scores are of that GGUF; left out, the teacher is scored as it is; with
+    [teach] the key may only repeat teach's quant."""
+    text = BASE + '\n[prototype]\nepochs = 1.0\n\n[eval]\nteacher_quant = "Q8_0"\nthreads = 2\n'
+    stages, layout = plan(load_recipe(write(tmp_path, text)), tmp_path / "run")
+    by = {s.name: s for s in stages}
+    run, train = (tmp_path / "run").resolve(), str(tmp_path / "train.jsonl")
+    gguf = str(run / "teacher-gguf" / "teacher.q8_0.gguf")
+    assert [s.name for s in stages][:4] == ["prototype", "teacher-gguf", "prune", "distill"]
+    assert by["teacher-gguf"].argv == ["export", "gguf", str(run / "prototype"), gguf, "--quant", "Q8_0"]
+    assert by["prune"].argv[by["prune"].argv.index("--calib") + 1] == train
+    assert by["distill"].argv[by["distill"].argv.index("--data") + 1] == train
+    assert by["distill"].argv[by["distill"].argv.index("--teacher") + 1] == str(run / "prototype")
+    assert by["eval-teacher"].argv[1] == gguf and layout.teacher_for_eval == gguf
+    assert "--teacher-quant" not in by["eval-teacher"].argv and by["eval-teacher"].argv[-2:] == ["--threads", "2"]
+    stages, _ = plan(load_recipe(write(tmp_path, text.replace('teacher_quant = "Q8_0"\n', ""))), tmp_path / "run")
+    assert "teacher-gguf" not in [s.name for s in stages]
+    assert {s.name: s for s in stages}["eval-teacher"].argv[1] == str(run / "prototype")
+    with pytest.raises(RecipeError, match="teacher_quant 'F16' differs from teach's quant 'Q8_0'"):
+        load_recipe(write(tmp_path, text.replace('"Q8_0"', '"F16"') + "\n[teach]\nsamples = 1\n"))
+    same = load_recipe(write(tmp_path, text + "\n[teach]\nquant = \"Q8_0\"\n"))
+    assert same.section("eval")["teacher_quant"] == "Q8_0"
+
 def test_dry_run_prints_the_commands(tmp_path):
     r = CliRunner().invoke(main, ["run", str(write(tmp_path)), "--dry-run", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output

@@ -79,12 +79,14 @@ def plan(recipe: Recipe, out: Path) -> tuple[list[Invocation], Layout]:
         teacher = str(proto)
     domain = teaching = teacher
     data = train  # without [teach]: distill learns the labelled answers (KD: the teacher's logits on them)
-    if "teach" in recipe.values:
-        quant = _own(recipe, "teach", "quant")
-        if quant != "none" and not (domain.endswith(".gguf") or domain == "default"):
-            teaching = str(out / "teacher-gguf" / f"teacher.{quant.lower()}.gguf")
-            stages.append(_invoke("teacher-gguf", "export-gguf", {"model": domain}, Path(teaching), {},
-                                  **({"quant": quant} if quant != "F16" else {})))
+    teaches = "teach" in recipe.values
+    # the domain teacher as a fast GGUF: what teach answers with, and what the teacher's task score is measured on
+    quant = _own(recipe, "teach", "quant") if teaches else (_own(recipe, "eval", "teacher_quant") or "none")
+    if quant != "none" and not (domain.endswith(".gguf") or domain == "default"):
+        teaching = str(out / "teacher-gguf" / f"teacher.{quant.lower()}.gguf")
+        stages.append(_invoke("teacher-gguf", "export-gguf", {"model": domain}, Path(teaching), {},
+                              **({"quant": quant} if quant != "F16" else {})))
+    if teaches:
         data = str(out / "teach" / "teacher-data.jsonl")
         stages.append(_invoke("teach", "teach", {"teacher": teaching, "task": t["name"], "prompts": train},
                               Path(data), _section(recipe, "teach")))

@@ -85,7 +85,10 @@ SECTIONS: dict[str, Section] = {
     "trim_vocab": Section("trim-vocab", own={"before_distill": (schema.BOOL, False)}),
     "quantize": Section("quantize"),
     "export": Section(None, own={"formats": (_formats, ("gguf",))}),
-    "eval": Section("eval"),
+    # teacher_quant: without [teach], the domain teacher is scored as a GGUF of this type (what teach would answer
+    # with: llama.cpp, the engine the bundle runs in); none or left out: as it is. With [teach] it is scored as what
+    # teach ran, and this key, when given, must say the same
+    "eval": Section("eval", own={"teacher_quant": (schema.one_of(*TEACH_QUANTS), None)}),
     "bench": Section("bench"),
 }
 REQUIRED_SECTIONS = ("prune", "distill")  # without [teach], distill learns the labelled train split
@@ -205,6 +208,11 @@ def parse_recipe(data: Mapping[str, Any], source: str | os.PathLike[str], check_
     values = {s: schema.check_keys(top[s], section_checks(s), set(), s, problems) for s in SECTIONS if s in top}
     if not problems:
         check_settings(values, problems)
+    quants = values.get("teach", {}).get("quant", SECTIONS["teach"].own["quant"][1]), \
+        values.get("eval", {}).get("teacher_quant")
+    if "teach" in values and quants[1] is not None and quants[1] != quants[0]:
+        problems.append(f"eval: teacher_quant {quants[1]!r} differs from teach's quant {quants[0]!r}: the teacher is "
+                        "scored as the GGUF teach runs; leave teacher_quant out")
     if "rl" in values and "rl" not in task:
         problems.append("rl: needs task.rl, the labelled prompts RL samples on")
     schema.raise_problems(problems, source, RecipeError)

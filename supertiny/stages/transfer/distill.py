@@ -162,7 +162,7 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
     pairs = [(e.ids, e.prompt_len) for e in examples]
     if config.loss != "sft":
         key = cache_key(t_hash, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype,
-                        map_digest(s.source))
+                        map_digest(s.source), compute="bfloat16" if config.bf16 else "float32")
         cache_path = Path(config.cache_dir or s.work) / f"kd-{key}.safetensors"
     agree_rows: list[tuple[list[int], Any]] = []
     with s.args.main_process_first(local=False, desc="teacher cache"):
@@ -184,7 +184,8 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                 s.say(f"teacher top-{config.top_k} cache for {len(examples)} examples (once) -> {cache_path}")
                 t0 = time.perf_counter()
                 c = build_cache(t_model, pairs, config.top_k, config.temperature, config.cache_dtype,
-                                {"teacher_sha256": t_hash}, progress=progress if s.main else None)
+                                {"teacher_sha256": t_hash, "compute": "bfloat16" if config.bf16 else "float32"},
+                                progress=progress if s.main else None, bf16=config.bf16)
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 c.save(cache_path)
                 cache_info["build_seconds"] = round(time.perf_counter() - t0, 2)

@@ -12,7 +12,8 @@ training temperature) and their token ids per answer token in one safetensors fi
 At k=32 in float16 that is 192 bytes a token. The file's metadata holds the key and the
 settings; the key (:func:`cache_key`) hashes the teacher's files, the examples' token
 ids (so the data, the task prompt, the tokenizer and ``--max-length`` are all in it),
-``k``, the temperature and the value dtype, so a cache is reused every epoch and on
+``k``, the temperature, the value dtype and the dtype the teacher ran in (``--bf16``:
+bfloat16 autocast, batched by length), so a cache is reused every epoch and on
 resume, and any change builds a new one. No pickle anywhere.
 
 >>> import numpy as np
@@ -114,13 +115,17 @@ def examples_hash(examples: Sequence[tuple[Sequence[int], int]]) -> str:
 
 
 def cache_key(teacher_sha256: str, data_sha256: str, k: int, temperature: float, dtype: str,
-              vocab: str | None = None) -> str:
+              vocab: str | None = None, compute: str = "float32") -> str:
     """The name of the cache for these inputs and settings (24 hex digits). ``vocab``: the digest of a trimmed
-    student's id map (the teacher is then seen through the student's vocabulary); None: the teacher's own."""
+    student's id map (the teacher is then seen through the student's vocabulary); None: the teacher's own.
+    ``compute``: the dtype the teacher ran in (``float32``, or ``bfloat16`` autocast: other values)."""
     key = {"v": CACHE_VERSION, "teacher": teacher_sha256, "data": data_sha256, "k": k,
            "temperature": float(temperature), "dtype": dtype}
-    text = json.dumps(key if vocab is None else {**key, "vocab": vocab}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    if vocab is not None:
+        key["vocab"] = vocab
+    if compute != "float32":  # float32 caches keep the names they had before the teacher could run in bfloat16
+        key["compute"] = compute
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def teacher_rows(model: Any, ids: Sequence[int], prompt_len: int) -> torch.Tensor:
@@ -133,30 +138,73 @@ def teacher_rows(model: Any, ids: Sequence[int], prompt_len: int) -> torch.Tenso
     return out.logits[0, :-1].float()
 
 
+def _batches(examples: Sequence[tuple[Sequence[int], int]], max_batch: int, max_tokens: int) -> list[list[int]]:
+    """Example indices in batches of similar length (sorted by length: little padding), each at most
+    ``max_batch`` sequences and ``max_tokens`` padded tokens (one over-long sequence still gets a batch)."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < max_batch and len(examples[i][0]) * (len(batches[-1]) + 1) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def batch_rows(model: Any, examples: Sequence[tuple[Sequence[int], int]], bf16: bool = False) -> list[torch.Tensor]:
+    """:func:`teacher_rows` of several examples in one forward pass: left-padded, with the attention mask and each
+    sequence's own positions, so every row is the unpadded sequence's (to float rounding); ``bf16``: bfloat16
+    autocast, float32 rows out."""
+    import torch
+
+    longest = max(len(ids) for ids, _ in examples)
+    keep = max(len(ids) - p for ids, p in examples) + 1  # every answer row lies in the last `keep` positions
+    input_ids = torch.zeros(len(examples), longest, dtype=torch.long)
+    mask = torch.zeros(len(examples), longest, dtype=torch.long)
+    for r, (ids, _) in enumerate(examples):
+        input_ids[r, longest - len(ids):] = torch.tensor(list(ids))
+        mask[r, longest - len(ids):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    # row r's answer tokens are its last n_answer ids; position j predicts id j+1
+    return [logits[r, keep - 1 - (len(ids) - p):keep - 1].float() for r, (ids, p) in enumerate(examples)]
+
+
 def build_cache(model: Any, examples: Sequence[tuple[Sequence[int], int]], k: int, temperature: float,
                 dtype: str = "float16", meta: dict[str, Any] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> TopKCache:
-    """Run the teacher once per example and keep its top-k log-probabilities per answer token.
+                progress: Callable[[int, int], None] | None = None, bf16: bool = False,
+                max_batch: int = 16, max_tokens: int = 4096) -> TopKCache:
+    """Run the teacher once over the examples and keep its top-k log-probabilities per answer token.
+
+    The examples run in batches of similar length (:func:`batch_rows`); the cache keeps their order.
 
     Args:
-        model: a causal LM (``model(input_ids, logits_to_keep=...)``) in eval mode.
+        model: a causal LM (``model(input_ids, attention_mask, position_ids, logits_to_keep)``) in eval mode.
         examples: ``(token ids, prompt length)`` pairs; rows are kept for ids ``[prompt length:]``.
         k: tokens kept per position; temperature: the softmax temperature of the values.
         dtype: ``float16`` or ``float32`` for the values.
         progress: called with (examples done, examples in all).
+        bf16: run the teacher in bfloat16 autocast (2.6x faster than float32 on a CPU with AVX512-BF16; on the
+            domain teacher of factory-tickets KL 3e-5 nats from float32 per answer token, the same top-1).
+        max_batch, max_tokens: the largest batch in sequences and in padded tokens.
     """
 
     if dtype not in VALUE_DTYPES:
         raise InvalidInputError(f"unknown KD cache dtype {dtype!r}; choose one of {', '.join(VALUE_DTYPES)}")
-    values, indices, offsets = [], [], [0]
-    for n, (ids, prompt_len) in enumerate(examples):
-        v, ix = teacher_topk(teacher_rows(model, ids, prompt_len), k, temperature)
-        values.append(v.numpy().astype(VALUE_DTYPES[dtype]))
-        indices.append(ix.numpy())
-        offsets.append(offsets[-1] + v.shape[0])
+    rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(examples)
+    done = 0
+    for batch in _batches(examples, max_batch, max_tokens):
+        for i, logits in zip(batch, batch_rows(model, [examples[i] for i in batch], bf16), strict=True):
+            v, ix = teacher_topk(logits, k, temperature)
+            rows[i] = (v.numpy().astype(VALUE_DTYPES[dtype]), ix.numpy())
+        done += len(batch)
         if progress:
-            progress(n + 1, len(examples))
+            progress(done, len(examples))
+    values = [r[0] for r in rows if r is not None]
+    indices = [r[1] for r in rows if r is not None]
+    offsets = np.cumsum([0, *(v.shape[0] for v in values)]).astype(np.int64)
     kk = values[0].shape[1] if values else k
     return TopKCache(np.concatenate(values) if values else np.zeros((0, kk), VALUE_DTYPES[dtype]),
                      np.concatenate(indices) if indices else np.zeros((0, kk), np.int32),
-                     np.asarray(offsets, dtype=np.int64), dict(meta or {}))
+                     offsets, dict(meta or {}))

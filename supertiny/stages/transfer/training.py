@@ -49,7 +49,7 @@ def prompt_setting(auto: str) -> Any:
 class TrainingConfig(Settings):
     """The settings every training stage takes (each stage adds its own after these)."""
 
-    bf16: bool = setting(False, "bfloat16 autocast (weights stay float32).")
+    bf16: bool = setting(False, "bfloat16 autocast (weights stay float32; distill's teacher cache too).")
     eval_every: int = setting(0, "Evaluate every N steps (0: at the end only).", check=NON_NEG_INT)
     dev_limit: int = setting(10, "Dev records scored (greedy generation: slow).", check=POS_INT)
     seed: int = setting(0, "Seed of the run (data order, sampling).", check=NON_NEG_INT)
