@@ -13,7 +13,7 @@ Every variant takes its own batches of one epoch's order (seeded) and they take 
 machine slows all alike; the first round is warm-up. tokens/s counts real (unpadded) tokens, as the stage does.
 
     python benchmarks/distill_throughput.py RUN/prune --trimmed TRIMMED --teacher RUN/prototype \\
-        --data RUN/teach/teacher-data.jsonl --records 240 --steps 24
+        --data examples/factory_tickets/data/train.jsonl --records 240 --steps 24
 """
 
 from __future__ import annotations

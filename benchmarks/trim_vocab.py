@@ -16,7 +16,8 @@ last: every GGUF and the teacher's, one after another, ``--rounds`` times; each 
 Writes WORK/trim_vocab.json and a plot (WORK/trim_vocab.png: bytes and speed vs the teacher, quality kept).
 
 RUN is a `supertiny run` folder of the factory-tickets task: its student (RUN/distill), domain teacher
-(RUN/prototype), teacher data (RUN/teach/teacher-data.jsonl) and the teacher's scores as the bundle reports them
+(RUN/prototype), the data the student learnt (its distill manifest's ``--data``: the teacher data, or the labelled
+train split of a recipe without teach) and the teacher's scores as the bundle reports them
 (RUN/eval-teacher*/report.json: its Q8_0 GGUF, constrained).
 
 Run:  python benchmarks/trim_vocab.py --run RUN --work /tmp/trimbench [--keeps full,0,8000] [--no-speed]
@@ -116,7 +117,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="A `supertiny run` folder (distill, prototype, teach, eval-teacher*).")
+    ap.add_argument("--run", required=True, help="A `supertiny run` folder (distill, prototype, eval-teacher*).")
     ap.add_argument("--work", required=True)
     ap.add_argument("--keeps", default="full,0,8000", help="Comma-separated --keep values; full: untrimmed.")
     ap.add_argument("--threads", type=int, default=2)
@@ -131,12 +132,13 @@ def main() -> int:
     from supertiny.runtime.bench.measure import BenchConfig
 
     run = Path(args.run).resolve()
-    missing = [p for p in ("distill", "prototype", "teach/teacher-data.jsonl", "eval-teacher/report.json")
-               if not (run / p).exists()]
+    missing = [p for p in ("distill/supertiny.json", "prototype", "eval-teacher/report.json") if not (run / p).exists()]
     if missing:
         raise SystemExit(f"{run} is not a finished `supertiny run` folder of factory-tickets: no {', '.join(missing)}")
-    work, student, teacher, teach_data = Path(args.work), run / "distill", run / "prototype", \
-        run / "teach" / "teacher-data.jsonl"
+    work, student, teacher = Path(args.work), run / "distill", run / "prototype"
+    teach_data = Path(json.loads((student / "supertiny.json").read_text())["settings"]["data"])
+    if not teach_data.is_file():
+        raise SystemExit(f"{student}: the data it learnt is gone: {teach_data}")
     work.mkdir(parents=True, exist_ok=True)
     config = BenchConfig(prompt_lengths=(128,), new_tokens=args.new_tokens, repeats=args.repeats, warmup=1,
                          concurrency=(1,), requests=1, threads=args.threads)

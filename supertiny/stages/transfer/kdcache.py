@@ -138,7 +138,7 @@ def teacher_rows(model: Any, ids: Sequence[int], prompt_len: int) -> torch.Tenso
     return out.logits[0, :-1].float()
 
 
-def _batches(examples: Sequence[tuple[Sequence[int], int]], max_batch: int, max_tokens: int) -> list[list[int]]:
+def length_batches(examples: Sequence[tuple[Sequence[int], int]], max_batch: int, max_tokens: int) -> list[list[int]]:
     """Example indices in batches of similar length (sorted by length: little padding), each at most
     ``max_batch`` sequences and ``max_tokens`` padded tokens (one over-long sequence still gets a batch)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
@@ -194,7 +194,7 @@ def build_cache(model: Any, examples: Sequence[tuple[Sequence[int], int]], k: in
         raise InvalidInputError(f"unknown KD cache dtype {dtype!r}; choose one of {', '.join(VALUE_DTYPES)}")
     rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(examples)
     done = 0
-    for batch in _batches(examples, max_batch, max_tokens):
+    for batch in length_batches(examples, max_batch, max_tokens):
         for i, logits in zip(batch, batch_rows(model, [examples[i] for i in batch], bf16), strict=True):
             v, ix = teacher_topk(logits, k, temperature)
             rows[i] = (v.numpy().astype(VALUE_DTYPES[dtype]), ix.numpy())
