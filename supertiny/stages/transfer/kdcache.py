@@ -157,6 +157,7 @@ def batch_rows(model: Any, examples: Sequence[tuple[Sequence[int], int]], bf16: 
     autocast, float32 rows out."""
     import torch
 
+    device = next(model.parameters()).device
     longest = max(len(ids) for ids, _ in examples)
     keep = max(len(ids) - p for ids, p in examples) + 1  # every answer row lies in the last `keep` positions
     input_ids = torch.zeros(len(examples), longest, dtype=torch.long)
@@ -165,10 +166,11 @@ def batch_rows(model: Any, examples: Sequence[tuple[Sequence[int], int]], bf16: 
         input_ids[r, longest - len(ids):] = torch.tensor(list(ids))
         mask[r, longest - len(ids):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), logits_to_keep=keep).logits
     # row r's answer tokens are its last n_answer ids; position j predicts id j+1
-    return [logits[r, keep - 1 - (len(ids) - p):keep - 1].float() for r, (ids, p) in enumerate(examples)]
+    return [logits[r, keep - 1 - (len(ids) - p):keep - 1].float().cpu() for r, (ids, p) in enumerate(examples)]
 
 
 def build_cache(model: Any, examples: Sequence[tuple[Sequence[int], int]], k: int, temperature: float,
@@ -185,8 +187,9 @@ def build_cache(model: Any, examples: Sequence[tuple[Sequence[int], int]], k: in
         k: tokens kept per position; temperature: the softmax temperature of the values.
         dtype: ``float16`` or ``float32`` for the values.
         progress: called with (examples done, examples in all).
-        bf16: run the teacher in bfloat16 autocast (2.6x faster than float32 on a CPU with AVX512-BF16; on the
-            domain teacher of factory-tickets KL 3e-5 nats from float32 per answer token, the same top-1).
+        bf16: run the teacher in bfloat16 autocast (on a 2-core CPU with AVX512-BF16, 3x the float32 batches and 4x
+            float32 one example a pass; on the factory-tickets domain teacher KL 2.6e-5 nats from float32 per answer
+            token, the same top-1: ``benchmarks/kd_cache_speed.py``).
         max_batch, max_tokens: the largest batch in sequences and in padded tokens.
     """
 
