@@ -208,11 +208,11 @@ def parse_recipe(data: Mapping[str, Any], source: str | os.PathLike[str], check_
     values = {s: schema.check_keys(top[s], section_checks(s), set(), s, problems) for s in SECTIONS if s in top}
     if not problems:
         check_settings(values, problems)
-    quants = values.get("teach", {}).get("quant", SECTIONS["teach"].own["quant"][1]), \
-        values.get("eval", {}).get("teacher_quant")
-    if "teach" in values and quants[1] is not None and quants[1] != quants[0]:
-        problems.append(f"eval: teacher_quant {quants[1]!r} differs from teach's quant {quants[0]!r}: the teacher is "
-                        "scored as the GGUF teach runs; leave teacher_quant out")
+    teach_quant = values.get("teach", {}).get("quant", SECTIONS["teach"].own["quant"][1])
+    eval_quant = values.get("eval", {}).get("teacher_quant")
+    if "teach" in values and eval_quant not in (None, teach_quant):
+        problems.append(f"eval: teacher_quant {eval_quant!r} differs from teach's quant {teach_quant!r}: the teacher "
+                        "is scored as the GGUF teach runs; leave teacher_quant out")
     if "rl" in values and "rl" not in task:
         problems.append("rl: needs task.rl, the labelled prompts RL samples on")
     schema.raise_problems(problems, source, RecipeError)

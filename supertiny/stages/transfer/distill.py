@@ -160,9 +160,10 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
         return None, [], {}
     cache_path, t_hash, cache_info = None, hash_path(resolve(teacher)[1]), {}
     pairs = [(e.ids, e.prompt_len) for e in examples]
+    compute = "bfloat16" if config.bf16 else "float32"  # what the teacher runs in for the cache, as training does
     if config.loss != "sft":
         key = cache_key(t_hash, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype,
-                        map_digest(s.source), compute="bfloat16" if config.bf16 else "float32")
+                        map_digest(s.source), compute=compute)
         cache_path = Path(config.cache_dir or s.work) / f"kd-{key}.safetensors"
     agree_rows: list[tuple[list[int], Any]] = []
     with s.args.main_process_first(local=False, desc="teacher cache"):
@@ -184,7 +185,7 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                 s.say(f"teacher top-{config.top_k} cache for {len(examples)} examples (once) -> {cache_path}")
                 t0 = time.perf_counter()
                 c = build_cache(t_model, pairs, config.top_k, config.temperature, config.cache_dtype,
-                                {"teacher_sha256": t_hash, "compute": "bfloat16" if config.bf16 else "float32"},
+                                {"teacher_sha256": t_hash, "compute": compute},
                                 progress=progress if s.main else None, bf16=config.bf16)
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 c.save(cache_path)
