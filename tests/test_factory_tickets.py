@@ -44,6 +44,19 @@ def test_deterministic_for_a_seed(gen, splits):
     assert [len(v) for v in small.values()] == [50, 10, 10]
 
 
+def test_a_larger_split_leaves_the_others_as_they_were(gen):
+    """Tickets beyond a split's first share come after every split's first share: more train tickets keep dev,
+    test and rl (and the first train tickets) unchanged."""
+    sizes = {"train": 30, "dev": 5, "test": 5, "rl": 5}
+    small = gen.generate(3, sizes, first_share=sizes)
+    larger = gen.generate(3, {**sizes, "train": 40, "rl": 8}, first_share=sizes)
+    assert larger["dev"] == small["dev"] and larger["test"] == small["test"]
+    assert larger["train"][:30] == small["train"] and larger["rl"][:5] == small["rl"]
+    assert len(larger["train"]) == 40 and len(larger["rl"]) == 8
+    texts = [r["input"] for split in larger.values() for r in split]
+    assert len(set(texts)) == len(texts)
+
+
 def test_splits_are_disjoint(splits):
     texts = {name: {" ".join(r["input"].lower().split()) for r in records} for name, records in splits.items()}
     assert sum(len(t) for t in texts.values()) == sum(len(r) for r in splits.values())

@@ -33,7 +33,7 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def real(teacher):
-    """The default teacher's tokenizer (49,152 tokens) trimmed to the tokens of the 1800 factory tickets as the
+    """The default teacher's tokenizer (49,152 tokens) trimmed to the tokens of the 2200 factory tickets as the
     student is trained on them (brief prompt + answer), nothing more."""
     spec = json.loads(teacher.tokenizer.backend_tokenizer.to_str())
     task = task_for("factory-tickets", training=True)
@@ -50,7 +50,7 @@ def test_the_tasks_data_tokenizes_exactly_as_before(real):
     assert len(real.old_ids) < len(real.spec["model"]["vocab"]) // 10  # ~3.9k of 49k
     for text in real.texts:
         assert [real.old_ids[i] for i in encode(real.trimmed, text)] == encode(real.full, text)
-    assert len(real.texts) == 1800
+    assert len(real.texts) == 2200
 
 
 def test_every_kept_token_is_reachable_and_specials_keep_their_ids(real):

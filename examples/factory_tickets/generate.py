@@ -1,7 +1,7 @@
 """Generate labelled factory maintenance tickets for the built-in ``factory-tickets`` task.
 
     python examples/factory_tickets/generate.py --out examples/factory_tickets/data --seed 0 \\
-        --train 1800 --dev 100 --test 200 --rl 400
+        --train 2200 --dev 100 --test 200 --rl 400
 
 Each ticket is built from facts (an asset tag, a fault of one category, its impact, whether
 people are in danger) and phrases from ``ticket_phrases.py``; the label is computed from the same
@@ -26,7 +26,12 @@ import ticket_phrases as P  # noqa: E402  (a sibling module; this file runs as a
 # rl: fresh labelled prompts for the RL stage (after distillation the student solves every train prompt, which
 # leaves on-policy RL nothing to learn from). Last, so that adding it leaves the other splits as they were.
 SPLITS = ("train", "dev", "test", "rl")
-DEFAULT_SIZES = {"train": 1800, "dev": 100, "test": 200, "rl": 400}
+DEFAULT_SIZES = {"train": 2200, "dev": 100, "test": 200, "rl": 400}
+# Each split's first share, drawn in SPLITS order: the sizes the splits were first committed with. Tickets beyond a
+# split's first share are drawn after every split's first share, so that a larger split leaves the others as they
+# were (the train split grew from 1800 to 2200 in issue 25: the same dev, test and rl tickets, and the same first
+# 1800 train tickets, as before).
+FIRST_SHARE = {"train": 1800, "dev": 100, "test": 200, "rl": 400}
 CATEGORIES = ("electrical", "mechanical", "hydraulic", "pneumatic", "control", "sensor")  # safety comes from danger
 # impact kinds of a ticket with no danger, and how often they are drawn (L: low, XS: scrap and stopped)
 KINDS = {"L": 0.2, "S": 0.3, "X": 0.1, "XS": 0.05, "D": 0.25, "R": 0.1}
@@ -162,8 +167,12 @@ def make_ticket(rng: random.Random) -> tuple[str, Facts]:
     return text, facts
 
 
-def generate(seed: int, sizes: dict[str, int]) -> dict[str, list[dict]]:
-    """Labelled records per split: ``{"train": [{"input": ..., "label": ...}, ...], ...}``, deterministic for a seed."""
+def generate(seed: int, sizes: dict[str, int], first_share: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """Labelled records per split: ``{"train": [{"input": ..., "label": ...}, ...], ...}``, deterministic for a seed.
+
+    Each split's first ``first_share`` tickets (default ``FIRST_SHARE``) are drawn in SPLITS order, then the rest of
+    each split, so that a larger split leaves the others as they were."""
+    first_share = FIRST_SHARE if first_share is None else first_share
     rng = random.Random(seed)
     seen: set[str] = set()
     records: list[dict] = []
@@ -177,10 +186,17 @@ def generate(seed: int, sizes: dict[str, int]) -> dict[str, list[dict]]:
         if key not in seen:
             seen.add(key)
             records.append({"input": text, "label": facts.label()})
-    out, start = {}, 0
-    for split in (s for s in SPLITS if s in sizes):
-        out[split] = records[start:start + sizes[split]]
-        start += sizes[split]
+    wanted = [s for s in SPLITS if s in sizes]
+    first = {s: min(sizes[s], first_share.get(s, sizes[s])) for s in wanted}
+    out: dict[str, list[dict]] = {}
+    start = 0
+    for split in wanted:
+        out[split] = records[start:start + first[split]]
+        start += first[split]
+    for split in wanted:
+        more = sizes[split] - first[split]
+        out[split] += records[start:start + more]
+        start += more
     return out
 
 

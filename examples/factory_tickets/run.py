@@ -53,7 +53,7 @@ class Settings:
 
     work: Path = Path("factory-tickets-run")
     layers: int = 16  # student depth (of the teacher's 30)
-    prototype_epochs: float = 1.0  # the train split: 1800 tickets
+    prototype_epochs: float = 1.0  # the train split: 2200 tickets
     samples: int = 2  # teacher answers per prompt
     kd_epochs: float = 1.0
     kd_loss: str = "fkl"
