@@ -18,6 +18,7 @@ Imports no torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,21 @@ class Example:
     @property
     def answer_len(self) -> int:
         return len(self.ids) - self.prompt_len
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]:
+    """Token sequences as one left-padded batch: ``input_ids`` (``pad_id`` before each sequence), the attention
+    mask and each sequence's own ``position_ids`` (0 at its first token), all ``[len(seqs), longest]`` long tensors;
+    every row then gives the unpadded sequence's logits (to float rounding)."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[b, width - len(s):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from supertiny.errors import InvalidInputError
+from supertiny.stages.transfer.examples import left_pad
 from supertiny.stages.transfer.losses import teacher_topk
 
 if TYPE_CHECKING:
@@ -158,14 +159,8 @@ def batch_rows(model: Any, examples: Sequence[tuple[Sequence[int], int]], bf16: 
     import torch
 
     device = next(model.parameters()).device
-    longest = max(len(ids) for ids, _ in examples)
     keep = max(len(ids) - p for ids, p in examples) + 1  # every answer row lies in the last `keep` positions
-    input_ids = torch.zeros(len(examples), longest, dtype=torch.long)
-    mask = torch.zeros(len(examples), longest, dtype=torch.long)
-    for r, (ids, _) in enumerate(examples):
-        input_ids[r, longest - len(ids):] = torch.tensor(list(ids))
-        mask[r, longest - len(ids):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = left_pad([ids for ids, _ in examples], 0)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                        position_ids=positions.to(device), logits_to_keep=keep).logits

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from supertiny.stages.transfer.examples import Example
+from supertiny.stages.transfer.examples import Example, left_pad
 from supertiny.stages.transfer.kdcache import TopKCache
 from supertiny.stages.transfer.losses import mixed_loss
 from supertiny.stages.transfer.training import read_metrics, train_loss
@@ -92,17 +92,13 @@ class Collator:
 
     def __call__(self, items: list[dict[str, int]]) -> dict[str, Any]:
         rows = [self.examples[it["index"]] for it in items]
-        width = max(len(e.ids) for e in rows)
+        ids, mask, positions = left_pad([e.ids for e in rows], self.pad_id)
         span = max(e.answer_len for e in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
         labels = torch.full((len(rows), span), -100, dtype=torch.long)
         for b, e in enumerate(rows):
-            ids[b, width - len(e.ids):] = torch.tensor(e.ids)
-            mask[b, width - len(e.ids):] = 1
             labels[b, span - e.answer_len:] = torch.tensor(e.ids[e.prompt_len:])
         batch = {"input_ids": ids, "attention_mask": mask,
-                 "position_ids": (mask.cumsum(-1) - 1).clamp_min(0), "labels": labels, "logits_to_keep": span + 1}
+                 "position_ids": positions, "labels": labels, "logits_to_keep": span + 1}
         if self.cache is not None:
             parts = [self.cache.rows(it["index"]) for it in items]
             batch["kd_values"] = torch.from_numpy(_cat([p[0] for p in parts]))
