@@ -27,7 +27,7 @@ from conftest import build_tiny_model, start_server, write_color_task
 
 TICKETS = load_task("factory-tickets")
 SCHEMA = Grammar.from_json_schema(task_json_schema(TICKETS))
-ANSWER = {"asset": "CNC-07", "category": "electrical", "severity": "high", "line_stopped": True}
+ANSWER = {"asset": "CNC-07", "category": "electrical", "line_stopped": True, "severity": "high"}
 
 
 def accepts(grammar, text, vocab):

@@ -83,7 +83,7 @@ def test_task_baseline_scores_with_the_task_metric():
              _record("MIX-2 power flicker, running", "MIX-2", "electrical", "medium", False),
              _record("CONV-11 belt snapped, stopped", "CONV-11", "mechanical", "high", True)]
     base = TaskBaseline.train(task, train, train, encoder=_KeywordEncoder())
-    assert base.predicted_fields == ["asset", "category", "severity", "line_stopped"]
+    assert base.predicted_fields == ["asset", "category", "line_stopped", "severity"]
     assert base.predict(["no tag: power out, stopped"])[0] == [
         {"category": "electrical", "severity": "high", "line_stopped": True}]  # asset left out: no tag
     test = [_record("ROB-1 power trip, stopped", "ROB-1", "electrical", "high", True),

@@ -30,7 +30,7 @@ def test_brief_prompt_is_one_line_and_the_keys_without_examples():
     task = load_task("factory-tickets")
     full, brief = task.messages("cnc-07 down"), task.with_prompt("brief").messages("cnc-07 down")
     assert brief[0] == {"role": "system", "content": "Triage this factory maintenance ticket. Answer with one JSON "
-                        "object with the keys asset, category, severity, line_stopped."}
+                        "object with the keys asset, category, line_stopped, severity."}
     assert brief[1] == full[-1] and len(brief) == 2
     assert len(full[0]["content"]) > 10 * len(brief[0]["content"])
     data = {"schema_version": 1, "name": "t", "input": "x", "instruction": "Long.", "brief": "Short.",

@@ -49,10 +49,10 @@ def task():
 
 def test_shipped_task_loads_by_name_and_path(task, tmp_path):
     assert "factory-tickets" in list_tasks()
-    assert task.field_names == ("asset", "category", "severity", "line_stopped")
+    assert task.field_names == ("asset", "category", "line_stopped", "severity")
     assert task.fields[1].values == ("electrical", "mechanical", "hydraulic", "pneumatic", "control", "sensor",
                                      "safety")
-    assert task.fields[2].values == ("critical", "high", "medium", "low")
+    assert task.fields[3].values == ("critical", "high", "medium", "low")
     assert load_task(task.source).to_dict()["output"] == task.to_dict()["output"]
     with pytest.raises(TaskError, match=r"unknown task 'factory-ticket'; shipped: .*factory-tickets"):
         load_task("factory-ticket")
@@ -248,7 +248,7 @@ def test_read_task_data(task, tmp_path):
     (['{"input": ""}'], r"bad\.jsonl:1: input: expected a non-empty string, got \"\""),
     (['{"input": "a", "lable": {}}'], r"bad\.jsonl:1: unknown key 'lable' \(did you mean 'label'\?"),
     (['{"input": "a"}', '{"input": "b", "label": {"asset": "CNC-07"}}'],
-     r"bad\.jsonl:2: label\.category: required key is missing; label\.severity"),
+     r"bad\.jsonl:2: label\.category: required key is missing; label\.line_stopped"),
     (['{"input": "a", "label": {"asset": "CNC-07", "category": "wiring", "severity": "high", '
       '"line_stopped": true, "plant": 2}}'],
      r"bad\.jsonl:1: label: unknown key 'plant' .*; label\.category: expected one of electrical"),

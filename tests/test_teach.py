@@ -32,7 +32,7 @@ GOLD = {  # input -> label (from the shipped handwritten tickets' style)
 
 
 def answer(**kw) -> str:
-    base = {"asset": "BOX-12", "category": "mechanical", "severity": "medium", "line_stopped": False}
+    base = {"asset": "BOX-12", "category": "mechanical", "line_stopped": False, "severity": "medium"}
     return json.dumps({**base, **kw})
 
 

@@ -12,7 +12,7 @@ that allowed any would let a small model write spaces until its budget ends).
 >>> from supertiny.tasks import load_task
 >>> s = task_json_schema(load_task("factory-tickets"))
 >>> list(s["properties"]), s["required"] == list(s["properties"]), s["additionalProperties"]
-(['asset', 'category', 'severity', 'line_stopped'], True, False)
+(['asset', 'category', 'line_stopped', 'severity'], True, False)
 >>> s["properties"]["asset"]["pattern"], s["properties"]["line_stopped"]["type"]
 ('^ {0,2}(?i:[A-Z]{2,6}-[0-9]{1,4}) {0,2}$', 'boolean')
 >>> s["properties"]["severity"]["pattern"]

@@ -99,7 +99,7 @@ class Task:
 
         >>> load_task("factory-tickets").with_prompt("brief").system_prompt()
         'Triage this factory maintenance ticket. Answer with one JSON object with the keys asset, category, \
-severity, line_stopped.'
+line_stopped, severity.'
         """
         if self.prompt == "brief":
             return f"{self.brief} Answer with one JSON object with the keys {', '.join(self.field_names)}."
@@ -129,7 +129,7 @@ severity, line_stopped.'
 
         >>> load_task("factory-tickets").format_answer(
         ...     {"line_stopped": True, "asset": "CNC-07", "category": "electrical", "severity": "high"})
-        '{"asset": "CNC-07", "category": "electrical", "severity": "high", "line_stopped": true}'
+        '{"asset": "CNC-07", "category": "electrical", "line_stopped": true, "severity": "high"}'
         """
         return json.dumps({n: answer[n] for n in self.field_names}, ensure_ascii=False)
 
@@ -293,7 +293,7 @@ def load_task(name_or_path: str | os.PathLike[str]) -> Task:
     :class:`TaskError` for an unknown name (listing the shipped ones) or a bad file.
 
     >>> load_task("factory-tickets").field_names
-    ('asset', 'category', 'severity', 'line_stopped')
+    ('asset', 'category', 'line_stopped', 'severity')
     """
     text = os.fspath(name_or_path)
     if schema.is_path(name_or_path):
