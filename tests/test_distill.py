@@ -142,13 +142,15 @@ def _free_port() -> int:
 def test_two_process_data_parallel_run(setup):
     tmp, teacher, student = setup
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    logs = tmp / "rank-logs"  # each rank's own stdout/stderr (teed): a failure shows which rank died, and where
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()),
+           "--master_port", str(_free_port()), "--log-dir", str(logs), "--tee", "3",
            "-m", "supertiny", "distill", str(student), "--task", str(tmp / "task.toml"), "--data",
            str(tmp / "data.jsonl"), "--out", str(tmp / "ddp"), "--teacher", str(teacher), "--loss", "fkl",
            "--steps", "3", "--batch-size", "2", "--save-every", "2", "--json"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=290)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, p.stderr[-2000:] + "".join(
+        f"\n--- {f.relative_to(logs)}:\n{f.read_text(errors='replace')[-1500:]}" for f in sorted(logs.rglob("*.log")))
     m = json.loads((tmp / "ddp" / "supertiny.json").read_text())
     assert m["details"]["world_size"] == 2 and m["details"]["steps"] == 3
     assert [x.name for x in tmp.iterdir() if x.name.startswith("ddp")] == ["ddp"]  # one output, no leftovers
