@@ -54,7 +54,6 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]
     return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
-
 def check_chat_template(tokenizer: Any) -> None:
     """Raise InvalidInputError unless ``tokenizer`` has a chat template (examples are chat examples)."""
     if not getattr(tokenizer, "chat_template", None):
