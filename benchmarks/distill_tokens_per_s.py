@@ -1,8 +1,9 @@
-"""Training tokens/s of SFT vs KD from the cached teacher top-k, measured side by side.
+"""Training tokens/s of SFT vs KD from the cached teacher top-k (on the answer, and with
+``--input-kd`` on the input's tokens too), measured side by side.
 
-Both losses run on the same batches of the same student, alternating step by step (so a
-noisy, shared machine slows both alike); a step is forward + backward + AdamW update.
-The teacher cache is built once (its time is printed) or reused from --cache-dir.
+The losses run on the same batches of the same student, taking turns step by step (so a
+noisy, shared machine slows them alike); a step is forward + backward + AdamW update.
+The teacher caches are built once (their times are printed) or reused from --cache-dir.
 
     python benchmarks/distill_tokens_per_s.py /tmp/student --teacher default --records 20 --reps 3
 """
@@ -18,10 +19,11 @@ import torch
 
 from supertiny.manifest import hash_path
 from supertiny.models import load_model, resolve
+from supertiny.stages.transfer.distill import attention_kernel
 from supertiny.stages.transfer.examples import load_examples
 from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
-from supertiny.stages.transfer.losses import mixed_loss
-from supertiny.stages.transfer.trainer import Collator, answer_logits
+from supertiny.stages.transfer.losses import mixed_loss, topk_kd_loss
+from supertiny.stages.transfer.trainer import Collator, answer_rows, kept_logits
 from supertiny.tasks import task_for
 
 
@@ -48,36 +50,52 @@ def main() -> None:
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(Path(a.data).read_text().splitlines(True)[: a.records]))
     examples, _ = load_examples(data, task, lm.tokenizer, 1024)
-    pairs = [(e.ids, e.prompt_len) for e in examples]
-    key = cache_key(hash_path(resolve(a.teacher)[1]), examples_hash(pairs), a.top_k, 1.0, "float16")
-    path = Path(a.cache_dir) / f"kd-{key}.safetensors"
-    if not path.is_file():
-        t = load_model(a.teacher)
-        t0 = time.perf_counter()
-        build_cache(t.model, pairs, a.top_k, 1.0).save(path)
-        print(f"cache build: {time.perf_counter() - t0:.1f} s for {len(pairs)} examples")
-        del t
-    cache = TopKCache.load(path)
-    print(f"cache: {path.stat().st_size} bytes, {path.stat().st_size / cache.values.shape[0]:.0f} bytes/token")
-    collate = Collator(examples, lm.tokenizer.pad_token_id, cache)
+    # batches of about one length, as the stage's --group-by-length makes them (the logits kept for --input-kd
+    # span a batch's longest input and answer: mixed lengths would cost it more than the stage pays)
+    examples.sort(key=lambda e: len(e.ids))
+    collate = {}
+    for inputs in (False, True):  # the answer's rows; the input's and the answer's (--input-kd)
+        pairs = [(e.ids, e.rows_from(inputs)) for e in examples]
+        key = cache_key(hash_path(resolve(a.teacher)[1]), examples_hash(pairs), a.top_k, 1.0, "float16")
+        path = Path(a.cache_dir) / f"kd-{key}.safetensors"
+        if not path.is_file():
+            t = load_model(a.teacher)
+            t0 = time.perf_counter()
+            build_cache(t.model, pairs, a.top_k, 1.0).save(path)
+            print(f"cache build ({'input and answer' if inputs else 'answer'}): {time.perf_counter() - t0:.1f} s "
+                  f"for {len(pairs)} examples")
+            del t
+        cache = TopKCache.load(path)
+        print(f"cache ({'input and answer' if inputs else 'answer'}): {path.stat().st_size} bytes, "
+              f"{cache.values.shape[0]} rows, {path.stat().st_size / cache.values.shape[0]:.0f} bytes/token")
+        collate[inputs] = Collator(examples, lm.tokenizer.pad_token_id, cache, inputs=inputs)
+    losses = ("sft", "fkl", "fkl+input")
     model = lm.model.train()
+    # the attention kernel the distill stage trains with (eager on a CPU for short examples)
+    model.config._attn_implementation = attention_kernel("auto", "cpu", max(len(e.ids) for e in examples))
+    print(f"attention: {model.config._attn_implementation}")
     # the optimizer the distill stage's Trainer makes (transformers' default: AdamW, fused; the unfused loop
     # costs 0.3-0.4 s more per step of the 16-layer student here)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     print("| precision | loss | steps | tokens/step | tokens/s | answer tokens/s |")
     print("|---|---|---|---|---|---|")
     for bf16 in {"both": (False, True), "fp32": (False,), "bf16": (True,)}[a.precision]:
-        total = {"sft": [0.0, 0, 0], "fkl": [0.0, 0, 0]}
+        total = {loss: [0.0, 0, 0] for loss in losses}
         for rep in range(a.reps + 1):  # rep 0 warms up and is not counted
             idx = [(rep * a.batch_size + i) % len(examples) for i in range(a.batch_size)]
-            for loss in ("sft", "fkl") if rep % 2 else ("fkl", "sft"):  # alternate who goes first
-                batch = collate([{"index": i} for i in idx])
+            for loss in losses[rep % 3:] + losses[:rep % 3]:  # take turns going first
+                batch = collate[loss == "fkl+input"]([{"index": i} for i in idx])
                 values, indices = batch.pop("kd_values"), batch.pop("kd_indices")
+                in_values, in_indices = batch.pop("kd_input_values", None), batch.pop("kd_input_indices", None)
+                in_mask = batch.pop("kd_input_mask", None)
                 t0 = time.perf_counter()
                 ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
                 with ctx:
-                    logits, labels = answer_logits(model, batch)
-                    value, _ = mixed_loss(logits, labels, values, indices, loss, 0.5, 1.0, 0.5)
+                    kept = kept_logits(model, batch)
+                    logits, labels = answer_rows(kept, batch["labels"])
+                    value, _ = mixed_loss(logits, labels, values, indices, loss.split("+")[0], 0.5, 1.0, 0.5)
+                    if in_mask is not None:  # the distill stage's --input-kd 1
+                        value = value + topk_kd_loss(kept[in_mask], in_values, in_indices, "fkl").mean()
                 value.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -89,8 +107,9 @@ def main() -> None:
         for loss, (secs, toks, ans) in total.items():
             print(f"| {'bf16 autocast' if bf16 else 'fp32'} | {loss} | {a.reps} | {toks / a.reps:.0f} | "
                   f"{toks / secs:.1f} | {ans / secs:.2f} |")
-        print(f"| {'bf16' if bf16 else 'fp32'} | **fkl / sft** | | | "
-              f"**{(total['fkl'][1] / total['fkl'][0]) / (total['sft'][1] / total['sft'][0]):.2f}x** | |")
+        for loss in losses[1:]:
+            print(f"| {'bf16' if bf16 else 'fp32'} | **{loss} / sft** | | | "
+                  f"**{(total[loss][1] / total[loss][0]) / (total['sft'][1] / total['sft'][0]):.2f}x** | |")
 
 
 if __name__ == "__main__":

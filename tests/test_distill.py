@@ -233,3 +233,43 @@ def test_length_grouped_batches_cover_the_epoch_in_batches_of_one_length():
         for i in range(0, 203, 8):
             b = [lengths[j] for j in order[i:i + 8]]
             assert b == sorted(b, reverse=True), (i, b)
+
+
+def test_input_kd_aligns_the_teachers_rows_with_the_inputs_tokens(setup):
+    """--input-kd: the cache holds each example's rows from its input's first token, the collator hands them to the
+    logits at those positions (the teacher distilled into itself scores ~0 KL there: any shift of one position
+    would not), and a student moves toward the teacher on its inputs as on its answers."""
+    from supertiny.models import load_model
+    from supertiny.stages.transfer.examples import load_examples
+    from supertiny.stages.transfer.kdcache import TopKCache
+    from supertiny.stages.transfer.trainer import Collator
+    from supertiny.tasks import task_for
+
+    tmp, teacher, student = setup
+    tok = load_model(str(student)).tokenizer
+    examples, _ = load_examples(tmp / "data.jsonl", task_for(str(tmp / "task.toml"), str(student)), tok, 256)
+    for e, line in zip(examples, (tmp / "data.jsonl").read_text().splitlines(), strict=True):
+        text = tok.decode(e.ids[e.input_start:e.prompt_len])
+        assert text.startswith(json.loads(line)["input"]), text  # the input, then the template's turn end
+        assert e.rows_from(True) == e.input_start < e.prompt_len == e.rows_from(False)
+
+    cfg = dict(alpha=1.0, input_kd=1.0, lr=1e-12, steps=2, save_every=0, dev_limit=1)
+    m = distill(teacher, tmp / "self", tmp / "task.toml", tmp / "data.jsonl", _cfg(**cfg), teacher=str(teacher),
+                cache_dir=tmp / "cache")
+    rows = [r for r in read_metrics_lines(tmp / "self") if "loss" in r]
+    assert all(r["kd_input"] < 1e-3 and r["kd"] < 1e-3 for r in rows), rows
+    (path,) = (tmp / "cache").glob("kd-*.safetensors")
+    cache = TopKCache.load(path)
+    assert m.details["cache"]["tokens"] == sum(len(e.ids) - e.input_start for e in examples) == len(cache.values)
+    batch = Collator(examples, tok.pad_token_id, cache, inputs=True)([{"index": 0}, {"index": 3}])
+    n_input = sum(examples[i].prompt_len - examples[i].input_start for i in (0, 3))
+    assert int(batch["kd_input_mask"].sum()) == n_input == len(batch["kd_input_values"])
+    assert len(batch["kd_values"]) == int((batch["labels"] != -100).sum())
+    assert batch["logits_to_keep"] == max(len(examples[i].ids) - examples[i].input_start for i in (0, 3)) + 1
+
+    distill(student, tmp / "out", tmp / "task.toml", tmp / "data.jsonl", _cfg(steps=8, input_kd=1.0),
+            teacher=str(teacher), cache_dir=tmp / "cache")
+    kd_in = [r["kd_input"] for r in read_metrics_lines(tmp / "out") if "kd_input" in r]
+    assert len(kd_in) == 8 and kd_in[-1] < 0.7 * kd_in[0], kd_in
+    with pytest.raises(InvalidInputError, match="--input-kd distils the teacher's logits"):
+        distill(student, tmp / "o2", tmp / "task.toml", tmp / "data.jsonl", _cfg(loss="sft", input_kd=1.0))

@@ -3,9 +3,11 @@
 Examples come from teacher data or task data (:mod:`.examples`). With a KD loss the teacher's
 top-k distribution per answer token is computed once (:mod:`.kdcache`) and reused by every
 epoch and resume; the loss is :func:`.losses.mixed_loss` on the answer tokens
-(:class:`.trainer.DistillTrainer`). Checkpoints, resume, dev evaluation and the install are
-the training stages' shared scaffolding (:mod:`.training`); runs data-parallel under
-``torchrun``/``accelerate launch``.
+(:class:`.trainer.DistillTrainer`). ``--input-kd W`` adds W times the KD loss on the input's
+tokens (the record's text, not the system prompt every record shares; the cache then holds
+their rows too): the student also learns how the teacher reads the input. Checkpoints,
+resume, dev evaluation and the install are the training stages' shared scaffolding
+(:mod:`.training`); runs data-parallel under ``torchrun``/``accelerate launch``.
 
 Example::
 
@@ -29,7 +31,7 @@ from supertiny import schema
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest, hash_path
 from supertiny.models import load_model, resolve
-from supertiny.settings import NON_NEG_INT, POS_INT, POSITIVE, UNIT, setting
+from supertiny.settings import NON_NEG, NON_NEG_INT, POS_INT, POSITIVE, UNIT, setting
 from supertiny.stages.registry import Log, Progress, get, stage
 from supertiny.stages.transfer.examples import load_examples
 from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
@@ -71,6 +73,9 @@ class DistillConfig(TrainingConfig):
     max_length: int = setting(1024, "Longer examples are skipped and counted in the manifest.", check=POS_INT)
     temperature: float = setting(1.0, "KD softmax temperature (loss scaled by T^2).", check=POSITIVE)
     alpha: float = setting(0.5, "loss = alpha*KD + (1-alpha)*CE.", check=UNIT)
+    input_kd: float = setting(0.0, "Weight of a KD term on the input's tokens (the record's text, not the system "
+                              "prompt every record shares), added to the loss: the student also learns the teacher's "
+                              "next-token distribution there. 0: the answer tokens only.", check=NON_NEG)
     beta: float = setting(0.5, "jsd's mixture weight.", check=UNIT)
     top_k: int = setting(32, "Teacher tokens cached per answer token.", check=POS_INT)
     cache_dtype: str = setting("float16", "Storage type of the cached teacher probabilities.",
@@ -103,6 +108,9 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
 
     if config.loss != "sft" and inputs["teacher"] is None:
         raise InvalidInputError(f"--loss {config.loss} distils a teacher's logits: pass --teacher")
+    if config.input_kd and config.loss == "sft":
+        raise InvalidInputError("--input-kd distils the teacher's logits on the input: pass a KD --loss (fkl, rkl "
+                                "or jsd)")
     s = setup(STAGE, STAGE_VERSION, inputs, out, config, log, lambda work: training_args(
         config, work, batch_size=config.batch_size, lr=config.lr, steps=config.steps, epochs=config.epochs,
         grad_accum=config.grad_accum, warmup_ratio=config.warmup_ratio, save_every=config.save_every))
@@ -116,12 +124,13 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
     cache, agree_rows, cache_info = _teacher(s, inputs["teacher"], config, examples, progress)
     s.model.train()
     saved_attention = s.model.config._attn_implementation
-    attention = _attention(config.attention, s.args.device.type, max(len(e.ids) for e in examples))
+    attention = attention_kernel(config.attention, s.args.device.type, max(len(e.ids) for e in examples))
     s.model.config._attn_implementation = attention
     trainer = DistillTrainer(model=s.model, args=s.args, train_dataset=ExampleDataset(examples),
-                             data_collator=Collator(examples, s.tokenizer.pad_token_id, cache), loss=config.loss,
-                             alpha=config.alpha, temperature=config.temperature, beta=config.beta,
-                             group_lengths=config.group_by_length)
+                             data_collator=Collator(examples, s.tokenizer.pad_token_id, cache,
+                                                    inputs=bool(config.input_kd)),
+                             loss=config.loss, alpha=config.alpha, temperature=config.temperature, beta=config.beta,
+                             input_kd=config.input_kd, group_lengths=config.group_by_length)
     try:
         _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
                            config.loss)
@@ -134,17 +143,17 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
         steady = logs[1:] or logs  # the first step pays for warm-up
         return {"steps": trainer.state.global_step, "epochs": round(float(trainer.state.epoch or 0), 3),
                 "examples": len(examples), "data": counts, "train_loss": train_loss(logs),
-                "final": {k: logs[-1][k] for k in ("loss", "ce", "kd") if logs and k in logs[-1]},
+                "final": {k: logs[-1][k] for k in ("loss", "ce", "kd", "kd_input") if logs and k in logs[-1]},
                 "tokens_per_s": mean([r["tokens_per_s"] for r in steady]),
                 "answer_tokens_per_s": mean([r["answer_tokens_per_s"] for r in steady]),
                 "world_size": s.args.world_size, "attention": attention, RECORD_KEY: prompt_record(s.spec),
                 "cache": cache_info}
 
     quality = evaluator.last or {"skipped": "no --dev data and no teacher to compare with"}
-    return finish(s, f"{config.loss}: {s.out.name}", ("loss", "ce", "kd"), details, quality)
+    return finish(s, f"{config.loss}: {s.out.name}", ("loss", "ce", "kd", "kd_input"), details, quality)
 
 
-def _attention(setting: str, device: str, longest: int) -> str:
+def attention_kernel(setting: str, device: str, longest: int) -> str:
     """The attention kernel a run trains with (see ``DistillConfig.attention``)."""
     if setting != "auto":
         return setting
@@ -159,7 +168,8 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
     if teacher is None:
         return None, [], {}
     cache_path, t_hash, cache_info = None, hash_path(resolve(teacher)[1]), {}
-    pairs = [(e.ids, e.prompt_len) for e in examples]
+    # the cache keeps the rows KD trains on: the answer's, with --input-kd from the input's first token
+    pairs = [(e.ids, e.rows_from(bool(config.input_kd))) for e in examples]
     compute = "bfloat16" if config.bf16 else "float32"  # what the teacher runs in for the cache, as training does
     if config.loss != "sft":
         key = cache_key(t_hash, examples_hash(pairs), config.top_k, config.temperature, config.cache_dtype,
@@ -196,8 +206,10 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
     cache = None
     if cache_path is not None:
         cache = TopKCache.load(cache_path)
-        if len(cache) != len(examples):
-            raise InvalidInputError(f"{cache_path}: holds {len(cache)} examples, the data has {len(examples)}")
+        rows = sum(len(ids) - start for ids, start in pairs)
+        if len(cache) != len(examples) or cache.values.shape[0] != rows:
+            raise InvalidInputError(f"{cache_path}: holds {len(cache)} examples and {cache.values.shape[0]} rows, "
+                                    f"the data has {len(examples)} and {rows}")
         size = cache_path.stat().st_size
         cache_info.update(path=str(cache_path), bytes=size, k=cache.k, tokens=int(cache.values.shape[0]),
                           bytes_per_token=round(size / max(1, cache.values.shape[0]), 1))

@@ -9,10 +9,11 @@ Data is JSON Lines in either form (errors name ``FILE:LINE``):
 
 Each example is the task's chat prompt (``task.messages(input)`` with the generation
 prompt) followed by the answer and the end-of-turn token; the loss is on the answer
-only. An example longer than ``max_length`` is **skipped and counted** (the manifest
-names the first one): cutting the prompt would drop the instruction and cutting the
-answer would teach broken JSON. Distillation trains on them; quantization calibrates on them.
-Imports no torch.
+(and, with ``distill --input-kd``, the teacher's distribution on the input's tokens too:
+``Example.input_start`` is where they begin). An example longer than ``max_length`` is
+**skipped and counted** (the manifest names the first one): cutting the prompt would drop
+the instruction and cutting the answer would teach broken JSON. Distillation trains on
+them; quantization calibrates on them. Imports no torch.
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ from supertiny.readers import read_jsonl
 
 @dataclass(frozen=True)
 class Example:
-    """One training sequence: prompt ids then answer ids; ``where`` is the data file's ``FILE:LINE``."""
+    """One training sequence: prompt ids then answer ids; ``where`` is the data file's ``FILE:LINE``.
+    ``input_start``: the first id of the record's input (ids before it are the prompt every record shares: the
+    system prompt and the user turn's opening); None: the prompt's end."""
 
     ids: tuple[int, ...]
     prompt_len: int
     where: str = ""
+    input_start: int | None = None
+
+    def rows_from(self, inputs: bool) -> int:
+        """The first id whose distribution a KD cache keeps: the input's first (``inputs``) or the answer's."""
+        return self.prompt_len if not inputs or self.input_start is None else self.input_start
 
     @property
     def answer_len(self) -> int:
@@ -52,6 +60,20 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]
         ids[b, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
         mask[b, width - len(s):] = 1
     return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share.
+
+    >>> common_prefix([5, 6, 7, 8], [5, 6, 9])
+    2
+    """
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def check_chat_template(tokenizer: Any) -> None:
@@ -93,6 +115,9 @@ def load_examples(path: str | os.PathLike[str], task: Any, tokenizer: Any, max_l
     check_chat_template(tokenizer)
     eos = tokenizer.eos_token_id
     records = read_jsonl(path)
+    # the prompt of an empty input: the ids every record's prompt shares before its input
+    shared = tokenizer(tokenizer.apply_chat_template(task.messages(""), add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"]
     examples, counts = [], {"records": len(records), "no_response": 0, "too_long": 0, "first_too_long": None}
     for r in records:
         prompt, answer = chat_pair(r, task, tokenizer)
@@ -105,7 +130,7 @@ def load_examples(path: str | os.PathLike[str], task: Any, tokenizer: Any, max_l
             counts["too_long"] += 1
             counts["first_too_long"] = counts["first_too_long"] or f"{r.where} ({len(p_ids) + len(a_ids)} tokens)"
             continue
-        examples.append(Example(tuple(p_ids + a_ids), len(p_ids), r.where))
+        examples.append(Example(tuple(p_ids + a_ids), len(p_ids), r.where, common_prefix(p_ids, shared)))
     if not examples:
         why = (f"all {counts['too_long']} are longer than --max-length {max_length} "
                f"(first: {counts['first_too_long']})" if counts["too_long"] else "none has a response")

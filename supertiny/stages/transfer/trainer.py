@@ -11,7 +11,8 @@ resume exactly. What is ours:
   forward/backward pass but not its 49k-wide vocabulary projection. ``position_ids``
   count real tokens, so padding changes nothing.
 * :class:`DistillTrainer`: ``compute_loss`` = :func:`supertiny.stages.transfer.losses.mixed_loss`
-  on the answer tokens (the prompt is masked), with the cached teacher top-k.
+  on the answer tokens (the prompt is masked), with the cached teacher top-k; with ``input_kd`` plus
+  that weight times the KD loss on the input's tokens (the logits kept then start at the input).
 * Callbacks: :class:`MetricsCallback` (JSON Lines: step, loss, lr, tokens/s, evals),
   :class:`ProgressCallback` (the CLI's bar), :class:`EvalCallback` (a function of the
   model every N steps and at the end, main process only). The run around it (setup,
@@ -32,7 +33,7 @@ from transformers import Trainer, TrainerCallback
 
 from supertiny.stages.transfer.examples import Example, left_pad
 from supertiny.stages.transfer.kdcache import TopKCache
-from supertiny.stages.transfer.losses import mixed_loss
+from supertiny.stages.transfer.losses import mixed_loss, topk_kd_loss
 from supertiny.stages.transfer.training import read_metrics, train_loss
 
 
@@ -85,10 +86,18 @@ class Collator:
     """Left-padded batch: ``input_ids``, ``attention_mask``, ``position_ids``, answer ``labels``
     (``[B, A]``, -100 where a shorter answer has no token), ``logits_to_keep`` (A + 1) and,
     with a cache, the teacher rows ``kd_values``/``kd_indices`` ``[answer tokens, k]`` in
-    batch-major order (the order of ``labels != -100``)."""
+    batch-major order (the order of ``labels != -100``).
 
-    def __init__(self, examples: Sequence[Example], pad_id: int, cache: TopKCache | None = None):
-        self.examples, self.pad_id, self.cache = list(examples), pad_id, cache
+    ``inputs``: the cache also holds each example's rows from its input's first token
+    (:meth:`.examples.Example.rows_from`); they come as ``kd_input_values``/``kd_input_indices``
+    ``[input tokens, k]`` with ``kd_input_mask`` ``[B, R]`` (True at their positions, batch-major),
+    and ``logits_to_keep`` is R + 1, R the longest input and answer (labels are its last A columns)."""
+
+    def __init__(self, examples: Sequence[Example], pad_id: int, cache: TopKCache | None = None,
+                 inputs: bool = False):
+        if inputs and cache is None:
+            raise ValueError("input rows come from a KD cache")
+        self.examples, self.pad_id, self.cache, self.inputs = list(examples), pad_id, cache, inputs
 
     def __call__(self, items: list[dict[str, int]]) -> dict[str, Any]:
         rows = [self.examples[it["index"]] for it in items]
@@ -99,10 +108,24 @@ class Collator:
             labels[b, span - e.answer_len:] = torch.tensor(e.ids[e.prompt_len:])
         batch = {"input_ids": ids, "attention_mask": mask,
                  "position_ids": positions, "labels": labels, "logits_to_keep": span + 1}
-        if self.cache is not None:
-            parts = [self.cache.rows(it["index"]) for it in items]
-            batch["kd_values"] = torch.from_numpy(_cat([p[0] for p in parts]))
-            batch["kd_indices"] = torch.from_numpy(_cat([p[1] for p in parts]))
+        if self.cache is None:
+            return batch
+        parts = [self.cache.rows(it["index"]) for it in items]
+        if self.inputs:
+            # each example's rows: its input's tokens, then its answer's; split them at the prompt's end
+            starts = [e.rows_from(True) for e in rows]
+            cut = [e.prompt_len - a for e, a in zip(rows, starts, strict=True)]
+            width = max(len(e.ids) - a for e, a in zip(rows, starts, strict=True))
+            in_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+            for b, (e, a) in enumerate(zip(rows, starts, strict=True)):
+                in_mask[b, width - (len(e.ids) - a):width - e.answer_len] = True
+            batch["kd_input_values"] = torch.from_numpy(_cat([p[0][:c] for p, c in zip(parts, cut, strict=True)]))
+            batch["kd_input_indices"] = torch.from_numpy(_cat([p[1][:c] for p, c in zip(parts, cut, strict=True)]))
+            batch["kd_input_mask"] = in_mask
+            batch["logits_to_keep"] = width + 1
+            parts = [(p[0][c:], p[1][c:]) for p, c in zip(parts, cut, strict=True)]
+        batch["kd_values"] = torch.from_numpy(_cat([p[0] for p in parts]))
+        batch["kd_indices"] = torch.from_numpy(_cat([p[1] for p in parts]))
         return batch
 
 
@@ -110,13 +133,24 @@ def _cat(arrays: list[Any]) -> Any:
     return np.ascontiguousarray(np.concatenate(arrays))
 
 
-def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits ``[answer tokens, V]`` and the answer token ids ``[answer tokens]`` of a batch."""
+def kept_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """The model's logits at the batch's last ``logits_to_keep - 1`` positions, each predicting the next id:
+    ``[B, logits_to_keep - 1, V]``."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
-    labels = batch["labels"]
+    return out.logits[:, :-1]
+
+
+def answer_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The answer's rows of :func:`kept_logits` ``[answer tokens, V]`` and its ids ``[answer tokens]`` (the labels
+    ``[B, A]`` are the last A positions)."""
     keep = labels != -100
-    return out.logits[:, :-1][keep], labels[keep]
+    return logits[:, logits.shape[1] - labels.shape[1]:][keep], labels[keep]
+
+
+def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits ``[answer tokens, V]`` and the answer token ids ``[answer tokens]`` of a batch."""
+    return answer_rows(kept_logits(model, batch), batch["labels"])
 
 
 class TrimmedTeacher(torch.nn.Module):
@@ -168,23 +202,26 @@ class MeteredTrainer(Trainer):
 
 
 class DistillTrainer(MeteredTrainer):
-    """A Trainer whose loss is ``alpha*KD + (1-alpha)*CE`` on the answer tokens (``sft``: CE).
+    """A Trainer whose loss is ``alpha*KD + (1-alpha)*CE`` on the answer tokens (``sft``: CE), plus
+    ``input_kd * KD`` on the input's tokens when the batches carry them (:class:`Collator` ``inputs``).
 
-    Args (besides Trainer's): loss, alpha, temperature, beta: see :func:`mixed_loss`; group_lengths: batches
-    of examples of about one length (:class:`LengthGroupedBatches`) instead of a plain shuffle.
+    Args (besides Trainer's): loss, alpha, temperature, beta: see :func:`mixed_loss`; input_kd: the weight of the
+    input's KD term; group_lengths: batches of examples of about one length (:class:`LengthGroupedBatches`)
+    instead of a plain shuffle.
     """
 
     def __init__(self, *args: Any, loss: str = "sft", alpha: float = 0.5, temperature: float = 1.0,
-                 beta: float = 0.5, group_lengths: bool = False, **kwargs: Any):
+                 beta: float = 0.5, input_kd: float = 0.0, group_lengths: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.kd_loss, self.alpha, self.temperature, self.beta = loss, alpha, temperature, beta
+        self.input_kd = input_kd
         self.group_lengths = group_lengths
         # Our loss is already a mean over answer tokens: let Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._reset()
 
     def _fields(self) -> dict[str, Any]:
-        return {"ce": 0.0, "kd": 0.0}
+        return {"ce": 0.0, "kd": 0.0, "kd_input": 0.0}
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -196,10 +233,18 @@ class DistillTrainer(MeteredTrainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         values, indices = inputs.pop("kd_values", None), inputs.pop("kd_indices", None)
-        logits, labels = answer_logits(model, inputs)
+        in_values, in_indices = inputs.pop("kd_input_values", None), inputs.pop("kd_input_indices", None)
+        in_mask = inputs.pop("kd_input_mask", None)
+        kept = kept_logits(model, inputs)
+        logits, labels = answer_rows(kept, inputs["labels"])
         loss, parts = mixed_loss(logits, labels, values, indices, self.kd_loss, self.alpha, self.temperature,
                                  self.beta)
         m = self._meter
+        if in_mask is not None:
+            kd_in = topk_kd_loss(kept[in_mask], in_values, in_indices, self.kd_loss, self.temperature,
+                                 self.beta).mean()
+            loss = loss + self.input_kd * kd_in
+            m["kd_input"] += float(kd_in.detach())
         m["tokens"] += int(inputs["attention_mask"].sum())
         m["answer_tokens"] += int(labels.numel())
         m["ce"] += parts["ce"]
@@ -211,6 +256,8 @@ class DistillTrainer(MeteredTrainer):
         figures = {"ce": m["ce"] / m["n"]}
         if self.kd_loss != "sft":
             figures["kd"] = m["kd"] / m["n"]
+        if self.input_kd:
+            figures["kd_input"] = m["kd_input"] / m["n"]
         return {**figures, **rates}
 
 
