@@ -46,6 +46,20 @@ def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int
     return ids
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share (two generations, or a prompt and the shared part of prompts).
+
+    >>> common_prefix([5, 6, 7, 8], [5, 6, 9])
+    2
+    """
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """Strided evaluation windows over ``n_tokens`` tokens.
 

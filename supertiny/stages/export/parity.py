@@ -79,7 +79,7 @@ def check_export(
         prompt = ids[:16]
     reference = list(ev.torch_generate(model, tokenizer)(prompt, greedy_tokens))
     produced = list(artifact_generate(prompt, greedy_tokens))
-    same = common_prefix(reference, produced)
+    same = ev.common_prefix(reference, produced)
     tokenization_ok = not mismatched
     numerics_ok = a.top1_agreement >= STRICT_TOP1 and a.kl_mean <= STRICT_KL
     max_abs = None
@@ -130,12 +130,3 @@ def describe_failure(report: dict[str, Any]) -> str:
     if atol is not None:
         line += f", largest logit difference {report['logits_max_abs_diff']:.2e} (need <= {atol:.0e})"
     return line
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supertiny.errors import InvalidInputError
+from supertiny.evaluate import common_prefix
 from supertiny.readers import read_jsonl
 
 
@@ -60,20 +61,6 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]
         ids[b, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
         mask[b, width - len(s):] = 1
     return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading ids ``a`` and ``b`` share.
-
-    >>> common_prefix([5, 6, 7, 8], [5, 6, 9])
-    2
-    """
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def check_chat_template(tokenizer: Any) -> None:
