@@ -22,8 +22,7 @@ from supertiny.models import load_model, resolve
 from supertiny.stages.transfer.distill import attention_kernel
 from supertiny.stages.transfer.examples import load_examples
 from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
-from supertiny.stages.transfer.losses import mixed_loss, topk_kd_loss
-from supertiny.stages.transfer.trainer import Collator, answer_rows, kept_logits
+from supertiny.stages.transfer.trainer import Collator, batch_loss
 from supertiny.tasks import task_for
 
 
@@ -85,17 +84,10 @@ def main() -> None:
             idx = [(rep * a.batch_size + i) % len(examples) for i in range(a.batch_size)]
             for loss in losses[rep % 3:] + losses[:rep % 3]:  # take turns going first
                 batch = collate[loss == "fkl+input"]([{"index": i} for i in idx])
-                values, indices = batch.pop("kd_values"), batch.pop("kd_indices")
-                in_values, in_indices = batch.pop("kd_input_values", None), batch.pop("kd_input_indices", None)
-                in_mask = batch.pop("kd_input_mask", None)
                 t0 = time.perf_counter()
                 ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-                with ctx:
-                    kept = kept_logits(model, batch)
-                    logits, labels = answer_rows(kept, batch["labels"])
-                    value, _ = mixed_loss(logits, labels, values, indices, loss.split("+")[0], 0.5, 1.0, 0.5)
-                    if in_mask is not None:  # the distill stage's --input-kd 1
-                        value = value + topk_kd_loss(kept[in_mask], in_values, in_indices, "fkl").mean()
+                with ctx:  # the distill stage's loss (alpha 0.5, T 1; --input-kd 1 with the input's rows)
+                    value, _, answer_tokens = batch_loss(model, batch, loss.split("+")[0], 0.5, 1.0, 0.5, 1.0)
                 value.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -103,7 +95,7 @@ def main() -> None:
                     t = total[loss]
                     t[0] += time.perf_counter() - t0
                     t[1] += int(batch["attention_mask"].sum())
-                    t[2] += int(labels.numel())
+                    t[2] += answer_tokens
         for loss, (secs, toks, ans) in total.items():
             print(f"| {'bf16 autocast' if bf16 else 'fp32'} | {loss} | {a.reps} | {toks / a.reps:.0f} | "
                   f"{toks / secs:.1f} | {ans / secs:.2f} |")

@@ -113,12 +113,11 @@ class Collator:
         parts = [self.cache.rows(it["index"]) for it in items]
         if self.inputs:
             # each example's rows: its input's tokens, then its answer's; split them at the prompt's end
-            starts = [e.rows_from(True) for e in rows]
-            cut = [e.prompt_len - a for e, a in zip(rows, starts, strict=True)]
-            width = max(len(e.ids) - a for e, a in zip(rows, starts, strict=True))
+            cut = [e.prompt_len - e.rows_from(True) for e in rows]  # input rows an example
+            width = max(c + e.answer_len for c, e in zip(cut, rows, strict=True))
             in_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-            for b, (e, a) in enumerate(zip(rows, starts, strict=True)):
-                in_mask[b, width - (len(e.ids) - a):width - e.answer_len] = True
+            for b, (c, e) in enumerate(zip(cut, rows, strict=True)):
+                in_mask[b, width - e.answer_len - c:width - e.answer_len] = True
             batch["kd_input_values"] = torch.from_numpy(_cat([p[0][:c] for p, c in zip(parts, cut, strict=True)]))
             batch["kd_input_indices"] = torch.from_numpy(_cat([p[1][:c] for p, c in zip(parts, cut, strict=True)]))
             batch["kd_input_mask"] = in_mask
@@ -151,6 +150,25 @@ def answer_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
 def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's logits ``[answer tokens, V]`` and the answer token ids ``[answer tokens]`` of a batch."""
     return answer_rows(kept_logits(model, batch), batch["labels"])
+
+
+def batch_loss(model: Any, batch: dict[str, Any], loss: str, alpha: float, temperature: float, beta: float,
+               input_kd: float = 0.0) -> tuple[torch.Tensor, dict[str, float], int]:
+    """The distill stage's loss on one :class:`Collator` batch (its ``kd_*`` entries are popped):
+    :func:`mixed_loss` on the answer tokens, plus ``input_kd`` times the KD loss on the input's tokens when the
+    batch carries them. Returns the loss, its parts as floats (``ce``, ``kd``, ``kd_input``) and the number of
+    answer tokens."""
+    values, indices = batch.pop("kd_values", None), batch.pop("kd_indices", None)
+    in_values, in_indices = batch.pop("kd_input_values", None), batch.pop("kd_input_indices", None)
+    in_mask = batch.pop("kd_input_mask", None)
+    kept = kept_logits(model, batch)
+    logits, labels = answer_rows(kept, batch["labels"])
+    total, parts = mixed_loss(logits, labels, values, indices, loss, alpha, temperature, beta)
+    if in_mask is not None:
+        kd_in = topk_kd_loss(kept[in_mask], in_values, in_indices, loss, temperature, beta).mean()
+        total = total + input_kd * kd_in
+        parts["kd_input"] = float(kd_in.detach())
+    return total, parts, int(labels.numel())
 
 
 class TrimmedTeacher(torch.nn.Module):
@@ -232,23 +250,14 @@ class DistillTrainer(MeteredTrainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        values, indices = inputs.pop("kd_values", None), inputs.pop("kd_indices", None)
-        in_values, in_indices = inputs.pop("kd_input_values", None), inputs.pop("kd_input_indices", None)
-        in_mask = inputs.pop("kd_input_mask", None)
-        kept = kept_logits(model, inputs)
-        logits, labels = answer_rows(kept, inputs["labels"])
-        loss, parts = mixed_loss(logits, labels, values, indices, self.kd_loss, self.alpha, self.temperature,
-                                 self.beta)
+        loss, parts, answer_tokens = batch_loss(model, inputs, self.kd_loss, self.alpha, self.temperature, self.beta,
+                                                self.input_kd)
         m = self._meter
-        if in_mask is not None:
-            kd_in = topk_kd_loss(kept[in_mask], in_values, in_indices, self.kd_loss, self.temperature,
-                                 self.beta).mean()
-            loss = loss + self.input_kd * kd_in
-            m["kd_input"] += float(kd_in.detach())
         m["tokens"] += int(inputs["attention_mask"].sum())
-        m["answer_tokens"] += int(labels.numel())
+        m["answer_tokens"] += answer_tokens
         m["ce"] += parts["ce"]
         m["kd"] += parts.get("kd", 0.0)
+        m["kd_input"] += parts.get("kd_input", 0.0)
         m["n"] += 1
         return (loss, None) if return_outputs else loss
 
