@@ -98,6 +98,28 @@ def test_the_label_follows_the_rules(gen):
         assert facts.kind != "R" or not facts.stopped_now
 
 
+def test_long_form_tickets_keep_the_label(gen):
+    """``make_ticket(rng, long, long_form)`` (``generate.py --long-form``): a share of the tickets with an impact gets
+    sentences of what was seen and tried before or after it; the facts, and every ticket it leaves short, are what
+    ``rng`` alone gives; by default no ticket is long-form."""
+    P = gen.P
+    changed = 0
+    for i in range(400):
+        short, facts = gen.make_ticket(gen.random.Random(i))
+        text, long_facts = gen.make_ticket(gen.random.Random(i), gen.random.Random(10_000 + i), 0.35)
+        assert long_facts == facts
+        assert gen.make_ticket(gen.random.Random(i), gen.random.Random(10_000 + i)) == (short, facts)
+        if text != short:
+            changed += 1
+            assert facts.kind != "L"  # a ticket without an impact stays as it is
+            assert len(text) > len(short)
+    assert 0.2 * 400 < changed < 0.4 * 400  # 0.35 of the ~80% with an impact
+    # the added sentences say nothing about the line, the urgency or the category
+    words = re.compile(r"\b(stop|down|run|running|broke|broken|hurt|fire|smoke|scrap|leak|urgent|electric|sensor|"
+                       r"hydraulic|pneumatic|air|oil|plc|hmi)\w*", re.IGNORECASE)
+    assert not [x for x in P.ELABORATION if words.search(x)]
+
+
 def test_committed_splits_are_the_default_generation(task, gen, splits):
     for name, records in splits.items():
         path = EXAMPLE / "data" / f"{name}.jsonl"

@@ -331,3 +331,18 @@ EQUIPMENT.update({"BOIL": "boiler", "FRK": "forklift", "GEAR": "gear cutter", "R
                   "ZIP": "zipper"})
 # words for an asset whose prefix is not in EQUIPMENT (a generated one)
 GENERIC_EQ = ["machine", "unit", "station", "cell", "line", "mc"]
+
+# What an operator saw, tried or suspects, written between the fault and whether the line runs (generate.py's
+# long-form tickets): nothing here says the line runs or stopped, how bad it is, or names a fault category.
+ELABORATION = ["second time this week", "no idea what changed", "it got worse since the morning",
+               "we looked at it yesterday and found nothing", "tightened what we could reach",
+               "tried it twice, same result", "the part we fitted last month did not help", "it was fine on friday",
+               "{name} thinks it is worn out", "it's been like this since {time}", "numbers are in the shift log",
+               "we have a spare in the cabinet", "could be the same thing as last month",
+               "not sure if it has to do with the changeover", "cleaned around it, no difference",
+               "{name} had a look, no luck", "took the cover off, can't see anything",
+               "swapped it with the one from stores, same thing", "the old one is on the bench if you want it",
+               "worse on nights", "happens more when it's warm", "we reset it {n} times",
+               "the manual says to call you", "asked the supplier, waiting for an answer",
+               "looks like it was patched before", "first noticed it at {time}", "no error on the screen",
+               "{name} from days says it did the same before"]
