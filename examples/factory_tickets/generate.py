@@ -44,8 +44,8 @@ FREE_IMPACT = 0.5
 # sentences of what was seen and tried before whether the line runs, or after it. A 20-layer student read "still
 # running" after one sentence but not after two of these, where its teacher did; trained on 0.35 long-form it read
 # them, but the quick recipe's bundle did not score higher on the hand-written sets (issue 25), so the default
-# splits are written without (0). With the impact always last, teacher and student missed "X is down" opening a
-# long hand-written ticket: so either place.
+# splits are written without (0). With the impact always last, the teacher missed "X is down" opening a long
+# hand-written ticket: so either place.
 LONG_FORM = 0.0
 TAG = re.compile(r"\b[A-Za-z]{2,6}-[0-9]{1,4}\b")
 
