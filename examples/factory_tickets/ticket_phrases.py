@@ -332,8 +332,8 @@ EQUIPMENT.update({"BOIL": "boiler", "FRK": "forklift", "GEAR": "gear cutter", "R
 # words for an asset whose prefix is not in EQUIPMENT (a generated one)
 GENERIC_EQ = ["machine", "unit", "station", "cell", "line", "mc"]
 
-# What an operator saw, tried or suspects, written between the fault and whether the line runs (generate.py's
-# long-form tickets): nothing here says the line runs or stopped, how bad it is, or names a fault category.
+# What an operator saw, tried or suspects, written before or after how the line runs (generate.py --long-form):
+# nothing here says the line runs or stopped, how bad it is, or names a fault category.
 ELABORATION = ["second time this week", "no idea what changed", "it got worse since the morning",
                "we looked at it yesterday and found nothing", "tightened what we could reach",
                "tried it twice, same result", "the part we fitted last month did not help", "it was fine on friday",
