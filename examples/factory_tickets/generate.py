@@ -169,18 +169,20 @@ def make_ticket(rng: random.Random, long: random.Random | None = None, long_form
         parts.append(rng.choice(P.SIGNOFFS))
     sep = rng.choice([". ", ", ", " - ", "\n", "; ", " ", ". "])
     parts = [p for p in parts if p]
-    texts = [[_fill(p, rng) for p in parts]]  # as rng alone writes it; then, long-form, as `long` rewrites it
+    filled = [_fill(p, rng) for p in parts]  # the ticket as rng alone writes it
+    longer = None  # the same ticket long-form, as `long` rewrites it
     if long is not None and impact and long.random() < long_form:
         said = [_fill(x, long) for x in long.sample(P.ELABORATION, long.choice([1, 1, 2, 2, 3]))]
-        body = texts[0][:parts.index(impact)] + texts[0][parts.index(impact) + 1:]
+        i = parts.index(impact)
+        body = filled[:i] + filled[i + 1:]
         if long.random() < 0.5:  # the impact last (before a signoff): what was seen and tried, then how it runs
             at = len(body) - 1 if signoff else len(body)
-            texts.append([*body[:at], *said, _fill(impact, long), *body[at:]])
+            longer = [*body[:at], *said, _fill(impact, long), *body[at:]]
         else:  # how it runs right after the fault, then what was seen and tried
-            texts.append([body[0], _fill(impact, long), *said, *body[1:]])
-    # rng draws the same for either text (so a ticket `long` leaves short is what rng alone writes); `long` then
-    # punctuates and roughens the long one
-    seps = [sep, *(long.choice([". ", ". ", ", ", "; ", " - ", "\n"]) for _ in texts[1:])]  # type: ignore[union-attr]
+            longer = [body[0], _fill(impact, long), *said, *body[1:]]
+        long_sep = long.choice([". ", ". ", ", ", "; ", " - ", "\n"])
+    # rng draws the same either way (so a ticket `long` leaves short is what rng alone writes); `long` roughens the
+    # long one
     end = rng.choice(["", "", ".", "!", " ", "..."])
     head = ""
     # a greeting or URGENT ends in its own punctuation (or none), so it is joined by a space or a newline
@@ -189,9 +191,9 @@ def make_ticket(rng: random.Random, long: random.Random | None = None, long_form
     if severity in ("high", "critical") and rng.random() < 0.2:
         head = rng.choice(P.URGENT) + rng.choice([" ", ": ", "!! ", "\n"]) + head
     rate = rng.choice([0.0, 0.0, 0.02, 0.05])
-    text = _roughen(head + seps[0].join(texts[0]) + end, rng, rate=rate)
-    if len(texts) > 1:
-        text = _roughen(head + seps[1].join(texts[1]) + end, long, rate=rate)  # type: ignore[arg-type]
+    text = _roughen(head + sep.join(filled) + end, rng, rate=rate)
+    if longer is not None:
+        text = _roughen(head + long_sep.join(longer) + end, long, rate=rate)  # type: ignore[arg-type]
     case = rng.random()
     text = text.lower() if case < 0.12 else text.upper() if case < 0.17 else text[:1].upper() + text[1:]
     return text, facts
