@@ -1,9 +1,12 @@
-"""Training tokens/s of SFT vs KD from the cached teacher top-k (on the answer, and with
-``--input-kd`` on the input's tokens too), measured side by side.
+"""Training tokens/s of SFT vs KD from the cached teacher top-k (on the answer, with
+``--input-kd`` on the input's tokens too, and with ``--hidden-kd``: the teacher run on every
+batch for its hidden states), measured side by side.
 
 The losses run on the same batches of the same student, taking turns step by step (so a
 noisy, shared machine slows them alike); a step is forward + backward + AdamW update.
 The teacher caches are built once (their times are printed) or reused from --cache-dir.
+The ``fkl+hidden`` row needs a student depth-pruned from --teacher (``distill --hidden-kd``'s
+layer map); with another student it is left out.
 
     python benchmarks/distill_tokens_per_s.py /tmp/student --teacher default --records 20 --reps 3
 """
@@ -17,12 +20,13 @@ from pathlib import Path
 
 import torch
 
+from supertiny.errors import InvalidInputError
 from supertiny.manifest import hash_path
 from supertiny.models import load_model, resolve
-from supertiny.stages.transfer.distill import attention_kernel
+from supertiny.stages.transfer.distill import attention_kernel, layer_map
 from supertiny.stages.transfer.examples import load_examples
 from supertiny.stages.transfer.kdcache import TopKCache, build_cache, cache_key, examples_hash
-from supertiny.stages.transfer.trainer import Collator, batch_loss
+from supertiny.stages.transfer.trainer import Collator, HiddenTeacher, batch_loss
 from supertiny.tasks import task_for
 
 
@@ -67,8 +71,15 @@ def main() -> None:
         cache = TopKCache.load(path)
         print(f"cache ({'input and answer' if inputs else 'answer'}): {path.stat().st_size} bytes, "
               f"{cache.values.shape[0]} rows, {path.stat().st_size / cache.values.shape[0]:.0f} bytes/token")
-        collate[inputs] = Collator(examples, lm.tokenizer.pad_token_id, cache, inputs=inputs)
-    losses = ("sft", "fkl", "fkl+input")
+        collate[inputs] = Collator(examples, lm.tokenizer.pad_token_id, cache, inputs=inputs, hidden=True)
+    losses: tuple[str, ...] = ("sft", "fkl", "fkl+input")
+    teacher, layers = load_model(a.teacher).model.eval(), []
+    try:
+        layers, _ = layer_map(lm.model, teacher)
+        losses += ("fkl+hidden",)
+        print(f"hidden-state KD: student layers from teacher layers {layers}")
+    except InvalidInputError as exc:
+        print(f"no fkl+hidden row: {exc}")
     model = lm.model.train()
     # the attention kernel the distill stage trains with (eager on a CPU for short examples)
     model.config._attn_implementation = attention_kernel("auto", "cpu", max(len(e.ids) for e in examples))
@@ -82,12 +93,19 @@ def main() -> None:
         total = {loss: [0.0, 0, 0] for loss in losses}
         for rep in range(a.reps + 1):  # rep 0 warms up and is not counted
             idx = [(rep * a.batch_size + i) % len(examples) for i in range(a.batch_size)]
-            for loss in losses[rep % 3:] + losses[:rep % 3]:  # take turns going first
+            turn = rep % len(losses)
+            for loss in losses[turn:] + losses[:turn]:  # take turns going first
                 batch = collate[loss == "fkl+input"]([{"index": i} for i in idx])
                 t0 = time.perf_counter()
                 ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-                with ctx:  # the distill stage's loss (alpha 0.5, T 1; --input-kd 1 with the input's rows)
-                    value, _, answer_tokens = batch_loss(model, batch, loss.split("+")[0], 0.5, 1.0, 0.5, 1.0)
+                # the distill stage's loss (alpha 0.5, T 1; --input-kd 1 with the input's rows; --hidden-kd 1 with the
+                # teacher run on the batch, in bfloat16 autocast when the student trains in it, as the stage does)
+                hidden = HiddenTeacher(teacher, layers, bf16) if loss == "fkl+hidden" else None
+                if hidden is None:
+                    batch.pop("hidden_mask")
+                with ctx:
+                    value, _, answer_tokens = batch_loss(model, batch, loss.split("+")[0], 0.5, 1.0, 0.5, 1.0,
+                                                         hidden, 1.0)
                 value.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)

@@ -273,3 +273,63 @@ def test_input_kd_aligns_the_teachers_rows_with_the_inputs_tokens(setup):
     assert len(kd_in) == 8 and kd_in[-1] < 0.7 * kd_in[0], kd_in
     with pytest.raises(InvalidInputError, match="--input-kd distils the teacher's logits"):
         distill(student, tmp / "o2", tmp / "task.toml", tmp / "data.jsonl", _cfg(loss="sft", input_kd=1.0))
+
+
+def test_hidden_kd_maps_a_depth_pruned_students_layers_and_pulls_its_states_to_the_teachers(tmp_path, make_tiny_dir):
+    """--hidden-kd: the student's layers are matched to the teacher's they were kept from (by the weights), a model
+    distilled into itself scores 0 on the hidden states, a depth-pruned student trained with it ends with
+    states nearer the teacher's than the same run without it, and a student that is no copy of the teacher (or not
+    its width) is refused in one line."""
+    from supertiny.models import load_model
+    from supertiny.stages.prune import PruneConfig
+    from supertiny.stages.prune.stage import prune
+    from supertiny.stages.transfer.distill import layer_map
+    from supertiny.stages.transfer.examples import load_examples
+    from supertiny.stages.transfer.trainer import Collator, HiddenTeacher, _forward, hidden_state_loss
+    from supertiny.tasks import task_for
+
+    tmp = tmp_path
+    write_color_task(tmp, records=8, dev=2)
+    # layers that move the residual stream (the default init barely does), so that dropping three shows
+    teacher = make_tiny_dir(tied=False, seed=1, name="teacher", num_hidden_layers=6, initializer_range=0.3)
+    m = prune(teacher, tmp / "pruned", PruneConfig(layers=3, calib_tokens=256, eval_tokens=128, window=64))
+    kept = m.details["pruned"]["layers"]["kept"]
+    t = load_model(str(teacher))
+    assert layer_map(load_model(str(tmp / "pruned")).model, t.model) == (kept, 0.0)
+    assert layer_map(t.model, t.model) == (list(range(6)), 0.0)
+
+    # the states line up: a model distilled into itself scores 0 (a model of the default init, whose outputs do not
+    # swing with the order of a sum as the large-weight teacher's do from one thread count to another)
+    plain = make_tiny_dir(tied=False, seed=1, name="plain", num_hidden_layers=3)
+    distill(plain, tmp / "self", tmp / "task.toml", tmp / "data.jsonl",
+            _cfg(alpha=1.0, hidden_kd=1.0, lr=1e-12, steps=2, save_every=0, dev_limit=1), teacher=str(plain))
+    assert all(r["kd_hidden"] < 1e-9 for r in read_metrics_lines(tmp / "self") if "loss" in r)
+
+    examples, _ = load_examples(tmp / "data.jsonl", task_for(str(tmp / "task.toml"), str(teacher)), t.tokenizer, 256)
+    batch = Collator(examples, t.tokenizer.pad_token_id, hidden=True)([{"index": i} for i in range(len(examples))])
+    reference = HiddenTeacher(t.model, kept).states(batch)
+
+    def distance(student: Path) -> float:
+        with torch.no_grad():
+            states = _forward(load_model(str(student)).model, batch, True).hidden_states
+        return float(hidden_state_loss(states, reference, kept, batch["hidden_mask"]))
+
+    runs = {w: distill(tmp / "pruned", tmp / f"w{w}", tmp / "task.toml", tmp / "data.jsonl",
+                       _cfg(steps=10, lr=1e-3, hidden_kd=w, save_every=0, dev_limit=1), teacher=str(teacher))
+            for w in (0.0, 100.0)}
+    assert runs[100.0].details["hidden_kd"]["layer_map"] == kept and "hidden_kd" not in runs[0.0].details
+    logged = [r["kd_hidden"] for r in read_metrics_lines(tmp / "w100.0") if "kd_hidden" in r]
+    assert len(logged) == 10 and runs[100.0].details["final"]["kd_hidden"] == logged[-1]
+    before, without, with_ = distance(tmp / "pruned"), distance(tmp / "w0.0"), distance(tmp / "w100.0")
+    assert before > 0.01 and with_ < 0.9 * without, (before, without, with_)
+    assert layer_map(load_model(str(tmp / "w100.0")).model, t.model)[0] == kept  # still maps after training
+
+    cfg = _cfg(hidden_kd=1.0, dev_limit=1)
+    other = make_tiny_dir(tied=False, seed=2, name="other", num_hidden_layers=3, initializer_range=0.3)
+    with pytest.raises(InvalidInputError, match="not a depth-pruned copy of this teacher"):
+        distill(other, tmp / "o1", tmp / "task.toml", tmp / "data.jsonl", cfg, teacher=str(teacher))
+    wide = make_tiny_dir(tied=False, seed=2, name="wide", hidden_size=32)
+    with pytest.raises(InvalidInputError, match="compares hidden states"):
+        distill(wide, tmp / "o2", tmp / "task.toml", tmp / "data.jsonl", cfg, teacher=str(teacher))
+    with pytest.raises(InvalidInputError, match="--hidden-kd distils a teacher's hidden states"):
+        distill(tmp / "pruned", tmp / "o3", tmp / "task.toml", tmp / "data.jsonl", _cfg(loss="sft", hidden_kd=1.0))

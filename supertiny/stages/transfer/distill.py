@@ -5,7 +5,10 @@ top-k distribution per answer token is computed once (:mod:`.kdcache`) and reuse
 epoch and resume; the loss is :func:`.losses.mixed_loss` on the answer tokens
 (:class:`.trainer.DistillTrainer`). ``--input-kd W`` adds W times the KD loss on the input's
 tokens (the record's text, not the system prompt every record shares; the cache then holds
-their rows too): the student also learns how the teacher reads the input. Checkpoints,
+their rows too): the student also learns how the teacher reads the input. ``--hidden-kd W`` adds
+W times :func:`.trainer.hidden_state_loss`: the teacher runs on every batch and each layer of a
+depth-pruned student learns the hidden states of the teacher layer it was kept from
+(:func:`layer_map` finds which by the weights), on the record's text and the answer. Checkpoints,
 resume, dev evaluation and the install are the training stages' shared scaffolding
 (:mod:`.training`); runs data-parallel under ``torchrun``/``accelerate launch``.
 
@@ -57,6 +60,9 @@ from supertiny.tasks.prompts import RECORD_KEY, prompt_record
 STAGE, STAGE_VERSION = "distill", 1
 # eager attention keeps [batch, heads, T, T] scores per layer for the backward pass: only for short examples
 EAGER_MAX_TOKENS = 384
+# --hidden-kd: a student layer this far (relative weight distance) from every teacher layer stands for none of them
+# (two unrelated layers of one init scale are ~1.4 apart; a kept layer after KD stays far closer)
+MAX_MAP_DISTANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ class DistillConfig(TrainingConfig):
     input_kd: float = setting(0.0, "Weight of a KD term on the input's tokens (the record's text, not the system "
                               "prompt every record shares), added to the loss: the student also learns the teacher's "
                               "next-token distribution there. 0: the answer tokens only.", check=NON_NEG)
+    hidden_kd: float = setting(0.0, "Weight of a loss on the hidden states, added to the loss: each student layer's "
+                               "output learns the teacher's at the layer it was kept from (a depth-pruned student; "
+                               "found by the weights), on the record's text and the answer. The teacher runs on every "
+                               "batch (0.61x the tokens/s of KD on the answer: benchmarks/distill_tokens_per_s.py). 0: "
+                               "off.", check=NON_NEG)
     beta: float = setting(0.5, "jsd's mixture weight.", check=UNIT)
     top_k: int = setting(32, "Teacher tokens cached per answer token.", check=POS_INT)
     cache_dtype: str = setting("float16", "Storage type of the cached teacher probabilities.",
@@ -104,10 +115,12 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
     """Train ``inputs["student"]`` into ``out`` (None on the other processes of a data-parallel run);
     ``callbacks``: extra Trainer callbacks (a library caller's)."""
     # torch and transformers: heavy, and only a training process needs them
-    from supertiny.stages.transfer.trainer import Collator, DistillTrainer, ExampleDataset
+    from supertiny.stages.transfer.trainer import Collator, DistillTrainer, ExampleDataset, HiddenTeacher
 
     if config.loss != "sft" and inputs["teacher"] is None:
         raise InvalidInputError(f"--loss {config.loss} distils a teacher's logits: pass --teacher")
+    if config.hidden_kd and inputs["teacher"] is None:
+        raise InvalidInputError("--hidden-kd distils a teacher's hidden states: pass --teacher")
     if config.input_kd and config.loss == "sft":
         raise InvalidInputError("--input-kd distils the teacher's logits on the input: pass a KD --loss (fkl, rkl "
                                 "or jsd)")
@@ -121,16 +134,24 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
            + (f"; skipped {counts['too_long']} longer than {config.max_length} tokens" if counts["too_long"] else ""),
            f"skipped {counts['too_long']} examples longer than max_length {config.max_length} "
            f"(first: {counts['first_too_long']})" if counts["too_long"] else None)
-    cache, agree_rows, cache_info = _teacher(s, inputs["teacher"], config, examples, progress)
+    cache, agree_rows, cache_info, t_model = _teacher(s, inputs["teacher"], config, examples, progress)
+    hidden, hidden_info = None, {}
+    if config.hidden_kd:
+        layers, distance = layer_map(s.model, t_model)
+        hidden = HiddenTeacher(t_model.to(s.args.device).eval(), layers, config.bf16)
+        hidden_info = {"weight": config.hidden_kd, "layer_map": layers, "map_weight_distance": round(distance, 6)}
+        s.say(f"hidden-state KD: student layers from the teacher's {_spans(layers)} (weights {distance:.2g} apart "
+              "at most)")
     s.model.train()
     saved_attention = s.model.config._attn_implementation
     attention = attention_kernel(config.attention, s.args.device.type, max(len(e.ids) for e in examples))
     s.model.config._attn_implementation = attention
     trainer = DistillTrainer(model=s.model, args=s.args, train_dataset=ExampleDataset(examples),
                              data_collator=Collator(examples, s.tokenizer.pad_token_id, cache,
-                                                    inputs=bool(config.input_kd)),
+                                                    inputs=bool(config.input_kd), hidden=hidden is not None),
                              loss=config.loss, alpha=config.alpha, temperature=config.temperature, beta=config.beta,
-                             input_kd=config.input_kd, group_lengths=config.group_by_length)
+                             input_kd=config.input_kd, group_lengths=config.group_by_length, hidden=hidden,
+                             hidden_kd=config.hidden_kd)
     try:
         _, evaluator = fit(s, trainer, dev_evaluator(s.spec, s.tokenizer, s.dev, agree_rows), progress, callbacks,
                            config.loss)
@@ -143,14 +164,71 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
         steady = logs[1:] or logs  # the first step pays for warm-up
         return {"steps": trainer.state.global_step, "epochs": round(float(trainer.state.epoch or 0), 3),
                 "examples": len(examples), "data": counts, "train_loss": train_loss(logs),
-                "final": {k: logs[-1][k] for k in ("loss", "ce", "kd", "kd_input") if logs and k in logs[-1]},
+                "final": {k: logs[-1][k] for k in ("loss", "ce", "kd", "kd_input", "kd_hidden")
+                          if logs and k in logs[-1]},
                 "tokens_per_s": mean([r["tokens_per_s"] for r in steady]),
                 "answer_tokens_per_s": mean([r["answer_tokens_per_s"] for r in steady]),
                 "world_size": s.args.world_size, "attention": attention, RECORD_KEY: prompt_record(s.spec),
-                "cache": cache_info}
+                "cache": cache_info, **({"hidden_kd": hidden_info} if hidden_info else {})}
 
     quality = evaluator.last or {"skipped": "no --dev data and no teacher to compare with"}
-    return finish(s, f"{config.loss}: {s.out.name}", ("loss", "ce", "kd", "kd_input"), details, quality)
+    return finish(s, f"{config.loss}: {s.out.name}", ("loss", "ce", "kd", "kd_input", "kd_hidden"), details,
+                  quality)
+
+
+def layer_map(student: Any, teacher: Any) -> tuple[list[int], float]:
+    """The teacher layer each student layer stands for, found by the weights: for every student layer the teacher
+    layer whose attention-output and MLP-down projections are nearest (relative Frobenius distance; 0 for a layer
+    a depth prune kept and nothing has trained since). Returns the map and the largest distance.
+
+    Raises:
+        InvalidInputError: the hidden sizes or the layers' shapes differ (a width-pruned or another model), a student
+            layer is far from every teacher layer (``MAX_MAP_DISTANCE``), or the nearest layers are not in the
+            teacher's order.
+    """
+    import torch
+
+    def weights(model: Any) -> list[torch.Tensor]:
+        inner = getattr(model, "model", model)
+        inner = getattr(inner, "model", inner)  # a TrimmedTeacher wraps the causal LM
+        try:
+            return [torch.cat([layer.self_attn.o_proj.weight.detach().flatten(),
+                               layer.mlp.down_proj.weight.detach().flatten()]) for layer in inner.layers]
+        except AttributeError:
+            raise InvalidInputError(f"--hidden-kd: {type(model).__name__} has no llama-style layers "
+                                    "(self_attn.o_proj, mlp.down_proj) to match") from None
+
+    if student.config.hidden_size != teacher.config.hidden_size:
+        raise InvalidInputError(f"--hidden-kd compares hidden states: the student's are {student.config.hidden_size} "
+                                f"wide, the teacher's {teacher.config.hidden_size} (a width-pruned student: use the "
+                                "logit losses)")
+    ws, wt = weights(student), weights(teacher)
+    if any(w.shape != wt[0].shape for w in ws + wt):
+        raise InvalidInputError("--hidden-kd: the student's layers are not the teacher's shape (a width-pruned "
+                                "student: use the logit losses)")
+    table = torch.stack([torch.stack([(a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12) for b in wt])
+                         for a in ws])
+    best, where = table.min(dim=1)
+    layers = [int(i) for i in where]
+    if float(best.max()) > MAX_MAP_DISTANCE:
+        raise InvalidInputError(f"--hidden-kd: student layer {int(best.argmax())} is {float(best.max()):.2f} "
+                                "(relative) from every teacher layer: the student is not a depth-pruned copy of this "
+                                "teacher")
+    if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+        raise InvalidInputError(f"--hidden-kd: the student's layers match teacher layers {layers}, not in order: the "
+                                "student is not a depth-pruned copy of this teacher")
+    return layers, float(best.max())
+
+
+def _spans(layers: list[int]) -> str:
+    """``[0, 1, 2, 5, 6]`` -> ``"0-2, 5-6"``."""
+    spans: list[list[int]] = []
+    for i in layers:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def attention_kernel(setting: str, device: str, longest: int) -> str:
@@ -161,12 +239,13 @@ def attention_kernel(setting: str, device: str, longest: int) -> str:
 
 
 def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: list[Any], progress: Progress | None
-             ) -> tuple[Any, list[tuple[list[int], Any]], dict[str, Any]]:
-    """The teacher's part, done once and then dropped: its top-k cache (KD losses; reused when it exists) and its
-    logits on a few sequences for the agreement figures. Returns ``(cache, agreement rows, cache info)``."""
+             ) -> tuple[Any, list[tuple[list[int], Any]], dict[str, Any], Any]:
+    """The teacher's part, done once and then dropped (kept with ``hidden_kd``): its top-k cache (KD losses; reused
+    when it exists) and its logits on a few sequences for the agreement figures. Returns ``(cache, agreement rows,
+    cache info, the teacher as the student sees it or None)``."""
 
     if teacher is None:
-        return None, [], {}
+        return None, [], {}, None
     cache_path, t_hash, cache_info = None, hash_path(resolve(teacher)[1]), {}
     # the cache keeps the rows KD trains on: the answer's, with --input-kd from the input's first token
     pairs = [(e.ids, e.rows_from(bool(config.input_kd))) for e in examples]
@@ -176,16 +255,17 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                         map_digest(s.source), compute=compute)
         cache_path = Path(config.cache_dir or s.work) / f"kd-{key}.safetensors"
     agree_rows: list[tuple[list[int], Any]] = []
+    kept = None
     with s.args.main_process_first(local=False, desc="teacher cache"):
         need_cache = cache_path is not None and not cache_path.is_file()
-        if need_cache or (s.main and (s.dev or examples)):
+        if need_cache or config.hidden_kd or (s.main and (s.dev or examples)):
             t = load_model(teacher)
             mismatch, t_model = None, t.model
             try:
                 t_model = teacher_view(t.tokenizer, s.tokenizer, t.model, s.model, s.source,
                                        (str(teacher), str(s.out)))
             except InvalidInputError as exc:
-                if config.loss != "sft":
+                if config.loss != "sft" or config.hidden_kd:
                     raise
                 mismatch = str(exc)
             if mismatch and s.stage:
@@ -202,6 +282,8 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                 cache_info["build_seconds"] = round(time.perf_counter() - t0, 2)
             if s.main and not mismatch:
                 agree_rows = _agreement_rows(t_model, s, examples)
+            if config.hidden_kd:
+                kept = t_model
             del t, t_model
     cache = None
     if cache_path is not None:
@@ -215,7 +297,7 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                           bytes_per_token=round(size / max(1, cache.values.shape[0]), 1))
     if s.stage:
         s.stage.lap("teacher")
-    return cache, agree_rows, cache_info
+    return cache, agree_rows, cache_info, kept
 
 
 def _agreement_rows(teacher: Any, s: Setup, examples: list[Any]) -> list[tuple[list[int], Any]]:

@@ -12,7 +12,8 @@ resume exactly. What is ours:
   count real tokens, so padding changes nothing.
 * :class:`DistillTrainer`: ``compute_loss`` = :func:`supertiny.stages.transfer.losses.mixed_loss`
   on the answer tokens (the prompt is masked), with the cached teacher top-k; with ``input_kd`` plus
-  that weight times the KD loss on the input's tokens (the logits kept then start at the input).
+  that weight times the KD loss on the input's tokens (the logits kept then start at the input); with
+  ``hidden_kd`` plus that weight times :func:`hidden_state_loss` against a :class:`HiddenTeacher`.
 * Callbacks: :class:`MetricsCallback` (JSON Lines: step, loss, lr, tokens/s, evals),
   :class:`ProgressCallback` (the CLI's bar), :class:`EvalCallback` (a function of the
   model every N steps and at the end, main process only). The run around it (setup,
@@ -91,13 +92,17 @@ class Collator:
     ``inputs``: the cache also holds each example's rows from its input's first token
     (:meth:`.examples.Example.rows_from`); they come as ``kd_input_values``/``kd_input_indices``
     ``[input tokens, k]`` with ``kd_input_mask`` ``[B, R]`` (True at their positions, batch-major),
-    and ``logits_to_keep`` is R + 1, R the longest input and answer (labels are its last A columns)."""
+    and ``logits_to_keep`` is R + 1, R the longest input and answer (labels are its last A columns).
+
+    ``hidden``: ``hidden_mask`` ``[B, T]``, True from each example's input's first token to its end (the tokens whose
+    hidden states :func:`hidden_state_loss` compares)."""
 
     def __init__(self, examples: Sequence[Example], pad_id: int, cache: TopKCache | None = None,
-                 inputs: bool = False):
+                 inputs: bool = False, hidden: bool = False):
         if inputs and cache is None:
             raise ValueError("input rows come from a KD cache")
         self.examples, self.pad_id, self.cache, self.inputs = list(examples), pad_id, cache, inputs
+        self.hidden = hidden
 
     def __call__(self, items: list[dict[str, int]]) -> dict[str, Any]:
         rows = [self.examples[it["index"]] for it in items]
@@ -108,6 +113,11 @@ class Collator:
             labels[b, span - e.answer_len:] = torch.tensor(e.ids[e.prompt_len:])
         batch = {"input_ids": ids, "attention_mask": mask,
                  "position_ids": positions, "labels": labels, "logits_to_keep": span + 1}
+        if self.hidden:
+            hidden_mask = torch.zeros(ids.shape, dtype=torch.bool)
+            for b, e in enumerate(rows):  # left-padded: the example's ids end at the last column
+                hidden_mask[b, ids.shape[1] - len(e.ids) + e.rows_from(True):] = True
+            batch["hidden_mask"] = hidden_mask
         if self.cache is None:
             return batch
         parts = [self.cache.rows(it["index"]) for it in items]
@@ -135,9 +145,45 @@ def _cat(arrays: list[Any]) -> Any:
 def kept_logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """The model's logits at the batch's last ``logits_to_keep - 1`` positions, each predicting the next id:
     ``[B, logits_to_keep - 1, V]``."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
-    return out.logits[:, :-1]
+    return _forward(model, batch, False).logits[:, :-1]
+
+
+def _forward(model: Any, batch: dict[str, Any], hidden: bool, keep: int | None = None) -> Any:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 position_ids=batch["position_ids"], logits_to_keep=keep or batch["logits_to_keep"], use_cache=False,
+                 output_hidden_states=hidden)
+
+
+class HiddenTeacher:
+    """The teacher whose hidden states a student learns (``distill --hidden-kd``), run on every batch without
+    gradients: ``layer_map[j]`` is the teacher layer whose output the student's layer ``j`` stands for (a
+    depth-pruned student: the layers it kept); ``bf16``: the teacher runs in bfloat16 autocast."""
+
+    def __init__(self, model: Any, layer_map: Sequence[int], bf16: bool = False):
+        self.model, self.layer_map, self.bf16 = model, list(layer_map), bf16
+
+    def states(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        device = batch["input_ids"].device
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return _forward(self.model, batch, True, keep=1).hidden_states
+
+
+def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], layer_map: Sequence[int],
+                      mask: torch.Tensor) -> torch.Tensor:
+    """The student's hidden states against the teacher's at the layers they stand for: the mean, over the student's
+    layers and the ``mask``'s tokens, of ``|h_s - h_t|^2 / |h_t|^2`` (a relative squared error per token, so that
+    the few huge-norm tokens of a transformer's residual stream do not outweigh the rest).
+
+    ``student``/``teacher``: the models' ``hidden_states`` (transformers' layout: the embedding output, then every
+    layer's output, the last one after the final norm); student layer ``j``'s output is compared with teacher layer
+    ``layer_map[j]``'s, and the final normed states with each other."""
+    n_s, n_t = len(student) - 1, len(teacher) - 1
+    pairs = [(j + 1, layer_map[j] + 1) for j in range(n_s - 1)] + [(n_s, n_t)]
+    losses = []
+    for js, jt in pairs:
+        hs, ht = student[js][mask].float(), teacher[jt][mask].float()
+        losses.append(((hs - ht).pow(2).sum(-1) / ht.pow(2).sum(-1).clamp_min(1e-6)).mean())
+    return torch.stack(losses).mean()
 
 
 def answer_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,21 +199,30 @@ def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torc
 
 
 def batch_loss(model: Any, batch: dict[str, Any], loss: str, alpha: float, temperature: float, beta: float,
-               input_kd: float = 0.0) -> tuple[torch.Tensor, dict[str, float], int]:
-    """The distill stage's loss on one :class:`Collator` batch (its ``kd_*`` entries are popped):
+               input_kd: float = 0.0, hidden: HiddenTeacher | None = None, hidden_kd: float = 0.0
+               ) -> tuple[torch.Tensor, dict[str, float], int]:
+    """The distill stage's loss on one :class:`Collator` batch (its ``kd_*`` and ``hidden_mask`` entries are popped):
     :func:`mixed_loss` on the answer tokens, plus ``input_kd`` times the KD loss on the input's tokens when the
-    batch carries them. Returns the loss, its parts as floats (``ce``, ``kd``, ``kd_input``) and the number of
+    batch carries them, plus ``hidden_kd`` times :func:`hidden_state_loss` against ``hidden`` (the teacher run on the
+    batch). Returns the loss, its parts as floats (``ce``, ``kd``, ``kd_input``, ``kd_hidden``) and the number of
     answer tokens."""
     values, indices = batch.pop("kd_values", None), batch.pop("kd_indices", None)
     in_values, in_indices = batch.pop("kd_input_values", None), batch.pop("kd_input_indices", None)
-    in_mask = batch.pop("kd_input_mask", None)
-    kept = kept_logits(model, batch)
+    in_mask, hidden_mask = batch.pop("kd_input_mask", None), batch.pop("hidden_mask", None)
+    out = _forward(model, batch, hidden is not None)
+    kept = out.logits[:, :-1]
     logits, labels = answer_rows(kept, batch["labels"])
     total, parts = mixed_loss(logits, labels, values, indices, loss, alpha, temperature, beta)
     if in_mask is not None:
         kd_in = topk_kd_loss(kept[in_mask], in_values, in_indices, loss, temperature, beta).mean()
         total = total + input_kd * kd_in
         parts["kd_input"] = float(kd_in.detach())
+    if hidden is not None:
+        if hidden_mask is None:
+            raise ValueError("hidden-state KD needs the batch's hidden_mask (Collator(hidden=True))")
+        kd_h = hidden_state_loss(out.hidden_states, hidden.states(batch), hidden.layer_map, hidden_mask)
+        total = total + hidden_kd * kd_h
+        parts["kd_hidden"] = float(kd_h.detach())
     return total, parts, int(labels.numel())
 
 
@@ -229,17 +284,18 @@ class DistillTrainer(MeteredTrainer):
     """
 
     def __init__(self, *args: Any, loss: str = "sft", alpha: float = 0.5, temperature: float = 1.0,
-                 beta: float = 0.5, input_kd: float = 0.0, group_lengths: bool = False, **kwargs: Any):
+                 beta: float = 0.5, input_kd: float = 0.0, group_lengths: bool = False,
+                 hidden: HiddenTeacher | None = None, hidden_kd: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.kd_loss, self.alpha, self.temperature, self.beta = loss, alpha, temperature, beta
-        self.input_kd = input_kd
+        self.input_kd, self.hidden, self.hidden_kd = input_kd, hidden, hidden_kd
         self.group_lengths = group_lengths
         # Our loss is already a mean over answer tokens: let Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._reset()
 
     def _fields(self) -> dict[str, Any]:
-        return {"ce": 0.0, "kd": 0.0, "kd_input": 0.0}
+        return {"ce": 0.0, "kd": 0.0, "kd_input": 0.0, "kd_hidden": 0.0}
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -251,13 +307,14 @@ class DistillTrainer(MeteredTrainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         loss, parts, answer_tokens = batch_loss(model, inputs, self.kd_loss, self.alpha, self.temperature, self.beta,
-                                                self.input_kd)
+                                                self.input_kd, self.hidden, self.hidden_kd)
         m = self._meter
         m["tokens"] += int(inputs["attention_mask"].sum())
         m["answer_tokens"] += answer_tokens
         m["ce"] += parts["ce"]
         m["kd"] += parts.get("kd", 0.0)
         m["kd_input"] += parts.get("kd_input", 0.0)
+        m["kd_hidden"] += parts.get("kd_hidden", 0.0)
         m["n"] += 1
         return (loss, None) if return_outputs else loss
 
@@ -267,6 +324,8 @@ class DistillTrainer(MeteredTrainer):
             figures["kd"] = m["kd"] / m["n"]
         if self.input_kd:
             figures["kd_input"] = m["kd_input"] / m["n"]
+        if self.hidden is not None:
+            figures["kd_hidden"] = m["kd_hidden"] / m["n"]
         return {**figures, **rates}
 
 
