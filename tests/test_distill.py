@@ -328,6 +328,13 @@ def test_hidden_kd_maps_a_depth_pruned_students_layers_and_pulls_its_states_to_t
     other = make_tiny_dir(tied=False, seed=2, name="other", num_hidden_layers=3, initializer_range=0.3)
     with pytest.raises(InvalidInputError, match="not a depth-pruned copy of this teacher"):
         distill(other, tmp / "o1", tmp / "task.toml", tmp / "data.jsonl", cfg, teacher=str(teacher))
+    r = CliRunner().invoke(main, ["distill", str(other), "--task", str(tmp / "task.toml"), "--data",
+                                  str(tmp / "data.jsonl"), "--out", str(tmp / "o4"), "--teacher", str(teacher),
+                                  "--hidden-kd", "1"])
+    last = r.output.strip().splitlines()[-1]  # after the progress lines, one line of error
+    assert r.exit_code == 2 and last.startswith("error: --hidden-kd: student layer ") and "from every teacher" in last
+    assert "Traceback" not in r.output
+    assert not (tmp / "o4").exists()  # nothing installed (o4.work holds the run's settings alone, no checkpoint)
     wide = make_tiny_dir(tied=False, seed=2, name="wide", hidden_size=32)
     with pytest.raises(InvalidInputError, match="compares hidden states"):
         distill(wide, tmp / "o2", tmp / "task.toml", tmp / "data.jsonl", cfg, teacher=str(teacher))
