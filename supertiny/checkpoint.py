@@ -143,13 +143,23 @@ def _summary(names: Iterable[str], expected: Shapes) -> str:
     return f"{shown} ({len(names)} tensor{'s' if len(names) != 1 else ''})"
 
 
-def _ranges(ids: list[int]) -> str:
-    ids = sorted(set(ids))
-    runs, start = [], ids[0]
-    for a, b in zip(ids, ids[1:] + [None], strict=True):
+def number_runs(ids: Iterable[int]) -> list[str]:
+    """The distinct numbers as runs of consecutive ones: ``[0, 1, 2, 5, 7, 8]`` -> ``["0-2", "5", "7-8"]``.
+
+    >>> number_runs([8, 0, 1, 2, 5, 7])
+    ['0-2', '5', '7-8']
+    """
+    ordered = sorted(set(ids))
+    runs, start = [], ordered[0]
+    for a, b in zip(ordered, ordered[1:] + [None], strict=True):
         if b != a + 1:
             runs.append(f"{start}" if start == a else f"{start}-{a}")
             start = b
+    return runs
+
+
+def _ranges(ids: list[int]) -> str:
+    runs = number_runs(ids)
     return runs[0] if len(runs) == 1 else "{" + ",".join(runs) + "}"
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from supertiny import schema
+from supertiny.checkpoint import number_runs
 from supertiny.errors import InvalidInputError
 from supertiny.manifest import Manifest, hash_path
 from supertiny.models import load_model, resolve
@@ -140,8 +141,8 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
         layers, distance = layer_map(s.model, t_model)
         hidden = HiddenTeacher(t_model.to(s.args.device).eval(), layers, config.bf16)
         hidden_info = {"weight": config.hidden_kd, "layer_map": layers, "map_weight_distance": round(distance, 6)}
-        s.say(f"hidden-state KD: student layers from the teacher's {_spans(layers)} (weights {distance:.2g} apart "
-              "at most)")
+        s.say(f"hidden-state KD: student layers from the teacher's {', '.join(number_runs(layers))} (weights "
+              f"{distance:.2g} apart at most)")
     s.model.train()
     saved_attention = s.model.config._attn_implementation
     attention = attention_kernel(config.attention, s.args.device.type, max(len(e.ids) for e in examples))
@@ -219,16 +220,6 @@ def layer_map(student: Any, teacher: Any) -> tuple[list[int], float]:
                                 "student is not a depth-pruned copy of this teacher")
     return layers, float(best.max())
 
-
-def _spans(layers: list[int]) -> str:
-    """``[0, 1, 2, 5, 6]`` -> ``"0-2, 5-6"``."""
-    spans: list[list[int]] = []
-    for i in layers:
-        if spans and i == spans[-1][1] + 1:
-            spans[-1][1] = i
-        else:
-            spans.append([i, i])
-    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def attention_kernel(setting: str, device: str, longest: int) -> str:
