@@ -328,6 +328,7 @@ def test_hidden_kd_maps_a_depth_pruned_students_layers_and_pulls_its_states_to_t
     other = make_tiny_dir(tied=False, seed=2, name="other", num_hidden_layers=3, initializer_range=0.3)
     with pytest.raises(InvalidInputError, match="not a depth-pruned copy of this teacher"):
         distill(other, tmp / "o1", tmp / "task.toml", tmp / "data.jsonl", cfg, teacher=str(teacher))
+    assert not list((tmp / "o1.work").glob("kd-*"))  # refused before the teacher's top-k cache was built
     r = CliRunner().invoke(main, ["distill", str(other), "--task", str(tmp / "task.toml"), "--data",
                                   str(tmp / "data.jsonl"), "--out", str(tmp / "o4"), "--teacher", str(teacher),
                                   "--hidden-kd", "1"])

@@ -135,10 +135,10 @@ def run(inputs: dict[str, str | None], out: Path, config: DistillConfig, log: Lo
            + (f"; skipped {counts['too_long']} longer than {config.max_length} tokens" if counts["too_long"] else ""),
            f"skipped {counts['too_long']} examples longer than max_length {config.max_length} "
            f"(first: {counts['first_too_long']})" if counts["too_long"] else None)
-    cache, agree_rows, cache_info, t_model = _teacher(s, inputs["teacher"], config, examples, progress)
+    cache, agree_rows, cache_info, kept = _teacher(s, inputs["teacher"], config, examples, progress)
     hidden, hidden_info = None, {}
-    if config.hidden_kd:
-        layers, distance = layer_map(s.model, t_model)
+    if kept is not None:
+        t_model, layers, distance = kept
         hidden = HiddenTeacher(t_model.to(s.args.device).eval(), layers, config.bf16)
         hidden_info = {"weight": config.hidden_kd, "layer_map": layers, "map_weight_distance": round(distance, 6)}
         s.say(f"hidden-state KD: student layers from the teacher's {', '.join(number_runs(layers))} (weights "
@@ -233,7 +233,8 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
              ) -> tuple[Any, list[tuple[list[int], Any]], dict[str, Any], Any]:
     """The teacher's part, done once and then dropped (kept with ``hidden_kd``): its top-k cache (KD losses; reused
     when it exists) and its logits on a few sequences for the agreement figures. Returns ``(cache, agreement rows,
-    cache info, the teacher as the student sees it or None)``."""
+    cache info, kept)``; ``kept``: with ``hidden_kd``, the teacher as the student sees it, the :func:`layer_map` and
+    its largest distance (checked before the cache is built), else None."""
 
     if teacher is None:
         return None, [], {}, None
@@ -259,6 +260,8 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                 if config.loss != "sft" or config.hidden_kd:
                     raise
                 mismatch = str(exc)
+            if config.hidden_kd:  # a student that is no copy of the teacher fails here, before the cache is built
+                kept = (t_model, *layer_map(s.model, t_model))
             if mismatch and s.stage:
                 s.stage.note(f"no agreement figures: {mismatch}")
             if need_cache:
@@ -273,8 +276,6 @@ def _teacher(s: Setup, teacher: str | None, config: DistillConfig, examples: lis
                 cache_info["build_seconds"] = round(time.perf_counter() - t0, 2)
             if s.main and not mismatch:
                 agree_rows = _agreement_rows(t_model, s, examples)
-            if config.hidden_kd:
-                kept = t_model
             del t, t_model
     cache = None
     if cache_path is not None:
